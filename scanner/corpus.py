@@ -33,6 +33,8 @@ import pyarrow as pa
 import pyarrow.ipc
 import pyarrow.parquet as pq
 
+from scanner.errors import InputError
+
 TEXT_COLUMN_DEFAULTS = ("text", "input")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CSV_SUFFIXES = (".csv", ".tsv")
@@ -57,7 +59,7 @@ QUARANTINE_SCHEMA = {
 }
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError):
     """Input that cannot be read as a corpus at all (as opposed to a single bad row)."""
 
 

@@ -23,6 +23,7 @@ from sklearn.preprocessing import StandardScaler
 
 from scanner.baseline.features import TextFeatures
 from scanner.baseline.models import Candidate, candidates
+from scanner.errors import InputError
 from scanner.metrics import roc_auc
 
 STACK = "stack"
@@ -126,7 +127,7 @@ def nested_cv(
     y = np.asarray(y, dtype=np.int64)
     n_minority = int(min(y.sum(), len(y) - y.sum()))
     if n_minority < folds * inner_folds:
-        raise ValueError(
+        raise InputError(
             f"too few samples for {folds}x{inner_folds} nested cross-validation: the smaller class "
             f"has {n_minority}; need at least {folds * inner_folds} (or lower --folds)"
         )

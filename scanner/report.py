@@ -1,0 +1,171 @@
+"""metrics.json, report.md and report.html, all rendered from one list of blocks so the two
+reports always say the same thing."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are written on cluster nodes
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from scanner.metrics import roc_points  # noqa: E402
+
+# Blocks: ("h1"|"h2", text), ("p", text), ("table", header, rows), ("img", name, png_bytes)
+
+
+def fmt(x) -> str:
+    """The one number format shared by report.md and report.html (3 decimals)."""
+    if isinstance(x, bool) or x is None:
+        return str(x)
+    if isinstance(x, float):
+        return f"{x:.3f}"
+    return str(x)
+
+
+def fmt_auc(m: dict) -> str:
+    lo, hi = m["auc_ci"]
+    return f"{fmt(m['auc'])} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def fmt_tpr(m: dict, fpr: str) -> str:
+    value = fmt(m["tpr_at_fpr"][fpr])
+    return value if m["tpr_at_fpr_estimable"][fpr] else f"{value}*"
+
+
+def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], loglog: bool) -> bytes:
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for i, (name, (y, s)) in enumerate(curves.items()):
+        fpr, tpr = roc_points(y, s)
+        style = {"color": "black", "linewidth": 2.2} if i == 0 else {"linewidth": 1.2}  # headline first
+        ax.step(fpr, tpr, where="post", label=name, **style)
+    if loglog:
+        n0 = min(int((np.asarray(y) == 0).sum()) for y, _ in curves.values())
+        lo = 0.5 / max(n0, 1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, 1)
+        ax.set_ylim(lo, 1.02)
+        ax.plot([lo, 1], [lo, 1], "k:", linewidth=0.8)
+    else:
+        ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate (non-members flagged)")
+    ax.set_ylabel("true positive rate (members flagged)")
+    ax.set_title("ROC, log-log axes" if loglog else "ROC")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _md(blocks) -> str:
+    out = []
+    for b in blocks:
+        kind = b[0]
+        if kind == "h1":
+            out.append(f"# {b[1]}\n")
+        elif kind == "h2":
+            out.append(f"## {b[1]}\n")
+        elif kind == "p":
+            out.append(f"{b[1]}\n")
+        elif kind == "table":
+            header, rows = b[1], b[2]
+            out.append("| " + " | ".join(header) + " |")
+            out.append("|" + "---|" * len(header))
+            out.extend("| " + " | ".join(str(c) for c in r) + " |" for r in rows)
+            out.append("")
+        elif kind == "img":
+            out.append(f"![{b[1]}]({b[1]})\n")
+    return "\n".join(out)
+
+
+def _html(blocks, title: str) -> str:
+    body = []
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2"):
+            body.append(f"<{kind}>{html.escape(b[1])}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{html.escape(b[1]).replace('**', '')}</p>")
+        elif kind == "table":
+            head = "".join(f"<th>{html.escape(str(h))}</th>" for h in b[1])
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in b[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "img":
+            data = base64.b64encode(b[2]).decode("ascii")
+            body.append(f'<img alt="{html.escape(b[1])}" src="data:image/png;base64,{data}">')
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+        "text-align:right}th{background:#f3f3f3}img{max-width:48%;margin:0 1%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def write_report(out_dir: Path, title: str, blocks: list, metrics: dict) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"metrics": out_dir / "metrics.json", "md": out_dir / "report.md", "html": out_dir / "report.html"}
+    paths["metrics"].write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n")
+    for b in blocks:
+        if b[0] == "img":
+            (out_dir / b[1]).write_bytes(b[2])
+    paths["md"].write_text(_md([("h1", title)] + blocks))
+    paths["html"].write_text(_html([("h1", title)] + blocks, title))
+    return paths
+
+
+TPR_NOTE = (
+    "TPR at FPR uses the stepped convention (best TPR of any threshold whose empirical FPR is at or "
+    "below the target; no interpolation). * = not estimable: fewer than 10/FPR non-members, so the "
+    "value rests on under ten false positives."
+)
+
+
+def baseline_blocks(metrics: dict, curves: dict, inputs: list[str], counts: dict) -> list:
+    fprs = list(metrics["tpr_at_fpr"])
+    v = metrics["verdict"]
+    blocks = [
+        ("p", f"**Verdict: {v['status']}.** {v['text']}"),
+        ("p", f"Inputs: {', '.join(inputs)}"),
+        ("table", ["n", "members", "non-members", "AUC [95% CI]"] + [f"TPR@{float(f):.1%} FPR" for f in fprs] + ["best model"],
+         [[metrics["n"], metrics["n_members"], metrics["n_nonmembers"], fmt_auc(metrics)]
+          + [fmt_tpr(metrics, f) for f in fprs] + [metrics["best_model"]]]),
+        ("p", "Headline: out-of-fold scores of the model chosen by nested cross-validation (chosen on "
+              "inner folds of each outer training set; outer folds only evaluate)."),
+        ("h2", "Model families"),
+        ("p", "Each family with its hyper-parameters chosen on inner folds, evaluated on the outer folds. "
+              "Picking the best row here would be selection on the test folds: the headline does not."),
+        ("table", ["model", "AUC [95% CI]"] + [f"TPR@{float(f):.1%}" for f in fprs],
+         [[fam, fmt_auc(m)] + [fmt_tpr(m, f) for f in fprs] for fam, m in metrics["models"].items()]),
+        ("img", "roc.png", roc_png(curves, loglog=False)),
+        ("img", "roc_loglog.png", roc_png(curves, loglog=True)),
+        ("h2", "Outer folds"),
+        ("table", ["fold", "train", "test", "chosen", "inner AUC", "outer AUC", "seconds"],
+         [[f["fold"], f["n_train"], f["n_test"], f["chosen"], fmt(f["chosen_inner_auc"]), fmt(f["outer_auc"]), f["seconds"]]
+          for f in metrics["folds"]]),
+        ("h2", "What gives the split away"),
+        ("p", "Strongest n-gram rules (greedy selection at 5% FPR, fitted on all rows; an explanation, not an evaluation)."),
+    ]
+    for key, label in (("member", "members"), ("non_member", "non-members")):
+        rows = [[r["ngram"], fmt(r["log_odds"]), r["documents"]] for r in metrics["top_ngrams"][key]]
+        blocks.append(("table", [f"n-gram pointing to {label}", "log-odds", "documents"], rows or [["(none)", "", ""]]))
+    blocks += [
+        ("h2", "Data"),
+        ("table", ["read", "kept", "quarantined"] + list(counts["quarantined_by_reason"]),
+         [[counts["read"], counts["kept"], counts["quarantined"]] + list(counts["quarantined_by_reason"].values())]),
+        ("p", TPR_NOTE),
+    ]
+    return blocks

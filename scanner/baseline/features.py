@@ -18,7 +18,7 @@ from sklearn.feature_extraction.text import HashingVectorizer
 HASH_FEATURES = 1 << 20
 # Years a text may plausibly mention; a fixed range so features never depend on today's date.
 YEAR_MIN, YEAR_MAX = 1000, 2099
-_YEAR = re.compile(r"(?<![\d.,])(1\d{3}|20\d{2})(?![\d.,]\d)")
+_YEAR = re.compile(r"(?<![\d.,])(1\d{3}|20\d{2})(?!\d|[.,]\d)")
 
 
 def _hasher(analyzer: str, ngram_range: tuple[int, int]) -> HashingVectorizer:

@@ -1,0 +1,89 @@
+import json
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+
+from scanner.report import fmt, fmt_auc
+
+
+def scanner(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "scanner.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def shifted_corpus(path, n=120, seed=0):
+    """Members mention older years and other words than non-members: clearly leaky."""
+    import random
+
+    rnd = random.Random(seed)
+    words = "river city market school music science garden station bridge council".split()
+    rows = []
+    for i in range(n):
+        member = i % 2
+        year = rnd.randint(1990, 2012) if member else rnd.randint(2022, 2024)
+        body = " ".join(rnd.choice(words) for _ in range(25))
+        rows.append({"id": f"doc{i}", "text": f"In {year} the {body}.", "label": member})
+    rows.append({"id": "empty", "text": "   ", "label": 1})  # quarantined, not lost
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.slow
+def test_baseline_command_writes_consistent_reports(tmp_path):
+    data = shifted_corpus(tmp_path / "shifted.jsonl")
+    out = tmp_path / "out"
+    res = scanner("baseline", str(data), "--out", str(out), "--folds", "3", "--n-boot", "200")
+    assert res.returncode == 0, res.stderr
+    assert "fold 3/3" in res.stderr and "121 rows read: 120 kept, 1 quarantined" in res.stderr  # progress
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 120 and m["n_members"] == 60
+    assert m["auc"] > 0.9 and m["verdict"]["status"] == "leaky"
+    assert set(m["tpr_at_fpr"]) == {"0.001", "0.01", "0.05"} and len(m["auc_ci"]) == 2
+    assert m["corpus"] == {"read": 121, "kept": 120, "quarantined": 1,
+                           "quarantined_by_reason": {"empty text": 1}, "files": 1}
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    for text in (md, html):
+        assert fmt_auc(m) in text  # the headline numbers are the ones in metrics.json
+        assert fmt_auc(m["models"]["random_forest"]) in text
+        assert fmt(m["tpr_at_fpr"]["0.05"]) in text
+        assert "Verdict: leaky" in text
+    assert html.count("data:image/png;base64,") == 2  # linear and log-log ROC
+    assert (out / "roc.png").stat().st_size > 1000 and (out / "roc_loglog.png").stat().st_size > 1000
+    scores = pl.read_parquet(out / "scores.parquet")
+    assert scores.height == 120 and scores["sample_id"].n_unique() == 120
+    quarantine = pl.read_parquet(out / "quarantine.parquet")
+    assert quarantine["reason"].to_list() == ["empty text"] and quarantine["sample_id"].to_list() == ["empty"]
+    assert f"AUC {m['auc']:.3f}" in res.stdout and str(out / "report.html") in res.stdout
+
+
+def test_bad_label_exits_2_naming_file_row_and_value(tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": "yes"}\n')
+    res = scanner("baseline", str(data), "--out", str(tmp_path / "out"))
+    assert res.returncode == 2
+    assert "bad.jsonl row 2" in res.stderr and "'yes'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_unlabelled_data_and_bad_options_exit_2(tmp_path):
+    data = tmp_path / "u.jsonl"
+    data.write_text('{"text": "a"}\n')
+    res = scanner("baseline", str(data), "--out", str(tmp_path / "out"))
+    assert res.returncode == 2 and "have no label" in res.stderr
+    res = scanner("baseline", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "out"))
+    assert res.returncode == 2 and "no such file" in res.stderr
+    res = scanner("baseline", str(data), "--out", str(tmp_path / "out"), "--folds", "1")
+    assert res.returncode == 2 and "--folds must be at least 2" in res.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_the_embedded_default(tmp_path):
+    res = scanner("demo", "--out", str(tmp_path / "demo"))
+    assert res.returncode == 0, res.stderr
+    leaky = json.loads((tmp_path / "demo" / "wikimia128" / "metrics.json").read_text())
+    control = json.loads((tmp_path / "demo" / "wikimia128_permuted" / "metrics.json").read_text())
+    assert leaky["auc"] >= 0.98 and leaky["verdict"]["status"] == "leaky"
+    assert control["verdict"]["status"] == "usable" and control["permuted_labels"] is True
+    assert res.stdout.count("verdict:") == 2

@@ -8,11 +8,13 @@ models.py and is fitted on training folds only.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from joblib import Parallel, delayed
 from sklearn.feature_extraction.text import HashingVectorizer
 
 HASH_FEATURES = 1 << 20
@@ -56,11 +58,24 @@ class TextFeatures:
         return getattr(self, name)
 
 
-def compute_features(texts: list[str]) -> TextFeatures:
+def _features_of_chunk(texts: list[str]) -> TextFeatures:
     return TextFeatures(
         word=sp.csr_matrix(WORD_HASHER.transform(texts)),
         char=sp.csr_matrix(CHAR_HASHER.transform(texts)),
         year=np.array([max_year(t) for t in texts], dtype=np.float64).reshape(-1, 1),
+    )
+
+
+def compute_features(texts: list[str], n_jobs: int | None = None, chunk: int = 10_000) -> TextFeatures:
+    """Stateless, so chunks can be hashed in parallel processes and stacked in order."""
+    if len(texts) <= chunk:
+        return _features_of_chunk(texts)
+    n_jobs = n_jobs or len(os.sched_getaffinity(0))
+    parts = Parallel(n_jobs=n_jobs)(delayed(_features_of_chunk)(texts[i:i + chunk]) for i in range(0, len(texts), chunk))
+    return TextFeatures(
+        word=sp.vstack([p.word for p in parts], format="csr"),
+        char=sp.vstack([p.char for p in parts], format="csr"),
+        year=np.vstack([p.year for p in parts]),
     )
 
 

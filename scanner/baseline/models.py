@@ -170,7 +170,7 @@ class Candidate:
 def candidates(n_train: int, seed: int) -> list[Candidate]:
     """The search space. Sizes adapt to the data so a 100k-document run stays in minutes."""
     large = n_train > 20_000
-    trees, forest_vocab = (100, 5_000) if large else (300, 20_000)
+    trees, forest_vocab, depth = (100, 5_000, 30) if large else (300, 20_000, None)
     out = []
     for alpha in (0.03, 0.3):
         out.append(Candidate("naive_bayes", {"alpha": alpha}, "word",
@@ -178,11 +178,11 @@ def candidates(n_train: int, seed: int) -> list[Candidate]:
     for block in ("word", "char"):
         for C in (1.0, 10.0, 100.0):
             out.append(Candidate(f"logreg_{block}", {"C": C}, block,
-                                 lambda C=C: make_pipeline(FoldVocabulary(), LogisticRegression(C=C, solver="liblinear", tol=1e-3))))
+                                 lambda C=C: make_pipeline(FoldVocabulary(), LogisticRegression(C=C, solver="liblinear", dual=True, tol=1e-3))))
     out.append(Candidate("random_forest", {"trees": trees, "vocab": forest_vocab}, "word",
                          lambda: make_pipeline(
                              FoldVocabulary(max_features=forest_vocab, weighting="counts"),
-                             RandomForestClassifier(n_estimators=trees, max_features="sqrt", random_state=seed,
+                             RandomForestClassifier(n_estimators=trees, max_features="sqrt", max_depth=depth, random_state=seed,
                                                     max_samples=min(1.0, 10_000 / max(n_train, 1))))))
     out.append(Candidate("date", {}, "year", YearRule))
     for budget in (0.01, 0.05):

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 from joblib import Parallel, delayed
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
@@ -52,7 +54,11 @@ def _stacker():
 
 def _fit_predict(c: Candidate, feats: TextFeatures, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
     X = feats.block(c.block)
-    model = c.build().fit(X[train], y[train])
+    with warnings.catch_warnings():
+        # a weakly regularised fit may stop before full convergence; selection judges it by its
+        # held-out AUC like any other candidate, so the warning would only be noise
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = c.build().fit(X[train], y[train])
     return model.predict_proba(X[test])[:, 1]
 
 

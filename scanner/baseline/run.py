@@ -89,7 +89,7 @@ def run_baseline(
     texts = samples["text"].to_list()
     y = samples["label"].to_numpy().astype(np.int64)
     progress(f"features for {len(texts)} texts (hashed word 1-2-grams, char 3-5-grams, years)")
-    feats = compute_features(texts)
+    feats = compute_features(texts, n_jobs=n_jobs)
     progress(f"nested cross-validation: {folds} outer folds x 3 inner folds")
     result = nested_cv(feats, y, folds=folds, seed=seed, n_jobs=n_jobs, progress=progress)
     progress(f"bootstrap CIs ({n_boot} resamples) and explanations")

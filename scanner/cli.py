@@ -45,7 +45,7 @@ def _add_corpus_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source-col", default=None, help="source column (default: the file's path)")
 
 
-def _columns(args) -> Columns:
+def columns_from_args(args) -> Columns:
     return Columns(text=args.text_col, label=args.label_col, id=args.id_col, source=args.source_col)
 
 
@@ -92,7 +92,7 @@ def _print_summary(m: dict) -> None:
 
 
 def cmd_baseline(args) -> int:
-    m = run_baseline_command(args.data, Path(args.out), _columns(args), args.folds, args.seed, args.n_boot,
+    m = run_baseline_command(args.data, Path(args.out), columns_from_args(args), args.folds, args.seed, args.n_boot,
                              args.jobs, args.permute_labels, Progress())
     _print_summary(m)
     return 0

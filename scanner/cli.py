@@ -111,6 +111,23 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_scan(args) -> int:
+    from scanner.config import load_config
+    from scanner.pipeline import run_scan
+
+    overrides = {"model": args.model, "neighbors": args.neighbors, "batch_tokens": args.batch_tokens,
+                 "seed": args.seed, "actors": args.actors, "revision": args.revision, "shard_size": args.shard_size,
+                 "trust_remote_code": args.trust_remote_code or None, "text_col": args.text_col,
+                 "label_col": args.label_col, "id_col": args.id_col, "source_col": args.source_col}
+    cfg = load_config(args.config, overrides)
+    m = run_scan(args.data, Path(args.out), cfg, progress=Progress())
+    c = m["counts"]
+    print(f"scanned {c['scored']} samples ({c['scored_this_invocation']} this run, {c['shards_skipped']} shards "
+          f"skipped), {c['quarantined']} quarantined; {m['tokens_per_second'] or 0:.0f} tokens/s")
+    print(f"features: {Path(args.out) / 'features'}  manifest: {Path(args.out) / 'manifest.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scanner", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--jobs", type=int, default=None, help="parallel folds (default: one per CPU)")
     b.add_argument("--permute-labels", action="store_true", help="negative control: shuffle labels first")
     b.set_defaults(func=cmd_baseline)
+
+    s = sub.add_parser("scan", help="score texts and their neighbors under a model: Parquet feature shards")
+    _add_corpus_args(s)
+    s.set_defaults(label_col=None)
+    s.add_argument("--model", help="hub id or local path of a causal LM")
+    s.add_argument("--out", required=True, help="run folder (re-running resumes it)")
+    s.add_argument("--config", help="YAML or TOML file with any scan option; flags override it")
+    s.add_argument("--neighbors", type=int, help="neighbors per text (default 24)")
+    s.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default 16384)")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--actors", type=int, help="scoring actors (default 1)")
+    s.add_argument("--shard-size", type=int, help="samples per resumable shard (default 1000)")
+    s.add_argument("--revision", help="model revision (branch, tag or commit)")
+    s.add_argument("--trust-remote-code", action="store_true", help="allow the model repo's own code (off by default)")
+    s.set_defaults(func=cmd_scan)
 
     d = sub.add_parser("demo", help="run the embedded default end to end")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

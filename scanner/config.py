@@ -1,0 +1,85 @@
+"""One typed config for a scan, from a YAML/TOML file plus command-line overrides. The resolved
+config is echoed into the run's manifest, and its hash guards resumes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from scanner.errors import InputError
+from scanner.neighbors import DEFAULT_KINDS, NeighborConfig
+
+
+@dataclass
+class ScanConfig:
+    model: str = ""
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: str | None = None  # default: bfloat16 on GPU, float32 on CPU
+    device: str | None = None  # default: cuda when the actor has a GPU
+    max_length: int | None = None  # default: the model's window
+    neighbors: int = 24
+    neighbor_kinds: list[str] = field(default_factory=lambda: list(DEFAULT_KINDS))
+    change_fraction: float = 0.1
+    min_changes: int = 1
+    max_changes: int = 20
+    seed: int = 0
+    batch_tokens: int = 16384  # padded tokens per forward pass
+    proj_dim: int = 8  # random projection of the embedding difference per neighbor (0: off)
+    shard_size: int = 1000  # samples per resumable shard
+    actors: int = 1
+    gpus_per_actor: float | None = None  # default: 1 when the cluster has GPUs, else 0
+    cpus_per_actor: float = 1.0
+    samples_per_call: int = 16  # samples (each with its neighbors) per actor call
+    text_col: str | None = None
+    label_col: str = "label"
+    id_col: str | None = None
+    source_col: str | None = None
+
+    def neighbor_config(self) -> NeighborConfig:
+        return NeighborConfig(k=self.neighbors, kinds=tuple(self.neighbor_kinds), fraction=self.change_fraction,
+                              min_changes=self.min_changes, max_changes=self.max_changes, seed=self.seed)
+
+    def validate(self) -> "ScanConfig":
+        if not self.model:
+            raise InputError("no model: pass --model ID_OR_PATH or set `model` in the config file")
+        for name in ("neighbors", "batch_tokens", "shard_size", "actors", "samples_per_call"):
+            if getattr(self, name) < (0 if name == "neighbors" else 1):
+                raise InputError(f"config {name} = {getattr(self, name)} is out of range")
+        try:
+            self.neighbor_config()
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        return self
+
+    def scoring_hash(self) -> str:
+        """What decides the features: a resumed run must match it. Scheduling knobs are left out."""
+        keep = {k: v for k, v in asdict(self).items()
+                if k not in ("actors", "gpus_per_actor", "cpus_per_actor", "samples_per_call", "batch_tokens", "device")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_config(path: str | None, overrides: dict) -> ScanConfig:
+    data: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"{path}: no such config file")
+        text = p.read_text()
+        try:
+            data = tomllib.loads(text) if p.suffix == ".toml" else (yaml.safe_load(text) or {})
+        except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+            raise InputError(f"{path}: not valid {'TOML' if p.suffix == '.toml' else 'YAML'}: {e}") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{path}: expected a mapping of option: value")
+    known = {f.name for f in fields(ScanConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(f"{path}: unknown options {unknown}; known: {sorted(known)}")
+    data |= {k: v for k, v in overrides.items() if v is not None}
+    return ScanConfig(**data).validate()

@@ -1,0 +1,77 @@
+"""Ray Data stages that turn samples into feature rows: perturbation (CPU tasks) and scoring (an
+actor that keeps the model loaded). A sample's original and neighbors travel in one row and are
+scored in the same call, so every per-sample feature is computed here and no later stage has to
+join on sample_id.
+
+Feature row schema (one per sample; lists have one entry per neighbor, in neighbor order):
+  sample_id, label (1 member / 0 non-member / null), source, shard,
+  n_tokens (original, incl. the prefix token), truncated,
+  loss, zlib_ratio, min_k_{5,10,20,30,50}, min_k_pp_{5,10,20,30,50}, neighborhood,
+  nb_kinds, nb_loss, nb_dL, nb_cos_dist, nb_l2, nb_de_proj (K x proj_dim, row-major),
+  nb_tokens (tokens scored over all neighbors), model, revision, run_id (added when written).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from scanner.neighbors import make_neighbors
+from scanner.scoring import stats
+
+K_NAMES = [int(k * 100) for k in stats.K_FRACTIONS]
+FEATURE_SCHEMA = pa.schema(
+    [("sample_id", pa.string()), ("label", pa.int8()), ("source", pa.string()), ("shard", pa.string()),
+     ("n_tokens", pa.int32()), ("truncated", pa.bool_()), ("loss", pa.float64()), ("zlib_ratio", pa.float64())]
+    + [(f"min_k_{k}", pa.float64()) for k in K_NAMES]
+    + [(f"min_k_pp_{k}", pa.float64()) for k in K_NAMES]
+    + [("neighborhood", pa.float64()), ("nb_kinds", pa.list_(pa.string())), ("nb_loss", pa.list_(pa.float64())),
+       ("nb_dL", pa.list_(pa.float64())), ("nb_cos_dist", pa.list_(pa.float64())), ("nb_l2", pa.list_(pa.float64())),
+       ("nb_de_proj", pa.list_(pa.float32())), ("nb_tokens", pa.int64())]
+)
+
+
+def perturb_batch(batch: pa.Table, neighbor_cfg) -> pa.Table:
+    """Adds the K neighbor texts and their kinds to each sample."""
+    texts, kinds = [], []
+    for sid, text in zip(batch["sample_id"].to_pylist(), batch["text"].to_pylist()):
+        t, k = make_neighbors(text, sid, neighbor_cfg)
+        texts.append(t)
+        kinds.append(k)
+    return batch.append_column("nb_texts", pa.array(texts, pa.list_(pa.string()))).append_column(
+        "nb_kinds", pa.array(kinds, pa.list_(pa.string())))
+
+
+class ScoreActor:
+    """Holds one scorer; each call scores originals and neighbors of a batch of samples."""
+
+    def __init__(self, cfg: dict):
+        from scanner.config import ScanConfig
+        from scanner.scoring.hf import HFScorer
+
+        self.cfg = ScanConfig(**cfg)
+        self.scorer = HFScorer(self.cfg.model, revision=self.cfg.revision, device=self.cfg.device, dtype=self.cfg.dtype,
+                               trust_remote_code=self.cfg.trust_remote_code, max_length=self.cfg.max_length)
+        self.projection = (stats.projection_matrix(self.scorer.hidden_size, self.cfg.proj_dim, self.cfg.seed)
+                           if self.cfg.proj_dim > 0 else None)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        originals = batch["text"].to_pylist()
+        neighbors = batch["nb_texts"].to_pylist()
+        flat = originals + [t for nbs in neighbors for t in nbs]
+        scores = self.scorer.score_texts(flat, batch_tokens=self.cfg.batch_tokens)
+        rows, offset = [], len(originals)
+        for i, text in enumerate(originals):
+            s = scores[i]
+            nb = scores[offset: offset + len(neighbors[i])]
+            offset += len(neighbors[i])
+            row = stats.text_scores(text, s.token_logprobs, s.mu, s.sigma)
+            row |= stats.neighbor_features(row["loss"], s.embedding, [x.token_logprobs.mean() * -1 for x in nb],
+                                           [x.embedding for x in nb], self.projection)
+            row |= {"n_tokens": s.n_tokens, "truncated": s.truncated, "nb_tokens": sum(x.n_tokens for x in nb)}
+            rows.append(row)
+        cols = {name: batch[name] for name in ("sample_id", "label", "source", "shard", "nb_kinds")}
+        for field in FEATURE_SCHEMA:
+            if field.name not in cols:
+                values = [r.get(field.name) for r in rows]
+                cols[field.name] = pa.array(values, field.type)
+        return pa.table({f.name: cols[f.name] for f in FEATURE_SCHEMA}).cast(FEATURE_SCHEMA)

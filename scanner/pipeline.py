@@ -1,0 +1,147 @@
+"""`scanner scan`: read -> perturb (CPU tasks) -> score (actor pool) -> Parquet feature shards.
+
+Run folder:
+  run.json                  the scoring config and its hash (a resume must match it)
+  shards/input-NNNNN.parquet   validated samples, `shard_size` per shard, written once
+  features/part-NNNNN.parquet  feature rows of one input shard, written atomically when complete
+  quarantine.parquet        rows that could not be used, with reasons
+  manifest.json             resolved config, versions, counts, wall time, tokens/s
+
+Resume: a shard whose feature file exists is never scored again, so a crashed or killed run picks
+up where it stopped; re-running a finished command does no scoring at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from scanner.config import ScanConfig
+from scanner.corpus import Columns, read_corpus
+from scanner.errors import InputError
+from scanner.features import FEATURE_SCHEMA, ScoreActor, perturb_batch
+
+
+def _versions() -> dict:
+    out = {}
+    for pkg in ("scanner", "ray", "torch", "transformers", "pyarrow", "polars"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)  # a reader never sees half a shard, a crash leaves only a .tmp
+
+
+def prepare_run(data: list[str], out: Path, cfg: ScanConfig, progress: Callable[[str], None]) -> dict:
+    """Validate inputs once and cut them into shards; on a resume, check the config matches."""
+    run_file = out / "run.json"
+    if run_file.exists():
+        previous = json.loads(run_file.read_text())
+        if previous["scoring_hash"] != cfg.scoring_hash():
+            raise InputError(f"{out} holds a run with another scoring config ({previous['scoring_hash']} != "
+                             f"{cfg.scoring_hash()}); use a new --out or the same options")
+        progress(f"resuming run {previous['run_id']} in {out}")
+        return previous
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = read_corpus(data, Columns(text=cfg.text_col, label=cfg.label_col, id=cfg.id_col, source=cfg.source_col),
+                         progress=progress)
+    if corpus.samples.height == 0:
+        raise InputError(f"no usable rows in {' '.join(data)}: {corpus.counts['quarantined_by_reason']}")
+    (out / "shards").mkdir(exist_ok=True)
+    shards = []
+    table = corpus.samples.select("sample_id", "text", "label", "source").to_arrow()
+    for k, start in enumerate(range(0, table.num_rows, cfg.shard_size)):
+        name = f"input-{k:05d}.parquet"
+        part = table.slice(start, cfg.shard_size)
+        part = part.append_column("shard", pa.array([name] * part.num_rows, pa.string()))
+        _write_atomic(part, out / "shards" / name)
+        shards.append({"name": name, "rows": part.num_rows})
+    corpus.quarantine.write_parquet(out / "quarantine.parquet")
+    run = {"run_id": uuid.uuid4().hex[:12], "scoring_hash": cfg.scoring_hash(), "config": asdict(cfg),
+           "inputs": corpus.files, "corpus": corpus.counts, "shards": shards}
+    run_file.write_text(json.dumps(run, indent=2))  # last: its presence means the shards are complete
+    progress(f"{corpus.counts['read']} rows read: {corpus.counts['kept']} kept in {len(shards)} shards, "
+             f"{corpus.counts['quarantined']} quarantined")
+    return run
+
+
+def feature_path(out: Path, shard_name: str) -> Path:
+    return out / "features" / shard_name.replace("input-", "part-")
+
+
+def run_scan(data: list[str], out: Path, cfg: ScanConfig, progress: Callable[[str], None] = print) -> dict:
+    import ray
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    run = prepare_run(data, out, cfg, progress)
+    (out / "features").mkdir(exist_ok=True)
+    pending = [s for s in run["shards"] if not feature_path(out, s["name"]).exists()]
+    skipped = len(run["shards"]) - len(pending)
+    if skipped:
+        progress(f"{skipped} of {len(run['shards'])} shards already scored: skipped")
+    scored_rows = scored_tokens = 0
+    if pending:
+        if not ray.is_initialized():
+            ray.init()
+        gpus = cfg.gpus_per_actor
+        if gpus is None:
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        expected = {s["name"]: s["rows"] for s in pending}
+        ds = ray.data.read_parquet([str(out / "shards" / s["name"]) for s in pending])
+        ds = ds.map_batches(perturb_batch, fn_kwargs={"neighbor_cfg": cfg.neighbor_config()},
+                            batch_format="pyarrow", batch_size=cfg.samples_per_call)
+        ds = ds.map_batches(ScoreActor, fn_constructor_kwargs={"cfg": asdict(cfg)}, batch_format="pyarrow",
+                            batch_size=cfg.samples_per_call, num_gpus=gpus, num_cpus=cfg.cpus_per_actor,
+                            compute=ray.data.ActorPoolStrategy(size=cfg.actors))
+        buffers: dict[str, list[pa.Table]] = {}
+        constants = {"model": cfg.model, "revision": cfg.revision or "local", "run_id": run["run_id"]}
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            for name in set(batch["shard"].to_pylist()):
+                part = batch.filter(pc.equal(batch["shard"], name))
+                buffers.setdefault(name, []).append(part)
+                got = sum(t.num_rows for t in buffers[name])
+                if got == expected[name]:  # shard complete: write it, forget it
+                    table = pa.concat_tables(buffers.pop(name)).sort_by("sample_id")
+                    for col, value in constants.items():
+                        table = table.append_column(col, pa.array([value] * table.num_rows, pa.string()))
+                    _write_atomic(table, feature_path(out, name))
+                    scored_rows += table.num_rows
+                    scored_tokens += int(pc.sum(table["n_tokens"]).as_py() + pc.sum(table["nb_tokens"]).as_py())
+                    progress(f"wrote {feature_path(out, name).name} ({table.num_rows} samples)")
+        if buffers:
+            raise RuntimeError(f"incomplete shards after scoring: { {k: sum(t.num_rows for t in v) for k, v in buffers.items()} }")
+    wall = time.perf_counter() - t0
+    manifest = {
+        "run_id": run["run_id"],
+        "config": run["config"],
+        "scoring_hash": run["scoring_hash"],
+        "inputs": run["inputs"],
+        "counts": {"read": run["corpus"]["read"], "scored": sum(s["rows"] for s in run["shards"]),
+                   "quarantined": run["corpus"]["quarantined"],
+                   "quarantined_by_reason": run["corpus"]["quarantined_by_reason"],
+                   "scored_this_invocation": scored_rows, "shards": len(run["shards"]), "shards_skipped": skipped},
+        "feature_schema": [f"{f.name}: {f.type}" for f in FEATURE_SCHEMA],
+        "wall_seconds": round(wall, 2),
+        "tokens_scored_this_invocation": scored_tokens,
+        "tokens_per_second": round(scored_tokens / wall, 1) if scored_tokens else None,
+        "versions": _versions(),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest

@@ -1,0 +1,153 @@
+"""Hugging Face backend: token log-probs, Min-K%++ statistics and embeddings from one forward pass.
+
+- Model and tokenizer come from a hub id or a local path (`from_pretrained`); `trust_remote_code`
+  is off unless asked for. Device and dtype are automatic: bf16 on a GPU, fp32 on the CPU.
+- Every token of a text is scored: a BOS (or EOS) token is put in front when the tokenizer does
+  not add one itself. Texts longer than the model's window are truncated to it and flagged
+  (`truncated`); windowed scoring would mix contexts across windows, truncation keeps each score
+  a plain function of the text's first `max_length` tokens.
+- Batches are built by a token budget over texts sorted by length (little padding); padding is
+  on the right and masked, so no pad token reaches any score.
+- The LM head runs on chunks of positions: logits are turned into log-softmax, the actual token's
+  log-prob and the mean/std of log p under the model's own distribution (for Min-K%++), so
+  B x T x V is never materialised in fp32 at once. The embedding is the masked mean of the last
+  hidden state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+LOGITS_CHUNK_BYTES = 256 << 20  # fp32 logits held at once per chunk
+
+
+@dataclass
+class TextScore:
+    token_logprobs: np.ndarray  # (n_scored,) log p(token_t | tokens < t)
+    mu: np.ndarray  # (n_scored,) E_z~p[log p(z)] at each scored position
+    sigma: np.ndarray  # (n_scored,) std of log p(z) under p
+    embedding: np.ndarray  # (hidden,) mean of the last hidden state over the text's tokens
+    n_tokens: int  # tokens fed to the model (after truncation, with the prefix token)
+    truncated: bool
+
+
+def auto_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def auto_dtype(device: str) -> torch.dtype:
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+class HFScorer:
+    def __init__(self, model: str, revision: str | None = None, device: str | None = None,
+                 dtype: str | None = None, trust_remote_code: bool = False, max_length: int | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = device or auto_device()
+        self.dtype = getattr(torch, dtype) if dtype else auto_dtype(self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model, revision=revision, dtype=self.dtype, trust_remote_code=trust_remote_code
+        ).to(self.device).eval()
+        self.model_id = model
+        self.revision = revision or getattr(self.model.config, "_commit_hash", None) or "local"
+        window = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
+        self.max_length = min(x for x in (max_length, window, 1 << 20) if x)
+        tok = self.tokenizer
+        self.prefix_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (self.prefix_id or 0)
+        self.base = getattr(self.model, self.model.base_model_prefix)
+        self.head = self.model.get_output_embeddings()
+        self.split_head = self._split_head_matches()
+
+    # ------------------------------------------------------------ tokens
+
+    def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        enc = self.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+        ids, truncated = [], []
+        for row in enc:
+            if self.prefix_id is not None and (not row or row[0] != self.prefix_id):
+                row = [self.prefix_id] + row
+            truncated.append(len(row) > self.max_length)
+            ids.append(row[: self.max_length])
+        return ids, truncated
+
+    # ------------------------------------------------------------ forward
+
+    def _split_head_matches(self) -> bool:
+        """Running base model + head separately must equal the model's own logits (some models
+        scale or soft-cap logits inside forward); otherwise fall back to the full forward."""
+        ids = torch.tensor([[self.prefix_id or 0, 1, 2, 3]], device=self.device)
+        with torch.no_grad():
+            full = self.model(input_ids=ids).logits.float()
+            split = self.head(self.base(input_ids=ids).last_hidden_state).float()
+        return bool(torch.allclose(full, split, atol=1e-3, rtol=1e-3))
+
+    def _hidden_and_logits_fn(self, input_ids, attention_mask):
+        if self.split_head:
+            hidden = self.base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return hidden, lambda t0, t1: self.head(hidden[:, t0:t1])
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return out.hidden_states[-1], lambda t0, t1: out.logits[:, t0:t1]
+
+    @torch.no_grad()
+    def _score_batch(self, batch: list[list[int]]) -> list[tuple]:
+        B, T = len(batch), max(len(r) for r in batch)
+        ids = torch.full((B, T), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, T), dtype=torch.long)
+        for i, r in enumerate(batch):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        hidden, logits_of = self._hidden_and_logits_fn(ids, mask)
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        emb = ((hidden * m).sum(1) / m.sum(1)).float().cpu().numpy()
+
+        vocab = self.head.out_features if hasattr(self.head, "out_features") else self.model.config.vocab_size
+        step = max(1, LOGITS_CHUNK_BYTES // (4 * B * vocab))
+        lp, mu, sd = (torch.empty((B, T - 1)) for _ in range(3))
+        for t0 in range(0, T - 1, step):  # position t predicts token t + 1
+            t1 = min(T - 1, t0 + step)
+            logp = torch.log_softmax(logits_of(t0, t1).float(), dim=-1)
+            target = ids[:, t0 + 1 : t1 + 1].unsqueeze(-1)
+            lp[:, t0:t1] = logp.gather(-1, target).squeeze(-1).cpu()
+            p = logp.exp()
+            mean = (p * logp).sum(-1)
+            mu[:, t0:t1] = mean.cpu()
+            sd[:, t0:t1] = ((p * logp.square()).sum(-1) - mean.square()).clamp_min(0).sqrt().cpu()
+            del logp, p
+        out = []
+        for i, r in enumerate(batch):
+            n = len(r) - 1
+            out.append((lp[i, :n].numpy().astype(np.float64), mu[i, :n].numpy().astype(np.float64),
+                        sd[i, :n].numpy().astype(np.float64), emb[i]))
+        return out
+
+    def score_ids(self, ids: list[list[int]], batch_tokens: int = 16384) -> list[tuple]:
+        """Sorted by length, cut into batches of at most `batch_tokens` padded tokens."""
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        results: list = [None] * len(ids)
+        start = 0
+        while start < len(order):
+            longest = len(ids[order[start]])
+            size = max(1, batch_tokens // max(longest, 1))
+            chunk = order[start : start + size]
+            for i, res in zip(chunk, self._score_batch([ids[i] for i in chunk])):
+                results[i] = res
+            start += size
+        return results
+
+    def score_texts(self, texts: list[str], batch_tokens: int = 16384) -> list[TextScore]:
+        ids, truncated = self.tokenize(texts)
+        return [TextScore(lp, mu, sd, emb, len(r), tr)
+                for (lp, mu, sd, emb), r, tr in zip(self.score_ids(ids, batch_tokens), ids, truncated)]
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") else self.model.config.n_embd)

@@ -1,0 +1,89 @@
+"""Membership scores and fidelity features as pure numpy functions, shared by every backend.
+
+Inputs per text are the log-probs of its actual tokens (position t given tokens < t) and, for
+Min-K%++, the mean and std of log p(z | prefix) under the model's own next-token distribution at
+each position (mu_t = E_z~p[log p(z)], sigma_t^2 = E_z~p[(log p(z) - mu_t)^2]; Zhang et al. 2024).
+
+Directions, as stored: loss and zlib_ratio are lower for members; min_k and min_k_pp are higher
+for members; neighborhood (loss - mean neighbor loss) is lower (more negative) for members.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+
+K_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def loss(token_logprobs: np.ndarray) -> float:
+    """Mean negative log-likelihood per scored token."""
+    return float(-np.mean(token_logprobs))
+
+
+def zlib_entropy(text: str) -> int:
+    return len(zlib.compress(text.encode("utf-8")))
+
+
+def zlib_ratio(loss_value: float, text: str) -> float:
+    """Loss over zlib-compressed length (Carlini et al. 2021): normalises away plain redundancy."""
+    return loss_value / zlib_entropy(text)
+
+
+def _lowest_mean(values: np.ndarray, k: float) -> float:
+    n = max(1, int(math.floor(len(values) * k)))
+    return float(np.mean(np.partition(values, n - 1)[:n]))
+
+
+def min_k(token_logprobs: np.ndarray, k: float) -> float:
+    """Min-K% (Shi et al. 2023): mean of the lowest k fraction of token log-probs (at least one)."""
+    return _lowest_mean(np.asarray(token_logprobs, dtype=np.float64), k)
+
+
+def min_k_plus_plus(token_logprobs: np.ndarray, mu: np.ndarray, sigma: np.ndarray, k: float) -> float:
+    """Min-K%++: each token's log-prob standardised by the model's own next-token distribution,
+    then Min-K% of those."""
+    z = (np.asarray(token_logprobs, np.float64) - mu) / np.maximum(sigma, 1e-6)
+    return _lowest_mean(z, k)
+
+
+def text_scores(text: str, token_logprobs: np.ndarray, mu: np.ndarray | None, sigma: np.ndarray | None) -> dict:
+    """All single-text scores. Min-K%++ is None when the backend cannot give mu/sigma."""
+    lp = np.asarray(token_logprobs, dtype=np.float64)
+    out = {"loss": loss(lp)}
+    out["zlib_ratio"] = zlib_ratio(out["loss"], text)
+    for k in K_FRACTIONS:
+        out[f"min_k_{int(k * 100)}"] = min_k(lp, k)
+    for k in K_FRACTIONS:
+        out[f"min_k_pp_{int(k * 100)}"] = None if mu is None else min_k_plus_plus(lp, mu, sigma, k)
+    return out
+
+
+def projection_matrix(dim: int, out_dim: int, seed: int) -> np.ndarray:
+    """Fixed seeded Gaussian random projection (Johnson-Lindenstrauss scaling)."""
+    rng = np.random.default_rng([seed, dim, out_dim])
+    return rng.standard_normal((dim, out_dim)) / math.sqrt(out_dim)
+
+
+def neighbor_features(orig_loss: float, orig_emb: np.ndarray, nb_losses: np.ndarray, nb_embs: np.ndarray,
+                      projection: np.ndarray | None) -> dict:
+    """Per neighbor: dL = loss(neighbor) - loss(original), cosine distance and L2 distance of the
+    embeddings, and optionally the projected embedding difference (neighbor - original)."""
+    nb_losses = np.asarray(nb_losses, np.float64)
+    nb_embs = np.asarray(nb_embs, np.float64).reshape(len(nb_losses), -1)
+    orig = np.asarray(orig_emb, np.float64)
+    diff = nb_embs - orig
+    norms = np.linalg.norm(nb_embs, axis=1) * np.linalg.norm(orig)
+    cos = nb_embs @ orig / np.maximum(norms, 1e-12)
+    out = {
+        "nb_loss": nb_losses.tolist(),
+        "nb_dL": (nb_losses - orig_loss).tolist(),
+        "nb_cos_dist": (1.0 - cos).tolist(),
+        "nb_l2": np.linalg.norm(diff, axis=1).tolist(),
+        "neighborhood": float(orig_loss - nb_losses.mean()) if len(nb_losses) else None,
+    }
+    if projection is not None:
+        out["nb_de_proj"] = (diff @ projection).ravel().tolist()  # K x P, row-major
+    return out

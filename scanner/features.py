@@ -7,7 +7,7 @@ Feature row schema (one per sample; lists have one entry per neighbor, in neighb
   sample_id, label (1 member / 0 non-member / null), source, shard,
   n_tokens (original, incl. the prefix token), truncated,
   loss, zlib_ratio, min_k_{5,10,20,30,50}, min_k_pp_{5,10,20,30,50}, neighborhood,
-  nb_kinds, nb_loss, nb_dL, nb_cos_dist, nb_l2, nb_de_proj (K x proj_dim, row-major),
+  nb_kinds, nb_loss, nb_dL, nb_cos_dist, nb_l2, nb_de_proj (K x proj_dim, row-major; null if proj_dim = 0),
   nb_tokens (tokens scored over all neighbors), model, revision, run_id (added when written).
 """
 

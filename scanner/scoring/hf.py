@@ -120,7 +120,8 @@ class HFScorer:
             p = logp.exp()
             mean = (p * logp).sum(-1)
             mu[:, t0:t1] = mean.cpu()
-            sd[:, t0:t1] = ((p * logp.square()).sum(-1) - mean.square()).clamp_min(0).sqrt().cpu()
+            # two-pass variance: E[x^2] - mu^2 cancels badly in fp32 when p is nearly flat
+            sd[:, t0:t1] = (p * (logp - mean.unsqueeze(-1)).square()).sum(-1).sqrt().cpu()
             del logp, p
         out = []
         for i, r in enumerate(batch):

@@ -1,0 +1,101 @@
+import math
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from scanner.scoring import hf, stats
+from scanner.scoring.hf import HFScorer
+
+TEXTS = [
+    "Short one.",
+    "A somewhat longer sentence about lists, tuples and dictionaries in Python.",
+    "x",
+    " ".join(["The interpreter evaluates each expression from left to right."] * 6),
+    "Tabs\tand\nnewlines\n\nstay.",
+]
+
+
+@pytest.fixture(scope="module")
+def random_gpt2(tmp_path_factory):
+    """A randomly initialised GPT-2 with a real BPE tokenizer, saved to disk and loaded by path."""
+    from scanner.toy import english_passages
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(english_passages(), trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(hf_tok), n_positions=64, n_embd=32, n_layer=2, n_head=2))
+    path = tmp_path_factory.mktemp("random_gpt2")
+    model.save_pretrained(path)
+    hf_tok.save_pretrained(path)
+    return str(path)
+
+
+def reference(model, ids):
+    """One text, no padding, full fp64 log-softmax."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+    logp = torch.log_softmax(logits[:-1], dim=-1)
+    target = torch.tensor(ids[1:])
+    lp = logp[torch.arange(len(target)), target]
+    p = logp.exp()
+    mu = (p * logp).sum(-1)
+    sd = (p * (logp - mu[:, None]) ** 2).sum(-1).sqrt()
+    return lp.numpy(), mu.numpy(), sd.numpy()
+
+
+@pytest.mark.parametrize("split_head", [True, False])
+def test_batched_chunked_scores_match_an_unbatched_reference(random_gpt2, monkeypatch, split_head):
+    scorer = HFScorer(random_gpt2)
+    assert scorer.device == "cpu" and scorer.dtype == torch.float32
+    assert scorer.split_head  # base + head reproduce GPT-2's logits
+    scorer.split_head = split_head  # and the fallback through the full forward agrees too
+    monkeypatch.setattr(hf, "LOGITS_CHUNK_BYTES", 4 * 600 * 3 * 5)  # a few positions per chunk
+    results = scorer.score_texts(TEXTS, batch_tokens=130)  # several padded batches
+    ids, truncated = scorer.tokenize(TEXTS)
+    assert truncated == [False, False, False, True, False] and len(ids[3]) == 64
+    for text, row, res in zip(TEXTS, ids, results):
+        assert row[0] == scorer.tokenizer.bos_token_id  # every text token is scored
+        lp, mu, sd = reference(scorer.model, row)
+        np.testing.assert_allclose(res.token_logprobs, lp, atol=1e-4)
+        np.testing.assert_allclose(res.mu, mu, atol=1e-4)
+        np.testing.assert_allclose(res.sigma, sd, atol=1e-4)
+        ref = stats.text_scores(text, lp, mu, sd)
+        got = stats.text_scores(text, res.token_logprobs, res.mu, res.sigma)
+        for key, value in ref.items():
+            assert got[key] == pytest.approx(value, abs=1e-4), key
+        with torch.no_grad():
+            hidden = scorer.model(input_ids=torch.tensor([row]), output_hidden_states=True).hidden_states[-1][0]
+        np.testing.assert_allclose(res.embedding, hidden.mean(0).numpy(), atol=1e-4)
+
+
+def test_score_functions_on_hand_examples():
+    lp = np.array([-1.0, -2.0, -3.0, -4.0])
+    assert stats.loss(lp) == 2.5
+    assert stats.min_k(lp, 0.5) == -3.5  # the lowest half
+    assert stats.min_k(lp, 0.05) == -4.0  # at least one token
+    mu, sd = np.array([-1.0, -1.0, -2.0, -2.0]), np.array([1.0, 2.0, 1.0, 0.5])
+    # z = [0, -0.5, -1, -4] -> lowest half = mean(-4, -1)
+    assert stats.min_k_plus_plus(lp, mu, sd, 0.5) == -2.5
+    assert stats.zlib_ratio(2.5, "abc") == 2.5 / len(zlib.compress(b"abc"))
+    s = stats.text_scores("abc", lp, None, None)
+    assert s["min_k_pp_20"] is None and s["min_k_20"] == -4.0
+
+
+def test_neighbor_features_on_hand_examples():
+    f = stats.neighbor_features(2.0, np.array([1.0, 0.0]), np.array([2.5, 1.5]),
+                                np.array([[0.0, 1.0], [2.0, 0.0]]), projection=np.eye(2))
+    assert f["nb_dL"] == [0.5, -0.5]
+    assert f["nb_cos_dist"] == pytest.approx([1.0, 0.0])
+    assert f["nb_l2"] == pytest.approx([math.sqrt(2), 1.0])
+    assert f["nb_de_proj"] == pytest.approx([-1.0, 1.0, 1.0, 0.0])
+    assert f["neighborhood"] == 0.0
+    p1, p2 = stats.projection_matrix(64, 8, seed=1), stats.projection_matrix(64, 8, seed=1)
+    assert p1.shape == (64, 8) and np.array_equal(p1, p2)

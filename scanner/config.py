@@ -30,6 +30,8 @@ class ScanConfig:
     max_changes: int = 20
     seed: int = 0
     batch_tokens: int = 16384  # padded tokens per forward pass
+    mlm_model: str | None = None  # fill-mask model (hub id or path), needed by the "mlm" neighbor kind
+    embedder: str | None = None  # separate sentence embedder (hub id or path); default: the target's hidden state
     proj_dim: int = 8  # random projection of the embedding difference per neighbor (0: off)
     shard_size: int = 1000  # samples per resumable shard
     actors: int = 1
@@ -51,6 +53,8 @@ class ScanConfig:
         for name in ("neighbors", "batch_tokens", "shard_size", "actors", "samples_per_call"):
             if getattr(self, name) < (0 if name == "neighbors" else 1):
                 raise InputError(f"config {name} = {getattr(self, name)} is out of range")
+        if "mlm" in self.neighbor_kinds and not self.mlm_model:
+            raise InputError('the "mlm" neighbor kind needs a fill-mask model: set mlm_model (e.g. a BERT path)')
         try:
             self.neighbor_config()
         except ValueError as e:

@@ -42,7 +42,9 @@ def perturb_batch(batch: pa.Table, neighbor_cfg) -> pa.Table:
 
 
 class ScoreActor:
-    """Holds one scorer; each call scores originals and neighbors of a batch of samples."""
+    """Holds one scorer, plus the fill-mask model when "mlm" neighbors are asked for and the
+    sentence embedder when one is configured; each call fills, scores and embeds the originals
+    and neighbors of a batch of samples."""
 
     def __init__(self, cfg: dict):
         from scanner.config import ScanConfig
@@ -51,21 +53,39 @@ class ScoreActor:
         self.cfg = ScanConfig(**cfg)
         self.scorer = HFScorer(self.cfg.model, revision=self.cfg.revision, device=self.cfg.device, dtype=self.cfg.dtype,
                                trust_remote_code=self.cfg.trust_remote_code, max_length=self.cfg.max_length)
-        self.projection = (stats.projection_matrix(self.scorer.hidden_size, self.cfg.proj_dim, self.cfg.seed)
+        self.filler = None
+        if self.cfg.mlm_model:  # masked-LM neighbors are filled here, where the accelerator is
+            from scanner.mlm import MaskFiller
+
+            self.filler = MaskFiller(self.cfg.mlm_model, device=self.cfg.device,
+                                     trust_remote_code=self.cfg.trust_remote_code)
+        self.embedder = None
+        if self.cfg.embedder:
+            from scanner.scoring.embedder import Embedder
+
+            self.embedder = Embedder(self.cfg.embedder, device=self.cfg.device, trust_remote_code=self.cfg.trust_remote_code)
+        emb_dim = self.embedder.dim if self.embedder else self.scorer.hidden_size
+        self.projection = (stats.projection_matrix(emb_dim, self.cfg.proj_dim, self.cfg.seed)
                            if self.cfg.proj_dim > 0 else None)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         originals = batch["text"].to_pylist()
         neighbors = batch["nb_texts"].to_pylist()
+        if self.filler is not None:
+            filled = iter(self.filler.fill([t for nbs in neighbors for t in nbs]))
+            neighbors = [[next(filled) for _ in nbs] for nbs in neighbors]
         flat = originals + [t for nbs in neighbors for t in nbs]
         scores = self.scorer.score_texts(flat, batch_tokens=self.cfg.batch_tokens)
+        if self.embedder is not None:
+            for score, emb in zip(scores, self.embedder.embed(flat)):
+                score.embedding = emb
         rows, offset = [], len(originals)
         for i, text in enumerate(originals):
             s = scores[i]
             nb = scores[offset: offset + len(neighbors[i])]
             offset += len(neighbors[i])
             row = stats.text_scores(text, s.token_logprobs, s.mu, s.sigma)
-            row |= stats.neighbor_features(row["loss"], s.embedding, [x.token_logprobs.mean() * -1 for x in nb],
+            row |= stats.neighbor_features(row["loss"], s.embedding, [stats.loss(x.token_logprobs) for x in nb],
                                            [x.embedding for x in nb], self.projection)
             row |= {"n_tokens": s.n_tokens, "truncated": s.truncated, "nb_tokens": sum(x.n_tokens for x in nb)}
             rows.append(row)

@@ -6,7 +6,7 @@ of a sample uses kind kinds[i % len(kinds)] and a generator seeded from (seed, s
 SHA-256, so the same config gives the same neighbors on any machine and in any process.
 
 Kinds: delete, duplicate, swap, random_word (a word from elsewhere in the same text), mlm (the
-word is masked here and filled later by a fill-mask model, see scanner.mlm), and case_invert, an
+word is marked here and filled later by a fill-mask model, see scanner.mlm), and case_invert, an
 "adversarial" kind meant for evaluation only: it is not in the default training mix.
 """
 
@@ -19,7 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-MASK = "\x00MASK\x00"  # placeholder that the fill-mask stage replaces; never in real text
+# marks around a word that the fill-mask stage (scanner.mlm) replaces; never in real text
+MASK_OPEN, MASK_CLOSE = "\x00MASK[", "]\x00"
 DEFAULT_KINDS = ("delete", "duplicate", "swap", "random_word")
 _SPLIT = re.compile(r"(\s+)")
 
@@ -86,7 +87,7 @@ def _random_word(parts, slots, rng):
 
 def _mask(parts, slots, rng):
     for i in slots:
-        parts[i] = MASK
+        parts[i] = f"{MASK_OPEN}{parts[i]}{MASK_CLOSE}"
 
 
 def _case_invert(parts, slots, rng):
@@ -118,7 +119,7 @@ def perturb(text: str, kind: str, rng: np.random.Generator, cfg: NeighborConfig)
 
 
 def make_neighbors(text: str, sample_id: str, cfg: NeighborConfig) -> tuple[list[str], list[str]]:
-    """(neighbor texts, their kinds), K of each. mlm neighbors still hold MASK placeholders."""
+    """(neighbor texts, their kinds), K of each. mlm neighbors still hold marked words."""
     kinds = [cfg.kinds[i % len(cfg.kinds)] for i in range(cfg.k)]
     texts = [perturb(text, kind, rng_for(cfg.seed, sample_id, i), cfg) for i, kind in enumerate(kinds)]
     return texts, kinds

@@ -57,7 +57,7 @@ def test_batched_chunked_scores_match_an_unbatched_reference(random_gpt2, monkey
     assert scorer.device == "cpu" and scorer.dtype == torch.float32
     assert scorer.split_head  # base + head reproduce GPT-2's logits
     scorer.split_head = split_head  # and the fallback through the full forward agrees too
-    monkeypatch.setattr(hf, "LOGITS_CHUNK_BYTES", 4 * 600 * 3 * 5)  # a few positions per chunk
+    monkeypatch.setattr(hf, "LOGITS_CHUNK_BYTES", {"cpu": 4 * 600 * 3 * 5})  # a few positions per chunk
     results = scorer.score_texts(TEXTS, batch_tokens=130)  # several padded batches
     ids, truncated = scorer.tokenize(TEXTS)
     assert truncated == [False, False, False, True, False] and len(ids[3]) == 64

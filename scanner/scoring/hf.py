@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-LOGITS_CHUNK_BYTES = 256 << 20  # fp32 logits held at once per chunk
+# fp32 logits held at once per chunk: on a CPU, chunks that stay in cache are fastest (8 MiB
+# measured ~1.5x faster than 128 MiB); on a GPU, big chunks mean fewer kernel launches
+LOGITS_CHUNK_BYTES = {"cpu": 8 << 20, "cuda": 512 << 20}
 
 
 @dataclass
@@ -110,7 +112,7 @@ class HFScorer:
         emb = ((hidden * m).sum(1) / m.sum(1)).float().cpu().numpy()
 
         vocab = self.head.out_features if hasattr(self.head, "out_features") else self.model.config.vocab_size
-        step = max(1, LOGITS_CHUNK_BYTES // (4 * B * vocab))
+        step = max(1, LOGITS_CHUNK_BYTES["cuda" if ids.is_cuda else "cpu"] // (4 * B * vocab))
         lp, mu, sd = (torch.empty((B, T - 1)) for _ in range(3))
         for t0 in range(0, T - 1, step):  # position t predicts token t + 1
             t1 = min(T - 1, t0 + step)
@@ -118,11 +120,12 @@ class HFScorer:
             target = ids[:, t0 + 1 : t1 + 1].unsqueeze(-1)
             lp[:, t0:t1] = logp.gather(-1, target).squeeze(-1).cpu()
             p = logp.exp()
-            mean = (p * logp).sum(-1)
+            mean = torch.einsum("btv,btv->bt", p, logp)
             mu[:, t0:t1] = mean.cpu()
             # two-pass variance: E[x^2] - mu^2 cancels badly in fp32 when p is nearly flat
-            sd[:, t0:t1] = (p * (logp - mean.unsqueeze(-1)).square()).sum(-1).sqrt().cpu()
-            del logp, p
+            centred = logp - mean.unsqueeze(-1)
+            sd[:, t0:t1] = torch.einsum("btv,btv->bt", p * centred, centred).sqrt().cpu()
+            del logp, p, centred
         out = []
         for i, r in enumerate(batch):
             n = len(r) - 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ import polars as pl
 
 from scanner.corpus import Columns, Corpus, read_corpus
 from scanner.errors import InputError
+from scanner.provenance import package_versions
 
 EXIT_BAD_INPUT = 2
 
@@ -25,16 +26,6 @@ class Progress:
 
     def __call__(self, msg: str) -> None:
         print(f"[scanner +{time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-def _versions() -> dict:
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("scanner", "scikit-learn", "numpy", "polars", "pyarrow"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def _add_corpus_args(p: argparse.ArgumentParser) -> None:
@@ -68,7 +59,7 @@ def run_baseline_command(data: list[str], out: Path, columns: Columns, folds: in
         "inputs": corpus.files,
         "corpus": counts,
         "permuted_labels": permute_labels,
-        "versions": _versions(),
+        "versions": package_versions(),
     }
     out.mkdir(parents=True, exist_ok=True)
     corpus.quarantine.write_parquet(out / "quarantine.parquet")

@@ -18,7 +18,6 @@ import os
 import time
 import uuid
 from dataclasses import asdict
-from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -30,16 +29,7 @@ from scanner.config import ScanConfig
 from scanner.corpus import Columns, read_corpus
 from scanner.errors import InputError
 from scanner.features import FEATURE_SCHEMA, ScoreActor, perturb_batch
-
-
-def _versions() -> dict:
-    out = {}
-    for pkg in ("scanner", "ray", "torch", "transformers", "pyarrow", "polars"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
+from scanner.provenance import package_versions
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
@@ -141,7 +131,7 @@ def run_scan(data: list[str], out: Path, cfg: ScanConfig, progress: Callable[[st
         "wall_seconds": round(wall, 2),
         "tokens_scored_this_invocation": scored_tokens,
         "tokens_per_second": round(scored_tokens / wall, 1) if scored_tokens else None,
-        "versions": _versions(),
+        "versions": package_versions(),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

@@ -97,5 +97,7 @@ def test_neighbor_features_on_hand_examples():
     assert f["nb_l2"] == pytest.approx([math.sqrt(2), 1.0])
     assert f["nb_de_proj"] == pytest.approx([-1.0, 1.0, 1.0, 0.0])
     assert f["neighborhood"] == 0.0
+    none = stats.neighbor_features(2.0, np.ones(2), [], [], projection=np.eye(2))  # --neighbors 0
+    assert none["nb_dL"] == [] and none["neighborhood"] is None and none["nb_de_proj"] == []
     p1, p2 = stats.projection_matrix(64, 8, seed=1), stats.projection_matrix(64, 8, seed=1)
     assert p1.shape == (64, 8) and np.array_equal(p1, p2)

@@ -62,12 +62,12 @@ class YearRule(BaseEstimator, ClassifierMixin):
         year = np.asarray(X, dtype=np.float64)[:, 0]
         y = np.asarray(y)
         self.classes_ = np.array([0, 1])
-        has = year > 0
         best = (-1.0, 0.0)
-        for cut in np.unique(year[has]):
+        for cut in np.unique(year[year > 0]):
             after = year >= cut
-            # balanced accuracy of "after the cutoff = non-member"; 1 - it for the other direction
-            bacc = 0.5 * (after[y == 0].mean() + (~after[y == 1]).mean()) if (y == 0).any() and (y == 1).any() else 0.5
+            # distance from chance of the balanced accuracy of "after the cutoff = non-member":
+            # the same cutoff in the other direction scores the same, the logistic model picks the sign
+            bacc = 0.5 * (after[y == 0].mean() + (~after[y == 1]).mean())
             best = max(best, (abs(bacc - 0.5), float(cut)))
         self.cutoff_ = best[1]
         self.model_ = LogisticRegression(C=1.0).fit(self._design(year), y)

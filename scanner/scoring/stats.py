@@ -72,8 +72,8 @@ def neighbor_features(orig_loss: float, orig_emb: np.ndarray, nb_losses: np.ndar
     """Per neighbor: dL = loss(neighbor) - loss(original), cosine distance and L2 distance of the
     embeddings, and optionally the projected embedding difference (neighbor - original)."""
     nb_losses = np.asarray(nb_losses, np.float64)
-    nb_embs = np.asarray(nb_embs, np.float64).reshape(len(nb_losses), -1)
     orig = np.asarray(orig_emb, np.float64)
+    nb_embs = np.asarray(nb_embs, np.float64).reshape(len(nb_losses), len(orig))
     diff = nb_embs - orig
     norms = np.linalg.norm(nb_embs, axis=1) * np.linalg.norm(orig)
     cos = nb_embs @ orig / np.maximum(norms, 1e-12)

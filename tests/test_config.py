@@ -1,0 +1,35 @@
+import pytest
+
+from scanner.config import ScanConfig, load_config
+from scanner.errors import InputError
+
+
+def test_toml_and_yaml_configs_with_flag_overrides(tmp_path):
+    toml = tmp_path / "scan.toml"
+    toml.write_text('model = "some/model"\nneighbors = 12\nneighbor_kinds = ["swap", "delete"]\n')
+    cfg = load_config(str(toml), {"neighbors": 6, "seed": None})
+    assert (cfg.model, cfg.neighbors, cfg.neighbor_kinds, cfg.seed) == ("some/model", 6, ["swap", "delete"], 0)
+    yml = tmp_path / "scan.yaml"
+    yml.write_text("model: m\nbatch_tokens: 4096\n")
+    assert load_config(str(yml), {}).batch_tokens == 4096
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model: m\nneigbors: 3\n", "unknown options \\['neigbors'\\]"),
+    ("model: m\nneighbors: -1\n", "neighbors = -1 is out of range"),
+    ("model: m\nneighbor_kinds: [paraphrase]\n", "unknown neighbor kinds"),
+    ("neighbors: 3\n", "no model"),
+    ("- a list\n", "expected a mapping"),
+    ("model: [unclosed\n", "not valid YAML"),
+])
+def test_bad_configs_are_clear_input_errors(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_config(str(path), {})
+
+
+def test_scoring_hash_ignores_scheduling_knobs():
+    a = ScanConfig(model="m")
+    assert a.scoring_hash() == ScanConfig(model="m", actors=8, batch_tokens=99, gpus_per_actor=1).scoring_hash()
+    assert a.scoring_hash() != ScanConfig(model="m", seed=1).scoring_hash()

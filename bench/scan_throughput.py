@@ -29,15 +29,11 @@ import torch
 
 
 def build_model(path: Path, texts: list[str]) -> int:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=16384, special_tokens=["<|endoftext|>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    from scanner.toy import bpe_tokenizer
+
+    hf_tok = bpe_tokenizer(texts, 16384)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=16384, n_positions=512, n_embd=256, n_layer=6, n_head=4))
     model.save_pretrained(path)

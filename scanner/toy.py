@@ -34,23 +34,30 @@ def member_split(passages: list[str], seed: int = 0) -> tuple[list[str], list[st
     return [passages[i] for i in order[:half]], [passages[i] for i in order[half:]]
 
 
+def bpe_tokenizer(texts: list[str], vocab: int):
+    """A byte-level BPE tokenizer trained on `texts`, with <|endoftext|> as BOS/EOS (GPT-2 style)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>")
+
+
 def train_tiny_gpt2(members: list[str], all_texts: list[str], out_dir: Path, target_loss: float = 3.9,
                     max_epochs: int = 60, seed: int = 0, layers: int = 2, width: int = 128,
                     vocab: int = 2048, log=print) -> dict:
     """Train a BPE tokenizer on `all_texts` and a GPT-2 on `members` until the mean training loss
     of an epoch reaches `target_loss` (AUC depends on how far memorisation went, not on the
     epoch count). Saves a standard HF checkpoint in out_dir, loadable by from_pretrained."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(all_texts, trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
-                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                     unk_token="<|endoftext|>")
+    hf_tok = bpe_tokenizer(all_texts, vocab)
     config = GPT2Config(vocab_size=len(hf_tok), n_positions=256, n_embd=width, n_layer=layers, n_head=4,
                         bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id)
     model = GPT2LMHeadModel(config)

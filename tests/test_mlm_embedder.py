@@ -66,14 +66,11 @@ def test_embedder_mean_pools_real_tokens_only(tiny_bert):
 
 
 def test_score_actor_fills_mlm_neighbors_and_uses_the_embedder(tiny_bert, tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator([TEXT] * 3, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    from scanner.toy import bpe_tokenizer
+
+    hf_tok = bpe_tokenizer([TEXT] * 3, 300)
     GPT2LMHeadModel(GPT2Config(vocab_size=len(hf_tok), n_positions=64, n_embd=16, n_layer=1, n_head=2)).save_pretrained(tmp_path)
     hf_tok.save_pretrained(tmp_path)
     cfg = ScanConfig(model=str(tmp_path), neighbors=4, neighbor_kinds=["mlm", "delete"], mlm_model=tiny_bert,

@@ -20,16 +20,11 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def random_gpt2(tmp_path_factory):
     """A randomly initialised GPT-2 with a real BPE tokenizer, saved to disk and loaded by path."""
-    from scanner.toy import english_passages
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(english_passages(), trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    from scanner.toy import bpe_tokenizer, english_passages
+
+    hf_tok = bpe_tokenizer(english_passages(), 600)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(hf_tok), n_positions=64, n_embd=32, n_layer=2, n_head=2))
     path = tmp_path_factory.mktemp("random_gpt2")

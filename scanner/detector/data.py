@@ -1,0 +1,87 @@
+"""Feature shards -> detector inputs: loading, the grouped split, per-sample aggregates and
+per-neighbor rows. Sign convention, everywhere: dL = loss(neighbor) - loss(original)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from scanner.errors import InputError
+
+CLASSIC = ["loss", "zlib_ratio", "min_k_5", "min_k_10", "min_k_20", "min_k_30", "min_k_50",
+           "min_k_pp_5", "min_k_pp_10", "min_k_pp_20", "min_k_pp_30", "min_k_pp_50", "neighborhood"]
+# member score = sign x stored value (loss, zlib ratio and neighborhood are lower for members)
+MEMBER_SIGN = {"loss": -1, "zlib_ratio": -1, "neighborhood": -1}
+NEIGHBOR_LISTS = ["nb_dL", "nb_cos_dist", "nb_l2"]
+
+
+def load_features(run_dir: Path) -> pl.DataFrame:
+    """All feature shards of a scan run, in sample_id order (lazy scan, explicit sort)."""
+    files = sorted((Path(run_dir) / "features").glob("part-*.parquet"))
+    if not files:
+        raise InputError(f"{run_dir}: no features/part-*.parquet; run `scanner scan` into it first")
+    return pl.scan_parquet(files).sort("sample_id").collect()
+
+
+def load_texts(run_dir: Path, sample_ids: list[str]) -> pl.DataFrame:
+    """Texts of the given samples, from the run's input shards (the features hold no text)."""
+    shards = sorted((Path(run_dir) / "shards").glob("input-*.parquet"))
+    texts = pl.scan_parquet(shards).select("sample_id", "text").filter(pl.col("sample_id").is_in(sample_ids))
+    return pl.DataFrame({"sample_id": sample_ids}).join(texts.collect(), on="sample_id", how="left", maintain_order="left")
+
+
+def member_score(df: pl.DataFrame, name: str) -> np.ndarray:
+    return MEMBER_SIGN.get(name, 1) * df[name].cast(pl.Float64).to_numpy()
+
+
+def split_of(sample_id: str, seed: int) -> float:
+    """A stable number in [0, 1) per sample: the split never depends on row order or machine."""
+    h = hashlib.sha256(f"{seed}\0{sample_id}".encode()).digest()
+    return int.from_bytes(h[:8], "little") / 2**64
+
+
+def grouped_split(df: pl.DataFrame, seed: int, fractions=(0.5, 0.15, 0.15, 0.2)) -> dict[str, np.ndarray]:
+    """Row masks for train / validation (early stopping) / calibration (threshold) / test, by
+    sample: a sample and all its neighbors land in exactly one part."""
+    u = np.array([split_of(s, seed) for s in df["sample_id"]])
+    edges = np.cumsum((0,) + tuple(fractions))
+    names = ("train", "val", "calib", "test")
+    return {n: (u >= lo) & (u < hi) for n, lo, hi in zip(names, edges[:-1], edges[1:])}
+
+
+def available_classic(df: pl.DataFrame) -> list[str]:
+    """Classic scores present with values (Min-K%++ is null for backends without vocab stats)."""
+    return [c for c in CLASSIC if c in df.columns and df[c].null_count() < df.height]
+
+
+def aggregates(df: pl.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """Per-sample table: classic scores + mean/std/min/max of each neighbor list + log length."""
+    cols = available_classic(df)
+    exprs = [pl.col(c).cast(pl.Float64).fill_null(0.0) for c in cols]
+    names = list(cols)
+    for lst in NEIGHBOR_LISTS:
+        for stat in ("mean", "std", "min", "max"):
+            exprs.append(getattr(pl.col(lst).list, stat)().cast(pl.Float64).fill_null(0.0).alias(f"{lst}_{stat}"))
+            names.append(f"{lst}_{stat}")
+    exprs.append(pl.col("n_tokens").cast(pl.Float64).log().alias("log_tokens"))
+    names.append("log_tokens")
+    return df.select(exprs).to_numpy(), names
+
+
+def neighbor_rows(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """One row per (sample, neighbor): [dL, projected embedding difference...]; and the row's
+    sample index, to average predictions back per sample."""
+    k = df["nb_dL"].list.len().to_numpy()
+    if (k == 0).any():
+        raise InputError("the FiMMIA detector needs neighbors: some samples were scanned with --neighbors 0")
+    dl = np.concatenate(df["nb_dL"].to_list()).reshape(-1, 1)
+    proj = df["nb_de_proj"]
+    if proj.null_count() == 0:
+        p = np.concatenate(proj.to_list()).astype(np.float64).reshape(len(dl), -1)
+        X = np.hstack([dl, p])
+    else:
+        X = dl
+    return X, np.repeat(np.arange(df.height), k)

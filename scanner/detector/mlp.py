@@ -1,0 +1,150 @@
+"""Membership detectors over scan features, scikit-learn style (fit / predict_proba / save / load).
+
+- "fimmia": the FiMMIA detector. An MLP sees one neighbor at a time: its dL (neighbor loss minus
+  original loss) and its projected embedding difference, each standardised by the training
+  mean and true standard deviation; a sample's score is the mean member probability over its
+  neighbors.
+- "tabular": an MLP over per-sample aggregates (classic scores plus mean/std/min/max of dL and
+  embedding distances over all neighbors), so it sees the whole neighborhood at once.
+
+Training: seeded, early stopping on the validation samples' AUC, then a decision threshold at
+`target_fpr` calibrated on held-out non-members. Saved as safetensors (weights and
+normalisation) + JSON (everything else): loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from safetensors.torch import load_file, save_file
+
+from scanner.detector.data import aggregates, neighbor_rows
+from scanner.metrics import roc_auc
+
+KINDS = ("fimmia", "tabular")
+
+
+def _net(n_in: int, hidden: list[int]) -> torch.nn.Sequential:
+    layers, width = [], n_in
+    for h in hidden:
+        layers += [torch.nn.Linear(width, h), torch.nn.ReLU()]
+        width = h
+    layers.append(torch.nn.Linear(width, 1))
+    return torch.nn.Sequential(*layers)
+
+
+class MLPDetector:
+    def __init__(self, kind: str = "fimmia", hidden: tuple[int, ...] = (64, 32), lr: float = 1e-3,
+                 weight_decay: float = 1e-4, max_epochs: int = 300, patience: int = 20, batch_size: int = 512,
+                 seed: int = 0, target_fpr: float = 0.01):
+        if kind not in KINDS:
+            raise ValueError(f"unknown detector kind {kind!r}; known: {KINDS}")
+        self.kind, self.hidden, self.lr, self.weight_decay = kind, list(hidden), lr, weight_decay
+        self.max_epochs, self.patience, self.batch_size, self.seed = max_epochs, patience, batch_size, seed
+        self.target_fpr = target_fpr
+        self.threshold: float | None = None
+        self.info: dict = {}
+
+    # ------------------------------------------------------------ inputs
+
+    def _inputs(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, sample index of each row)."""
+        if self.kind == "fimmia":
+            return neighbor_rows(df)
+        X, names = aggregates(df)
+        if getattr(self, "feature_names", None) is not None and names != self.feature_names:
+            raise ValueError(f"features differ from training: {names} vs {self.feature_names}")
+        self.feature_names = names
+        return X, np.arange(df.height)
+
+    def _scores(self, X: np.ndarray, group: np.ndarray, n: int) -> np.ndarray:
+        with torch.no_grad():
+            z = torch.as_tensor((X - self.mean) / self.std, dtype=torch.float32)
+            p = torch.sigmoid(self.net(z)).squeeze(-1).double().numpy()
+        return np.bincount(group, weights=p, minlength=n) / np.bincount(group, minlength=n)
+
+    # ------------------------------------------------------------ estimator API
+
+    def fit(self, train: pl.DataFrame, val: pl.DataFrame) -> "MLPDetector":
+        X, group = self._inputs(train)
+        y = train["label"].to_numpy().astype(np.float32)[group]
+        Xv, gv = self._inputs(val)
+        yv = val["label"].to_numpy()
+        self.mean = X.mean(0)
+        self.std = np.where(X.std(0) > 0, X.std(0), 1.0)  # the true std, not the variance
+        torch.manual_seed(self.seed)
+        self.net = _net(X.shape[1], self.hidden)
+        opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        Xt = torch.as_tensor((X - self.mean) / self.std, dtype=torch.float32)
+        yt = torch.as_tensor(y)
+        rng = np.random.default_rng(self.seed)
+        best, best_state, stale, epoch = -1.0, None, 0, 0
+        for epoch in range(1, self.max_epochs + 1):
+            self.net.train()
+            for idx in np.array_split(rng.permutation(len(Xt)), max(1, len(Xt) // self.batch_size)):
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(self.net(Xt[idx]).squeeze(-1), yt[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            self.net.eval()
+            auc = roc_auc(yv, self._scores(Xv, gv, val.height))
+            if auc > best + 1e-4:
+                best, stale = auc, 0
+                best_state = {k: v.clone() for k, v in self.net.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= self.patience:
+                    break
+        self.net.load_state_dict(best_state)
+        self.info = {"epochs": epoch, "best_val_auc": best, "n_train": train.height, "n_val": val.height,
+                     "n_inputs": int(X.shape[1])}
+        return self
+
+    def predict_proba(self, df: pl.DataFrame) -> np.ndarray:
+        """P(member) per sample (rows of df), shape (n,)."""
+        X, group = self._inputs(df)
+        return self._scores(X, group, df.height)
+
+    def calibrate(self, calib: pl.DataFrame) -> float:
+        """Threshold flagging at most target_fpr of the held-out non-members (score > threshold)."""
+        neg = np.sort(self.predict_proba(calib)[calib["label"].to_numpy() == 0])
+        if len(neg) == 0:
+            raise ValueError("calibration needs non-members")
+        allowed = int(np.floor(self.target_fpr * len(neg)))  # false positives we may keep
+        self.threshold = float(neg[len(neg) - 1 - allowed])
+        self.info["calibration_nonmembers"] = int(len(neg))
+        return self.threshold
+
+    def flag(self, df: pl.DataFrame) -> np.ndarray:
+        return self.predict_proba(df) > self.threshold
+
+    # ------------------------------------------------------------ artifacts
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {f"net.{k}": v.contiguous() for k, v in self.net.state_dict().items()}
+        tensors["norm.mean"] = torch.as_tensor(self.mean, dtype=torch.float64)
+        tensors["norm.std"] = torch.as_tensor(self.std, dtype=torch.float64)
+        save_file(tensors, str(folder / f"{self.kind}.safetensors"))
+        meta = {"kind": self.kind, "hidden": self.hidden, "seed": self.seed, "target_fpr": self.target_fpr,
+                "threshold": self.threshold, "feature_names": getattr(self, "feature_names", None), "info": self.info,
+                "n_inputs": int(len(self.mean))}
+        (folder / f"{self.kind}.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path, kind: str) -> "MLPDetector":
+        folder = Path(folder)
+        meta = json.loads((folder / f"{kind}.json").read_text())
+        tensors = load_file(str(folder / f"{kind}.safetensors"))
+        det = cls(kind=meta["kind"], hidden=tuple(meta["hidden"]), seed=meta["seed"], target_fpr=meta["target_fpr"])
+        det.threshold, det.info, det.feature_names = meta["threshold"], meta["info"], meta["feature_names"]
+        det.mean, det.std = tensors.pop("norm.mean").numpy(), tensors.pop("norm.std").numpy()
+        det.net = _net(meta["n_inputs"], det.hidden)
+        det.net.load_state_dict({k.removeprefix("net."): v for k, v in tensors.items()})
+        det.net.eval()
+        return det

@@ -1,0 +1,59 @@
+"""`scanner train`: fit both detectors on a scan's labelled samples, as one central Ray task.
+
+The model folder holds <kind>.safetensors + <kind>.json per detector and split.json: the seed,
+the split fractions and the test sample ids, so `scanner evaluate` scores only samples that no
+detector saw in training, validation or calibration.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from scanner.detector.data import grouped_split, load_features
+from scanner.detector.mlp import KINDS, MLPDetector
+from scanner.errors import InputError
+
+
+def labelled_features(run_dir: Path) -> pl.DataFrame:
+    df = load_features(run_dir)
+    df = df.filter(pl.col("label").is_not_null())
+    if df.height == 0 or df["label"].n_unique() < 2:
+        raise InputError(f"{run_dir}: training needs labelled members (1) and non-members (0)")
+    return df
+
+
+def train_detectors(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float = 0.01) -> dict:
+    df = labelled_features(Path(run_dir))
+    parts = grouped_split(df, seed)
+    for name, mask in parts.items():
+        labels = df.filter(pl.Series(mask))["label"]
+        if labels.n_unique() < 2:
+            raise InputError(f"the {name} split of {df.height} samples lacks a class; scan more samples")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for kind in KINDS:
+        det = MLPDetector(kind=kind, seed=seed, target_fpr=target_fpr)
+        det.fit(df.filter(pl.Series(parts["train"])), df.filter(pl.Series(parts["val"])))
+        det.calibrate(df.filter(pl.Series(parts["calib"])))
+        det.save(out)
+        summary[kind] = det.info | {"threshold": det.threshold}
+    split = {"run_dir": str(run_dir), "seed": seed, "target_fpr": target_fpr,
+             "counts": {k: int(np.sum(v)) for k, v in parts.items()},
+             "test_ids": df.filter(pl.Series(parts["test"]))["sample_id"].to_list()}
+    (out / "split.json").write_text(json.dumps(split))
+    return {"detectors": summary, "split": split["counts"]}
+
+
+def train_on_ray(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float = 0.01) -> dict:
+    """The central training task: one Ray task next to the data, whatever node the driver is on."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    task = ray.remote(num_cpus=1)(train_detectors)
+    return ray.get(task.remote(str(Path(run_dir).resolve()), str(Path(out_dir).resolve()), seed, target_fpr))

@@ -1,0 +1,187 @@
+"""`scanner evaluate`: every MIA score next to the blind baseline, on the same samples.
+
+Scores: the classic ones (LOSS, zlib, Min-K%, Min-K%++, neighborhood; sign-corrected so higher =
+member), the FiMMIA and tabular detectors (when a model folder is given: only the samples held
+out from their training), and the model-free leakage baseline (out-of-fold scores of nested CV
+over all labelled texts, restricted to the same samples). The seed paper's standard decides the
+headline: an MIA result counts only if it beats the blind baseline on the same split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import polars as pl
+
+from scanner.baseline.run import run_baseline, verdict
+from scanner.detector.data import available_classic, load_texts, member_score
+from scanner.detector.mlp import KINDS, MLPDetector
+from scanner.detector.train import labelled_features
+from scanner.metrics import roc_auc, summarize
+from scanner.report import roc_png, write_report, fmt, fmt_auc, fmt_tpr, TPR_NOTE
+
+BASELINE = "blind baseline"
+LENGTH_BUCKETS = (64, 128, 256)  # tokens
+
+
+def paired_auc_difference(y, a, b, n_boot: int = 1000, seed: int = 0) -> dict:
+    """AUC(a) - AUC(b) on the same samples, with a stratified paired bootstrap CI."""
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    diffs = []
+    for _ in range(n_boot):
+        idx = np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]
+        diffs.append(roc_auc(y[idx], a[idx]) - roc_auc(y[idx], b[idx]))
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return {"difference": roc_auc(y, a) - roc_auc(y, b), "ci": [float(lo), float(hi)]}
+
+
+def _length_bucket(n: np.ndarray) -> list[str]:
+    edges = (0,) + LENGTH_BUCKETS + (10**9,)
+    names = [f"{lo}-{hi - 1}" if hi < 10**9 else f">={lo}" for lo, hi in zip(edges[:-1], edges[1:])]
+    return [names[int(np.searchsorted(LENGTH_BUCKETS, x, side="right"))] for x in n]
+
+
+def _breakdown(df: pl.DataFrame, y, scores: dict, by: list[str]) -> list[dict]:
+    rows = []
+    for group in sorted(set(by)):
+        mask = np.array([g == group for g in by])
+        row = {"group": group, "n": int(mask.sum()), "members": int(y[mask].sum())}
+        for name, s in scores.items():
+            both = 0 < y[mask].sum() < mask.sum()
+            row[name] = roc_auc(y[mask], s[mask]) if both else None
+        rows.append(row)
+    return rows
+
+
+def _histograms_png(y, scores: dict) -> bytes:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    n = len(scores)
+    cols = 3
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(11, 2.6 * ((n + cols - 1) // cols)))
+    for ax, (name, s) in zip(np.ravel(axes), scores.items()):
+        bins = np.histogram_bin_edges(s, bins=30)
+        ax.hist(s[y == 0], bins=bins, alpha=0.6, label="non-members")
+        ax.hist(s[y == 1], bins=bins, alpha=0.6, label="members")
+        ax.set_title(name, fontsize=9)
+    for ax in np.ravel(axes)[n:]:
+        ax.axis("off")
+    np.ravel(axes)[0].legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def evaluate(run_dir: Path, out: Path, detector_dir: Path | None = None, seed: int = 0, n_boot: int = 1000,
+             progress: Callable[[str], None] = lambda m: None) -> dict:
+    df = labelled_features(run_dir)
+    held_out = "all labelled samples (no detector)"
+    detectors = {}
+    if detector_dir is not None:
+        split = json.loads((Path(detector_dir) / "split.json").read_text())
+        detectors = {k: MLPDetector.load(detector_dir, k) for k in KINDS}
+        if Path(split["run_dir"]).resolve() == Path(run_dir).resolve():
+            test_ids = set(split["test_ids"])
+            held_out = f"the {len(test_ids)} test samples held out from detector training"
+        else:
+            test_ids = set(df["sample_id"])
+            held_out = "all labelled samples (the detectors were trained on another run)"
+    else:
+        test_ids = set(df["sample_id"])
+
+    progress("blind baseline on the same texts (nested CV)")
+    texts = load_texts(run_dir, df["sample_id"].to_list())
+    base = run_baseline(df.select("sample_id", "label", "source").with_columns(texts["text"]),
+                        seed=seed, n_boot=200, progress=progress)
+    base_scores = base.scores["score"].to_numpy()
+
+    test = np.array([s in test_ids for s in df["sample_id"]])
+    dt = df.filter(pl.Series(test))
+    y = dt["label"].to_numpy().astype(int)
+    scores = {name: member_score(dt, name) for name in available_classic(dt)}
+    for kind, det in detectors.items():
+        scores[f"{kind} detector"] = det.predict_proba(dt)
+    mia_names = list(scores)
+    scores[BASELINE] = base_scores[test]
+
+    progress(f"metrics on {held_out}")
+    metrics = {name: summarize(y, s, n_boot=n_boot, seed=seed) for name, s in scores.items()}
+    best_mia = max(mia_names, key=lambda n: metrics[n]["auc"])
+    diff = paired_auc_difference(y, scores[best_mia], scores[BASELINE], n_boot=n_boot, seed=seed)
+    leak = verdict(metrics[BASELINE]["auc_ci"])
+    beats = diff["ci"][0] > 0
+    if beats:
+        conclusion = (f"The MIA signal exceeds the blind baseline: {best_mia} AUC {metrics[best_mia]['auc']:.3f} vs "
+                      f"baseline {metrics[BASELINE]['auc']:.3f} (difference {diff['difference']:+.3f}, 95% CI "
+                      f"[{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]): evidence of membership beyond distribution shift.")
+    else:
+        conclusion = (f"The MIA numbers are NOT evidence of membership: the best MIA score ({best_mia}, AUC "
+                      f"{metrics[best_mia]['auc']:.3f}) does not beat the blind baseline (AUC "
+                      f"{metrics[BASELINE]['auc']:.3f}; difference {diff['difference']:+.3f}, 95% CI "
+                      f"[{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]).")
+    conclusion += (f" The best MIA score is picked among {len(mia_names)} on these same samples, which favours "
+                   f"the MIA side.")
+    thresholds = {}
+    for kind, det in detectors.items():
+        flag = scores[f"{kind} detector"] > det.threshold
+        thresholds[kind] = {"threshold": det.threshold, "target_fpr": det.target_fpr,
+                            "observed_fpr": float(flag[y == 0].mean()), "observed_tpr": float(flag[y == 1].mean())}
+    by_source = _breakdown(dt, y, {best_mia: scores[best_mia], BASELINE: scores[BASELINE]}, dt["source"].to_list())
+    by_length = _breakdown(dt, y, {best_mia: scores[best_mia], BASELINE: scores[BASELINE]},
+                           _length_bucket(dt["n_tokens"].to_numpy()))
+    result = {
+        "task": "evaluate",
+        "evaluated_on": held_out,
+        "n": int(len(y)), "n_members": int(y.sum()),
+        "scores": metrics,
+        "best_mia": best_mia,
+        "mia_beats_baseline": beats,
+        "best_mia_minus_baseline": diff,
+        "baseline_verdict": leak,
+        "conclusion": conclusion,
+        "thresholds": thresholds,
+        "by_source": by_source,
+        "by_length": by_length,
+        "run_dir": str(run_dir),
+        "detector_dir": str(detector_dir) if detector_dir else None,
+    }
+    curves = {name: (y, s) for name, s in scores.items()}
+    write_report(Path(out), "Membership inference vs the blind baseline", _blocks(result, curves, y, scores), result)
+    return result
+
+
+def _blocks(m: dict, curves: dict, y, scores: dict) -> list:
+    fprs = list(next(iter(m["scores"].values()))["tpr_at_fpr"])
+    table = [[name, fmt_auc(s)] + [fmt_tpr(s, f) for f in fprs] for name, s in m["scores"].items()]
+    bd_names = [m["best_mia"], BASELINE]
+    blocks = [
+        ("p", f"**{m['conclusion']}**"),
+        ("p", f"Blind baseline verdict on this split: {m['baseline_verdict']['status']}. {m['baseline_verdict']['text']}"),
+        ("p", f"Evaluated on {m['evaluated_on']}: n = {m['n']}, members = {m['n_members']}."),
+        ("table", ["score", "AUC [95% CI]"] + [f"TPR@{float(f):.1%}" for f in fprs], table),
+        ("img", "roc_loglog.png", roc_png(curves, loglog=True)),
+        ("img", "roc.png", roc_png(curves, loglog=False)),
+        ("h2", "Score distributions by label"),
+        ("img", "histograms.png", _histograms_png(y, scores)),
+    ]
+    if m["thresholds"]:
+        blocks += [("h2", "Calibrated thresholds (on held-out non-members)"),
+                   ("table", ["detector", "threshold", "target FPR", "observed FPR", "observed TPR"],
+                    [[k, fmt(t["threshold"]), fmt(t["target_fpr"]), fmt(t["observed_fpr"]), fmt(t["observed_tpr"])]
+                     for k, t in m["thresholds"].items()])]
+    for title, key in (("By source", "by_source"), ("By length (tokens)", "by_length")):
+        blocks += [("h2", f"{title}: AUC"),
+                   ("table", ["group", "n", "members"] + bd_names,
+                    [[r["group"], r["n"], r["members"]] + [fmt(r[n]) if r[n] is not None else "n/a" for n in bd_names]
+                     for r in m[key]])]
+    blocks.append(("p", "Scores are oriented so that higher = member (LOSS, zlib ratio and neighborhood are negated). "
+                        + TPR_NOTE))
+    return blocks

@@ -1,0 +1,108 @@
+import json
+import pickle
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from scanner.detector.data import grouped_split, load_features
+from scanner.detector.mlp import MLPDetector
+from scanner.detector.train import train_detectors
+from scanner.evaluate import evaluate
+from scanner.metrics import roc_auc
+from scanner.report import fmt, fmt_auc
+from tests.fake_scan import write_fake_run
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("fake_run")
+    write_fake_run(run, n=1200)
+    return run
+
+
+def test_grouped_split_puts_each_sample_in_exactly_one_part(fake_run):
+    df = load_features(fake_run)
+    parts = grouped_split(df, seed=0)
+    stacked = np.vstack(list(parts.values()))
+    assert (stacked.sum(0) == 1).all()  # every sample in exactly one part
+    assert abs(parts["test"].mean() - 0.2) < 0.05 and abs(parts["train"].mean() - 0.5) < 0.05
+    again = grouped_split(df.reverse(), seed=0)  # row order does not matter, only the ids
+    ids = df["sample_id"].to_numpy()
+    assert set(ids[parts["test"]]) == set(df.reverse()["sample_id"].to_numpy()[again["test"]])
+    assert set(ids[grouped_split(df, seed=1)["test"]]) != set(ids[parts["test"]])
+
+
+@pytest.mark.parametrize("kind", ["fimmia", "tabular"])
+def test_detectors_learn_calibrate_and_round_trip_without_pickle(fake_run, tmp_path, monkeypatch, kind):
+    df = load_features(fake_run)
+    parts = {k: df.filter(pl.Series(v)) for k, v in grouped_split(df, seed=0).items()}
+    det = MLPDetector(kind=kind, target_fpr=0.05).fit(parts["train"], parts["val"])
+    auc = roc_auc(parts["test"]["label"].to_numpy(), det.predict_proba(parts["test"]))
+    assert auc > 0.8, auc
+    det.calibrate(parts["calib"])
+    # the threshold flags about 5% of non-members it never saw
+    y_test = parts["test"]["label"].to_numpy()
+    observed = det.flag(parts["test"])[y_test == 0].mean()
+    assert 0.0 <= observed <= 0.12, observed
+    det.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{kind}.json", f"{kind}.safetensors"]
+
+    def no_unpickling(*a, **k):
+        raise AssertionError("loading a detector must not unpickle")
+
+    monkeypatch.setattr(pickle, "load", no_unpickling)
+    monkeypatch.setattr(pickle, "loads", no_unpickling)
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    loaded = MLPDetector.load(tmp_path, kind)
+    np.testing.assert_array_equal(loaded.predict_proba(parts["test"]), det.predict_proba(parts["test"]))
+    assert loaded.threshold == det.threshold
+
+
+def test_threshold_calibration_hits_the_target_fpr_on_large_held_out_sets(tmp_path):
+    write_fake_run(tmp_path, n=6000, k=2, seed=3)
+    df = load_features(tmp_path)
+    parts = {k: df.filter(pl.Series(v)) for k, v in grouped_split(df, seed=0).items()}
+    det = MLPDetector(kind="tabular", target_fpr=0.05, max_epochs=30).fit(parts["train"], parts["val"])
+    det.calibrate(parts["calib"])  # ~450 non-members
+    y = parts["test"]["label"].to_numpy()
+    observed = det.flag(parts["test"])[y == 0].mean()  # ~600 non-members never seen
+    assert abs(observed - 0.05) < 0.025, observed
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_write_consistent_reports(tmp_path):
+    run = tmp_path / "run"
+    write_fake_run(run, n=800, signal=1.5)
+    info = train_detectors(str(run), str(tmp_path / "model"), seed=0)
+    assert set(info["detectors"]) == {"fimmia", "tabular"}
+    m = evaluate(run, tmp_path / "report", tmp_path / "model", n_boot=200)
+    split = json.loads((tmp_path / "model" / "split.json").read_text())
+    assert m["n"] == len(split["test_ids"]) and "held out" in m["evaluated_on"]
+    assert {"loss", "min_k_20", "min_k_pp_20", "neighborhood", "fimmia detector", "tabular detector",
+            "blind baseline"} <= set(m["scores"])
+    # the fake texts carry no membership signal: the model-based scores beat the blind baseline
+    assert m["baseline_verdict"]["status"] == "usable" and m["mia_beats_baseline"]
+    best_detector = max(m["scores"]["fimmia detector"]["auc"], m["scores"]["tabular detector"]["auc"])
+    best_classic = max(s["auc"] for name, s in m["scores"].items() if "detector" not in name and name != "blind baseline")
+    assert best_detector >= best_classic - 0.01
+    md = (tmp_path / "report" / "report.md").read_text()
+    html = (tmp_path / "report" / "report.html").read_text()
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    for name, s in saved["scores"].items():
+        assert f"| {name} | {fmt_auc(s)} |" in md
+        assert fmt_auc(s) in html
+    for t in saved["thresholds"].values():
+        assert fmt(t["observed_fpr"]) in md
+    assert saved["conclusion"] in md and {r["group"] for r in saved["by_source"]} == {"web", "books"}
+    assert (tmp_path / "report" / "histograms.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_leaky_text_split_makes_mia_numbers_not_evidence(tmp_path):
+    run = tmp_path / "run"
+    write_fake_run(run, n=500, signal=0.0, shift_text=True)  # no model signal, leaky texts
+    m = evaluate(run, tmp_path / "report", None, n_boot=200)
+    assert m["baseline_verdict"]["status"] == "leaky"
+    assert not m["mia_beats_baseline"] and "NOT evidence" in m["conclusion"]

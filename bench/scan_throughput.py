@@ -53,7 +53,7 @@ def core(model_path: str, texts: list[str], cfg) -> tuple[float, int, int]:
     n_tokens = sum(len(r) for g in ids for r in g)
     proj = stats.projection_matrix(scorer.hidden_size, cfg.proj_dim, cfg.seed)
     best, best_budget = 0.0, 0
-    for budget in (4096, 16384):
+    for budget in (1024, 4096, 16384):
         t0 = time.perf_counter()
         for i in range(0, len(groups), cfg.samples_per_call):  # the same calls the actor makes
             call = groups[i:i + cfg.samples_per_call]

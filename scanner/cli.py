@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="run folder (re-running resumes it)")
     s.add_argument("--config", help="YAML or TOML file with any scan option; flags override it")
     s.add_argument("--neighbors", type=int, help="neighbors per text (default 24)")
-    s.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default 16384)")
+    s.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default 16384 on GPU, 1024 on CPU)")
     s.add_argument("--seed", type=int)
     s.add_argument("--actors", type=int, help="scoring actors (default 1)")
     s.add_argument("--shard-size", type=int, help="samples per resumable shard (default 1000)")

@@ -15,9 +15,13 @@ from scanner.errors import InputError
 from scanner.neighbors import DEFAULT_KINDS, NeighborConfig
 
 
+BACKENDS = ("hf", "vllm")
+
+
 @dataclass
 class ScanConfig:
     model: str = ""
+    backend: str = "hf"  # "vllm" needs the extra scanner[vllm] and a GPU; it has no Min-K%++
     revision: str | None = None
     trust_remote_code: bool = False
     dtype: str | None = None  # default: bfloat16 on GPU, float32 on CPU
@@ -29,10 +33,15 @@ class ScanConfig:
     min_changes: int = 1
     max_changes: int = 20
     seed: int = 0
-    batch_tokens: int = 16384  # padded tokens per forward pass
+    batch_tokens: int | None = None  # padded tokens per forward pass; default 16384 on GPU, 1024 on CPU
     mlm_model: str | None = None  # fill-mask model (hub id or path), needed by the "mlm" neighbor kind
     embedder: str | None = None  # separate sentence embedder (hub id or path); default: the target's hidden state
-    proj_dim: int = 8  # random projection of the embedding difference per neighbor (0: off)
+    proj_dim: int = 8
+    # vLLM engine (backend: vllm); see scanner.scoring.vllm.EngineOptions
+    max_num_batched_tokens: int | None = None
+    gpu_memory_utilization: float = 0.85
+    max_model_len: int | None = None
+    tensor_parallel_size: int = 1  # random projection of the embedding difference per neighbor (0: off)
     shard_size: int = 1000  # samples per resumable shard
     actors: int = 1
     gpus_per_actor: float | None = None  # default: 1 when the cluster has GPUs, else 0
@@ -47,12 +56,27 @@ class ScanConfig:
         return NeighborConfig(k=self.neighbors, kinds=tuple(self.neighbor_kinds), fraction=self.change_fraction,
                               min_changes=self.min_changes, max_changes=self.max_changes, seed=self.seed)
 
+    def engine_options(self):
+        from scanner.scoring.vllm import EngineOptions
+
+        return EngineOptions(max_num_batched_tokens=self.max_num_batched_tokens,
+                             gpu_memory_utilization=self.gpu_memory_utilization,
+                             max_model_len=self.max_model_len, tensor_parallel_size=self.tensor_parallel_size)
+
     def validate(self) -> "ScanConfig":
         if not self.model:
             raise InputError("no model: pass --model ID_OR_PATH or set `model` in the config file")
         for name in ("neighbors", "batch_tokens", "shard_size", "actors", "samples_per_call"):
-            if getattr(self, name) < (0 if name == "neighbors" else 1):
-                raise InputError(f"config {name} = {getattr(self, name)} is out of range")
+            value = getattr(self, name)
+            if value is not None and value < (0 if name == "neighbors" else 1):
+                raise InputError(f"config {name} = {value} is out of range")
+        if self.backend not in BACKENDS:
+            raise InputError(f"backend {self.backend!r} is not one of {BACKENDS}")
+        if self.backend == "vllm":
+            from scanner.scoring.vllm import import_vllm
+
+            self.engine_options().validate()
+            import_vllm()  # fail here, with the extra's name, not in a remote actor
         if "mlm" in self.neighbor_kinds and not self.mlm_model:
             raise InputError('the "mlm" neighbor kind needs a fill-mask model: set mlm_model (e.g. a BERT path)')
         try:
@@ -64,7 +88,8 @@ class ScanConfig:
     def scoring_hash(self) -> str:
         """What decides the features: a resumed run must match it. Scheduling knobs are left out."""
         keep = {k: v for k, v in asdict(self).items()
-                if k not in ("actors", "gpus_per_actor", "cpus_per_actor", "samples_per_call", "batch_tokens", "device")}
+                if k not in ("actors", "gpus_per_actor", "cpus_per_actor", "samples_per_call", "batch_tokens", "device",
+                             "max_num_batched_tokens", "gpu_memory_utilization")}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 

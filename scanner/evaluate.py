@@ -21,7 +21,7 @@ from scanner.detector.data import available_classic, load_texts, member_score
 from scanner.detector.mlp import KINDS, MLPDetector
 from scanner.detector.train import labelled_features
 from scanner.metrics import roc_auc, summarize
-from scanner.report import roc_png, write_report, fmt, fmt_auc, fmt_tpr, TPR_NOTE
+from scanner.report import TPR_NOTE, fmt, fmt_auc, fmt_tpr, roc_png, write_report
 
 BASELINE = "blind baseline"
 LENGTH_BUCKETS = (64, 128, 256)  # tokens
@@ -45,7 +45,7 @@ def _length_bucket(n: np.ndarray) -> list[str]:
     return [names[int(np.searchsorted(LENGTH_BUCKETS, x, side="right"))] for x in n]
 
 
-def _breakdown(df: pl.DataFrame, y, scores: dict, by: list[str]) -> list[dict]:
+def _breakdown(y, scores: dict, by: list[str]) -> list[dict]:
     rows = []
     for group in sorted(set(by)):
         mask = np.array([g == group for g in by])
@@ -134,8 +134,8 @@ def evaluate(run_dir: Path, out: Path, detector_dir: Path | None = None, seed: i
         flag = scores[f"{kind} detector"] > det.threshold
         thresholds[kind] = {"threshold": det.threshold, "target_fpr": det.target_fpr,
                             "observed_fpr": float(flag[y == 0].mean()), "observed_tpr": float(flag[y == 1].mean())}
-    by_source = _breakdown(dt, y, {best_mia: scores[best_mia], BASELINE: scores[BASELINE]}, dt["source"].to_list())
-    by_length = _breakdown(dt, y, {best_mia: scores[best_mia], BASELINE: scores[BASELINE]},
+    by_source = _breakdown(y, {best_mia: scores[best_mia], BASELINE: scores[BASELINE]}, dt["source"].to_list())
+    by_length = _breakdown(y, {best_mia: scores[best_mia], BASELINE: scores[BASELINE]},
                            _length_bucket(dt["n_tokens"].to_numpy()))
     result = {
         "task": "evaluate",

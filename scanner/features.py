@@ -8,6 +8,7 @@ Feature row schema (one per sample; lists have one entry per neighbor, in neighb
   n_tokens (original, incl. the prefix token), truncated,
   loss, zlib_ratio, min_k_{5,10,20,30,50}, min_k_pp_{5,10,20,30,50}, neighborhood,
   nb_kinds, nb_loss, nb_dL, nb_cos_dist, nb_l2, nb_de_proj (K x proj_dim, row-major; null if proj_dim = 0),
+  (min_k_pp_* are null with the vllm backend; the embedding columns are null without embeddings)
   nb_tokens (tokens scored over all neighbors), model, revision, run_id (added when written).
 """
 
@@ -41,6 +42,19 @@ def perturb_batch(batch: pa.Table, neighbor_cfg) -> pa.Table:
         "nb_kinds", pa.array(kinds, pa.list_(pa.string())))
 
 
+def make_scorer(cfg):
+    """The configured backend; both return TextScores for the same token ids."""
+    common = dict(revision=cfg.revision, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                  max_length=cfg.max_length)
+    if cfg.backend == "vllm":
+        from scanner.scoring.vllm import VLLMScorer
+
+        return VLLMScorer(cfg.model, engine=cfg.engine_options(), **common)
+    from scanner.scoring.hf import HFScorer
+
+    return HFScorer(cfg.model, device=cfg.device, **common)
+
+
 class ScoreActor:
     """Holds one scorer, plus the fill-mask model when "mlm" neighbors are asked for and the
     sentence embedder when one is configured; each call fills, scores and embeds the originals
@@ -48,11 +62,9 @@ class ScoreActor:
 
     def __init__(self, cfg: dict):
         from scanner.config import ScanConfig
-        from scanner.scoring.hf import HFScorer
 
         self.cfg = ScanConfig(**cfg)
-        self.scorer = HFScorer(self.cfg.model, revision=self.cfg.revision, device=self.cfg.device, dtype=self.cfg.dtype,
-                               trust_remote_code=self.cfg.trust_remote_code, max_length=self.cfg.max_length)
+        self.scorer = make_scorer(self.cfg)
         self.filler = None
         if self.cfg.mlm_model:  # masked-LM neighbors are filled here, where the accelerator is
             from scanner.mlm import MaskFiller
@@ -64,9 +76,9 @@ class ScoreActor:
             from scanner.scoring.embedder import Embedder
 
             self.embedder = Embedder(self.cfg.embedder, device=self.cfg.device, trust_remote_code=self.cfg.trust_remote_code)
-        emb_dim = self.embedder.dim if self.embedder else self.scorer.hidden_size
+        emb_dim = self.embedder.dim if self.embedder else getattr(self.scorer, "hidden_size", None)
         self.projection = (stats.projection_matrix(emb_dim, self.cfg.proj_dim, self.cfg.seed)
-                           if self.cfg.proj_dim > 0 else None)
+                           if self.cfg.proj_dim > 0 and emb_dim else None)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         originals = batch["text"].to_pylist()

@@ -92,7 +92,8 @@ def run_scan(data: list[str], out: Path, cfg: ScanConfig, progress: Callable[[st
             ray.init()
         gpus = cfg.gpus_per_actor
         if gpus is None:
-            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+            has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+            gpus = cfg.tensor_parallel_size if cfg.backend == "vllm" else (1 if has_gpu else 0)
         expected = {s["name"]: s["rows"] for s in pending}
         ds = ray.data.read_parquet([str(out / "shards" / s["name"]) for s in pending])
         ds = ds.map_batches(perturb_batch, fn_kwargs={"neighbor_cfg": cfg.neighbor_config()},
@@ -128,6 +129,7 @@ def run_scan(data: list[str], out: Path, cfg: ScanConfig, progress: Callable[[st
                    "quarantined_by_reason": run["corpus"]["quarantined_by_reason"],
                    "scored_this_invocation": scored_rows, "shards": len(run["shards"]), "shards_skipped": skipped},
         "feature_schema": [f"{f.name}: {f.type}" for f in FEATURE_SCHEMA],
+        "min_k_pp_available": run["config"].get("backend", "hf") == "hf",
         "wall_seconds": round(wall, 2),
         "tokens_scored_this_invocation": scored_tokens,
         "tokens_per_second": round(scored_tokens / wall, 1) if scored_tokens else None,

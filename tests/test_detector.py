@@ -106,3 +106,28 @@ def test_leaky_text_split_makes_mia_numbers_not_evidence(tmp_path):
     m = evaluate(run, tmp_path / "report", None, n_boot=200)
     assert m["baseline_verdict"]["status"] == "leaky"
     assert not m["mia_beats_baseline"] and "NOT evidence" in m["conclusion"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_train_and_evaluate_commands_on_local_ray(tmp_path):
+    import ray
+
+    from scanner.cli import main
+
+    run = tmp_path / "run"
+    write_fake_run(run, n=400)
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False)
+    try:
+        assert main(["train", str(run), "--out", str(tmp_path / "model"), "--target-fpr", "0.05"]) == 0
+        assert json.loads((tmp_path / "model" / "fimmia.json").read_text())["target_fpr"] == 0.05
+        unlabelled = tmp_path / "unlabelled"
+        write_fake_run(unlabelled, n=50)
+        df = load_features(unlabelled).with_columns(pl.lit(None, dtype=pl.Int8).alias("label"))
+        df.write_parquet(unlabelled / "features" / "part-00000.parquet")
+        assert main(["train", str(unlabelled), "--out", str(tmp_path / "m2")]) == 2  # clear error, no traceback
+    finally:
+        ray.shutdown()
+    assert main(["evaluate", str(run), "--detector", str(tmp_path / "model"), "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "report.html").exists()
+    assert main(["evaluate", str(tmp_path / "nothing"), "--out", str(tmp_path / "rep2")]) == 2

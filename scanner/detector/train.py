@@ -55,5 +55,10 @@ def train_on_ray(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float = 
 
     if not ray.is_initialized():
         ray.init()
-    task = ray.remote(num_cpus=1)(train_detectors)
-    return ray.get(task.remote(str(Path(run_dir).resolve()), str(Path(out_dir).resolve()), seed, target_fpr))
+    task = ray.remote(num_cpus=1, max_retries=0)(train_detectors)
+    try:
+        return ray.get(task.remote(str(Path(run_dir).resolve()), str(Path(out_dir).resolve()), seed, target_fpr))
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, InputError):  # bad input: one clear line, not a remote traceback
+            raise InputError(str(e.cause)) from None
+        raise

@@ -2,10 +2,10 @@
 
 - Model and tokenizer come from a hub id or a local path (`from_pretrained`); `trust_remote_code`
   is off unless asked for. Device and dtype are automatic: bf16 on a GPU, fp32 on the CPU.
-- Every token of a text is scored: a BOS (or EOS) token is put in front when the tokenizer does
-  not add one itself. Texts longer than the model's window are truncated to it and flagged
-  (`truncated`); windowed scoring would mix contexts across windows, truncation keeps each score
-  a plain function of the text's first `max_length` tokens.
+- Tokens come from TextTokenizer (shared with the vLLM backend): every token of a text is
+  scored, a BOS (or EOS) token in front. Texts longer than the model's window are truncated to
+  it and flagged (`truncated`); windowed scoring would mix contexts across windows, truncation
+  keeps each score a plain function of the text's first `max_length` tokens.
 - Batches are built by a token budget over texts sorted by length (little padding); padding is
   on the right and masked, so no pad token reaches any score.
 - The LM head runs on chunks of positions: logits are turned into log-softmax, the actual token's
@@ -16,24 +16,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
+
+from scanner.scoring.interface import TextScore, TextTokenizer
 
 # fp32 logits held at once per chunk: on a CPU, chunks that stay in cache are fastest (8 MiB
 # measured ~1.5x faster than 128 MiB); on a GPU, big chunks mean fewer kernel launches
 LOGITS_CHUNK_BYTES = {"cpu": 8 << 20, "cuda": 512 << 20}
-
-
-@dataclass
-class TextScore:
-    token_logprobs: np.ndarray  # (n_scored,) log p(token_t | tokens < t)
-    mu: np.ndarray  # (n_scored,) E_z~p[log p(z)] at each scored position
-    sigma: np.ndarray  # (n_scored,) std of log p(z) under p
-    embedding: np.ndarray  # (hidden,) mean of the last hidden state over the text's tokens
-    n_tokens: int  # tokens fed to the model (after truncation, with the prefix token)
-    truncated: bool
+# padded tokens per forward pass when not set: small CPU batches stay in cache (a 9M GPT-2 with a
+# 16k vocabulary scored 5.9k tokens/s at 1024 vs 4.7k at 8192 on 2 cores); GPUs want big ones
+DEFAULT_BATCH_TOKENS = {"cpu": 1024, "cuda": 16384}
 
 
 def auto_device() -> str:
@@ -61,24 +54,13 @@ class HFScorer:
         self.revision = revision or getattr(self.model.config, "_commit_hash", None) or "local"
         window = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
         self.max_length = min(x for x in (max_length, window, 1 << 20) if x)
+        self.tokenize = TextTokenizer(self.tokenizer, self.max_length)
+        self.prefix_id = self.tokenize.prefix_id
         tok = self.tokenizer
-        self.prefix_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (self.prefix_id or 0)
         self.base = getattr(self.model, self.model.base_model_prefix)
         self.head = self.model.get_output_embeddings()
         self.split_head = self._split_head_matches()
-
-    # ------------------------------------------------------------ tokens
-
-    def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
-        enc = self.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
-        ids, truncated = [], []
-        for row in enc:
-            if self.prefix_id is not None and (not row or row[0] != self.prefix_id):
-                row = [self.prefix_id] + row
-            truncated.append(len(row) > self.max_length)
-            ids.append(row[: self.max_length])
-        return ids, truncated
 
     # ------------------------------------------------------------ forward
 
@@ -133,8 +115,9 @@ class HFScorer:
                         sd[i, :n].numpy().astype(np.float64), emb[i]))
         return out
 
-    def score_ids(self, ids: list[list[int]], batch_tokens: int = 16384) -> list[tuple]:
+    def score_ids(self, ids: list[list[int]], batch_tokens: int | None = None) -> list[tuple]:
         """Sorted by length, cut into batches of at most `batch_tokens` padded tokens."""
+        batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS["cuda" if self.device.startswith("cuda") else "cpu"]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         results: list = [None] * len(ids)
         start = 0
@@ -147,7 +130,7 @@ class HFScorer:
             start += size
         return results
 
-    def score_texts(self, texts: list[str], batch_tokens: int = 16384) -> list[TextScore]:
+    def score_texts(self, texts: list[str], batch_tokens: int | None = None) -> list[TextScore]:
         ids, truncated = self.tokenize(texts)
         return [TextScore(lp, mu, sd, emb, len(r), tr)
                 for (lp, mu, sd, emb), r, tr in zip(self.score_ids(ids, batch_tokens), ids, truncated)]

@@ -67,23 +67,26 @@ def projection_matrix(dim: int, out_dim: int, seed: int) -> np.ndarray:
     return rng.standard_normal((dim, out_dim)) / math.sqrt(out_dim)
 
 
-def neighbor_features(orig_loss: float, orig_emb: np.ndarray, nb_losses: np.ndarray, nb_embs: np.ndarray,
+def neighbor_features(orig_loss: float, orig_emb: np.ndarray | None, nb_losses: np.ndarray, nb_embs,
                       projection: np.ndarray | None) -> dict:
-    """Per neighbor: dL = loss(neighbor) - loss(original), cosine distance and L2 distance of the
-    embeddings, and optionally the projected embedding difference (neighbor - original)."""
+    """Per neighbor: dL = loss(neighbor) - loss(original), cosine and L2 distance of the
+    embeddings, and optionally the projected embedding difference (neighbor - original).
+    Without embeddings (a backend with no hidden states and no embedder) those are None."""
     nb_losses = np.asarray(nb_losses, np.float64)
+    out = {
+        "nb_loss": nb_losses.tolist(),
+        "nb_dL": (nb_losses - orig_loss).tolist(),
+        "neighborhood": float(orig_loss - nb_losses.mean()) if len(nb_losses) else None,
+        "nb_cos_dist": None, "nb_l2": None, "nb_de_proj": None,
+    }
+    if orig_emb is None:
+        return out
     orig = np.asarray(orig_emb, np.float64)
     nb_embs = np.asarray(nb_embs, np.float64).reshape(len(nb_losses), len(orig))
     diff = nb_embs - orig
     norms = np.linalg.norm(nb_embs, axis=1) * np.linalg.norm(orig)
-    cos = nb_embs @ orig / np.maximum(norms, 1e-12)
-    out = {
-        "nb_loss": nb_losses.tolist(),
-        "nb_dL": (nb_losses - orig_loss).tolist(),
-        "nb_cos_dist": (1.0 - cos).tolist(),
-        "nb_l2": np.linalg.norm(diff, axis=1).tolist(),
-        "neighborhood": float(orig_loss - nb_losses.mean()) if len(nb_losses) else None,
-    }
+    out["nb_cos_dist"] = (1.0 - nb_embs @ orig / np.maximum(norms, 1e-12)).tolist()
+    out["nb_l2"] = np.linalg.norm(diff, axis=1).tolist()
     if projection is not None:
         out["nb_de_proj"] = (diff @ projection).ravel().tolist()  # K x P, row-major
     return out

@@ -1,0 +1,39 @@
+"""What every scoring backend shares: the per-text result and the tokenisation, so HF and vLLM
+score exactly the same token ids and feed the same score functions (scanner.scoring.stats)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class TextScore:
+    token_logprobs: np.ndarray  # (n_scored,) log p(token_t | tokens < t)
+    mu: np.ndarray | None  # (n_scored,) E_z~p[log p(z)] per position; None when the backend cannot give it
+    sigma: np.ndarray | None  # (n_scored,) std of log p(z) under p; None likewise
+    embedding: np.ndarray | None  # (dim,) text embedding; None when no embedder is available
+    n_tokens: int  # tokens fed to the model (after truncation, with the prefix token)
+    truncated: bool
+
+
+class TextTokenizer:
+    """Token ids as scored: every token of the text is scored, so a BOS (else EOS) token is put
+    in front when the tokenizer does not add one itself; longer texts are cut to `max_length`
+    and flagged as truncated."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+    def __call__(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        enc = self.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+        ids, truncated = [], []
+        for row in enc:
+            if self.prefix_id is not None and (not row or row[0] != self.prefix_id):
+                row = [self.prefix_id] + row
+            truncated.append(len(row) > self.max_length)
+            ids.append(row[: self.max_length])
+        return ids, truncated

@@ -96,6 +96,8 @@ def cmd_train(args) -> int:
     for kind, d in info["detectors"].items():
         print(f"{kind} detector: validation AUC {d['best_val_auc']:.3f} after {d['epochs']} epochs, "
               f"threshold {d['threshold']:.4f} at {args.target_fpr:.1%} FPR")
+    print(f"blind baseline (nested CV over the same texts): AUC {info['baseline']['auc']:.3f}, "
+          f"{info['baseline']['best_model']}")
     print(f"split (samples): {info['split']}; saved to {args.out}")
     return 0
 

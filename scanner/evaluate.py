@@ -3,7 +3,8 @@
 Scores: the classic ones (LOSS, zlib, Min-K%, Min-K%++, neighborhood; sign-corrected so higher =
 member), the FiMMIA and tabular detectors (when a model folder is given: only the samples held
 out from their training), and the model-free leakage baseline (out-of-fold scores of nested CV
-over all labelled texts, restricted to the same samples). The seed paper's standard decides the
+over all labelled texts, computed by `scanner train` in the same central task, or here when
+there is no model folder for this run; restricted to the same samples). The seed paper's standard decides the
 headline: an MIA result counts only if it beats the blind baseline on the same split.
 """
 
@@ -84,11 +85,12 @@ def evaluate(run_dir: Path, out: Path, detector_dir: Path | None = None, seed: i
              progress: Callable[[str], None] = lambda m: None) -> dict:
     df = labelled_features(run_dir)
     held_out = "all labelled samples (no detector)"
-    detectors = {}
+    detectors, same_run = {}, False
     if detector_dir is not None:
         split = json.loads((Path(detector_dir) / "split.json").read_text())
         detectors = {k: MLPDetector.load(detector_dir, k) for k in KINDS}
-        if Path(split["run_dir"]).resolve() == Path(run_dir).resolve():
+        same_run = Path(split["run_dir"]).resolve() == Path(run_dir).resolve()
+        if same_run:
             test_ids = set(split["test_ids"])
             held_out = f"the {len(test_ids)} test samples held out from detector training"
         else:
@@ -97,11 +99,17 @@ def evaluate(run_dir: Path, out: Path, detector_dir: Path | None = None, seed: i
     else:
         test_ids = set(df["sample_id"])
 
-    progress("blind baseline on the same texts (nested CV)")
-    texts = load_texts(run_dir, df["sample_id"].to_list())
-    base = run_baseline(df.select("sample_id", "label", "source").with_columns(texts["text"]),
-                        seed=seed, n_boot=200, progress=progress)
-    base_scores = base.scores["score"].to_numpy()
+    base_scores = None
+    if same_run and (Path(detector_dir) / "baseline_scores.parquet").exists():  # from `scanner train`
+        saved = pl.read_parquet(Path(detector_dir) / "baseline_scores.parquet")
+        base_scores = df.select("sample_id").join(saved, on="sample_id", how="left", maintain_order="left")["score"]
+        base_scores = None if base_scores.null_count() else base_scores.to_numpy()
+    if base_scores is None:
+        progress("blind baseline on the same texts (nested CV)")
+        texts = load_texts(run_dir, df["sample_id"].to_list())
+        base = run_baseline(df.select("sample_id", "label", "source").with_columns(texts["text"]),
+                            seed=seed, n_boot=200, progress=progress)
+        base_scores = base.scores["score"].to_numpy()
 
     test = np.array([s in test_ids for s in df["sample_id"]])
     dt = df.filter(pl.Series(test))

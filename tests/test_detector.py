@@ -76,8 +76,11 @@ def test_train_and_evaluate_write_consistent_reports(tmp_path):
     run = tmp_path / "run"
     write_fake_run(run, n=800, signal=1.5)
     info = train_detectors(str(run), str(tmp_path / "model"), seed=0)
-    assert set(info["detectors"]) == {"fimmia", "tabular"}
-    m = evaluate(run, tmp_path / "report", tmp_path / "model", n_boot=200)
+    assert set(info["detectors"]) == {"fimmia", "tabular"} and 0.3 < info["baseline"]["auc"] < 0.7
+    assert (tmp_path / "model" / "baseline_scores.parquet").exists()
+    said = []
+    m = evaluate(run, tmp_path / "report", tmp_path / "model", n_boot=200, progress=said.append)
+    assert not any("blind baseline" in msg for msg in said)  # reused from the training task
     split = json.loads((tmp_path / "model" / "split.json").read_text())
     assert m["n"] == len(split["test_ids"]) and "held out" in m["evaluated_on"]
     assert {"loss", "min_k_20", "min_k_pp_20", "neighborhood", "fimmia detector", "tabular detector",

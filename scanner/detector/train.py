@@ -1,8 +1,11 @@
-"""`scanner train`: fit both detectors on a scan's labelled samples, as one central Ray task.
+"""`scanner train`: fit both detectors and the blind baseline on a scan's labelled samples, as
+one central Ray task.
 
-The model folder holds <kind>.safetensors + <kind>.json per detector and split.json: the seed,
-the split fractions and the test sample ids, so `scanner evaluate` scores only samples that no
-detector saw in training, validation or calibration.
+The model folder holds <kind>.safetensors + <kind>.json per detector; split.json: the seed, the
+split fractions and the test sample ids, so `scanner evaluate` scores only samples that no
+detector saw in training, validation or calibration; and baseline_scores.parquet: the blind
+baseline's out-of-fold scores of the same samples (nested CV over their texts: each score comes
+from a model that never saw that text), which `evaluate` puts next to the detectors.
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from scanner.detector.data import grouped_split, load_features
+from scanner.baseline.run import run_baseline
+from scanner.detector.data import grouped_split, load_features, load_texts
 from scanner.detector.mlp import KINDS, MLPDetector
 from scanner.errors import InputError
+
+TASK_CPUS = 2  # the baseline's outer folds run in parallel inside the task
 
 
 def labelled_features(run_dir: Path) -> pl.DataFrame:
@@ -42,11 +48,17 @@ def train_detectors(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float
         det.calibrate(df.filter(pl.Series(parts["calib"])))
         det.save(out)
         summary[kind] = det.info | {"threshold": det.threshold}
+    texts = load_texts(Path(run_dir), df["sample_id"].to_list())
+    baseline = run_baseline(df.select("sample_id", "label", "source").with_columns(texts["text"]), seed=seed,
+                            n_boot=200, n_jobs=TASK_CPUS)
+    baseline.scores.select("sample_id", "score").write_parquet(out / "baseline_scores.parquet")
+    summary["blind_baseline"] = {"auc": baseline.metrics["auc"], "best_model": baseline.metrics["best_model"]}
     split = {"run_dir": str(run_dir), "seed": seed, "target_fpr": target_fpr,
              "counts": {k: int(np.sum(v)) for k, v in parts.items()},
              "test_ids": df.filter(pl.Series(parts["test"]))["sample_id"].to_list()}
     (out / "split.json").write_text(json.dumps(split))
-    return {"detectors": summary, "split": split["counts"]}
+    return {"detectors": {k: v for k, v in summary.items() if k in KINDS}, "baseline": summary["blind_baseline"],
+            "split": split["counts"]}
 
 
 def train_on_ray(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float = 0.01) -> dict:
@@ -55,7 +67,7 @@ def train_on_ray(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float = 
 
     if not ray.is_initialized():
         ray.init()
-    task = ray.remote(num_cpus=1, max_retries=0)(train_detectors)
+    task = ray.remote(num_cpus=TASK_CPUS, max_retries=0)(train_detectors)
     try:
         return ray.get(task.remote(str(Path(run_dir).resolve()), str(Path(out_dir).resolve()), seed, target_fpr))
     except ray.exceptions.RayTaskError as e:

@@ -21,7 +21,7 @@ from scanner.baseline.run import run_baseline, verdict
 from scanner.detector.data import available_classic, load_texts, member_score
 from scanner.detector.mlp import KINDS, MLPDetector
 from scanner.detector.train import labelled_features
-from scanner.metrics import roc_auc, summarize
+from scanner.metrics import min_negatives_for, roc_auc, summarize
 from scanner.report import TPR_NOTE, fmt, fmt_auc, fmt_tpr, roc_png, write_report
 
 BASELINE = "blind baseline"
@@ -140,8 +140,12 @@ def evaluate(run_dir: Path, out: Path, detector_dir: Path | None = None, seed: i
     thresholds = {}
     for kind, det in detectors.items():
         flag = scores[f"{kind} detector"] > det.threshold
+        n_calib = det.info.get("calibration_nonmembers", 0)
         thresholds[kind] = {"threshold": det.threshold, "target_fpr": det.target_fpr,
-                            "observed_fpr": float(flag[y == 0].mean()), "observed_tpr": float(flag[y == 1].mean())}
+                            "observed_fpr": float(flag[y == 0].mean()), "observed_tpr": float(flag[y == 1].mean()),
+                            "calibration_nonmembers": n_calib,
+                            # below 10/FPR calibration non-members the threshold rests on a handful of them
+                            "reliable": n_calib >= min_negatives_for(det.target_fpr)}
     by_source = _breakdown(y, {best_mia: scores[best_mia], BASELINE: scores[BASELINE]}, dt["source"].to_list())
     by_length = _breakdown(y, {best_mia: scores[best_mia], BASELINE: scores[BASELINE]},
                            _length_bucket(dt["n_tokens"].to_numpy()))
@@ -182,9 +186,10 @@ def _blocks(m: dict, curves: dict, y, scores: dict) -> list:
     ]
     if m["thresholds"]:
         blocks += [("h2", "Calibrated thresholds (on held-out non-members)"),
-                   ("table", ["detector", "threshold", "target FPR", "observed FPR", "observed TPR"],
-                    [[k, fmt(t["threshold"]), fmt(t["target_fpr"]), fmt(t["observed_fpr"]), fmt(t["observed_tpr"])]
-                     for k, t in m["thresholds"].items()])]
+                   ("table", ["detector", "threshold", "target FPR", "observed FPR", "observed TPR",
+                              "calibration non-members", "reliable (>= 10/FPR)"],
+                    [[k, fmt(t["threshold"]), fmt(t["target_fpr"]), fmt(t["observed_fpr"]), fmt(t["observed_tpr"]),
+                      t["calibration_nonmembers"], t["reliable"]] for k, t in m["thresholds"].items()])]
     for title, key in (("By source", "by_source"), ("By length (tokens)", "by_length")):
         blocks += [("h2", f"{title}: AUC"),
                    ("table", ["group", "n", "members"] + bd_names,

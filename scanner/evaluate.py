@@ -17,10 +17,10 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from scanner.baseline.run import run_baseline, verdict
-from scanner.detector.data import available_classic, load_texts, member_score
+from scanner.baseline.run import verdict
+from scanner.detector.data import available_classic, member_score
 from scanner.detector.mlp import KINDS, MLPDetector
-from scanner.detector.train import labelled_features
+from scanner.detector.train import blind_baseline, labelled_features
 from scanner.metrics import min_negatives_for, roc_auc, summarize
 from scanner.report import TPR_NOTE, fmt, fmt_auc, fmt_tpr, roc_png, write_report
 
@@ -106,10 +106,7 @@ def evaluate(run_dir: Path, out: Path, detector_dir: Path | None = None, seed: i
         base_scores = None if base_scores.null_count() else base_scores.to_numpy()
     if base_scores is None:
         progress("blind baseline on the same texts (nested CV)")
-        texts = load_texts(run_dir, df["sample_id"].to_list())
-        base = run_baseline(df.select("sample_id", "label", "source").with_columns(texts["text"]),
-                            seed=seed, n_boot=200, progress=progress)
-        base_scores = base.scores["score"].to_numpy()
+        base_scores = blind_baseline(run_dir, df, seed, progress=progress).scores["score"].to_numpy()
 
     test = np.array([s in test_ids for s in df["sample_id"]])
     dt = df.filter(pl.Series(test))

@@ -32,6 +32,15 @@ def labelled_features(run_dir: Path) -> pl.DataFrame:
     return df
 
 
+def blind_baseline(run_dir: Path, df: pl.DataFrame, seed: int, n_jobs: int | None = None,
+                   progress=lambda m: None):
+    """The model-free baseline over the texts of df's samples: nested CV, so each sample's
+    out-of-fold score comes from a model that never saw its text."""
+    texts = load_texts(Path(run_dir), df["sample_id"].to_list())
+    samples = df.select("sample_id", "label", "source").with_columns(texts["text"])
+    return run_baseline(samples, seed=seed, n_boot=200, n_jobs=n_jobs, progress=progress)
+
+
 def train_detectors(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float = 0.01) -> dict:
     df = labelled_features(Path(run_dir))
     parts = grouped_split(df, seed)
@@ -48,9 +57,7 @@ def train_detectors(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float
         det.calibrate(df.filter(pl.Series(parts["calib"])))
         det.save(out)
         summary[kind] = det.info | {"threshold": det.threshold}
-    texts = load_texts(Path(run_dir), df["sample_id"].to_list())
-    baseline = run_baseline(df.select("sample_id", "label", "source").with_columns(texts["text"]), seed=seed,
-                            n_boot=200, n_jobs=TASK_CPUS)
+    baseline = blind_baseline(Path(run_dir), df, seed, n_jobs=TASK_CPUS)
     baseline.scores.select("sample_id", "score").write_parquet(out / "baseline_scores.parquet")
     summary["blind_baseline"] = {"auc": baseline.metrics["auc"], "best_model": baseline.metrics["best_model"]}
     split = {"run_dir": str(run_dir), "seed": seed, "target_fpr": target_fpr,

@@ -55,9 +55,8 @@ class HFScorer:
         window = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
         self.max_length = min(x for x in (max_length, window, 1 << 20) if x)
         self.tokenize = TextTokenizer(self.tokenizer, self.max_length)
-        self.prefix_id = self.tokenize.prefix_id
         tok = self.tokenizer
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (self.prefix_id or 0)
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (self.tokenize.prefix_id or 0)
         self.base = getattr(self.model, self.model.base_model_prefix)
         self.head = self.model.get_output_embeddings()
         self.split_head = self._split_head_matches()
@@ -67,7 +66,7 @@ class HFScorer:
     def _split_head_matches(self) -> bool:
         """Running base model + head separately must equal the model's own logits (some models
         scale or soft-cap logits inside forward); otherwise fall back to the full forward."""
-        ids = torch.tensor([[self.prefix_id or 0, 1, 2, 3]], device=self.device)
+        ids = torch.tensor([[self.tokenize.prefix_id or 0, 1, 2, 3]], device=self.device)
         with torch.no_grad():
             full = self.model(input_ids=ids).logits.float()
             split = self.head(self.base(input_ids=ids).last_hidden_state).float()

@@ -1,6 +1,11 @@
 """`scanner scan` end to end on local Ray, with a tiny GPT-2 trained here on half of the passages."""
 
 import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -93,3 +98,39 @@ def test_config_file_sets_options_and_flags_override(ray_local, setup, tmp_path)
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: x\nneigbors: 3\n")
     assert main(["scan", setup["data"], "--config", str(bad), "--out", str(tmp_path / "r2")]) == 2
+
+
+def kill_scoring_actor_once(after_seconds: float, killed: list) -> None:
+    """SIGKILL the process of a live scoring actor (found by its Ray process title), once."""
+    t0 = time.time()
+    while time.time() - t0 < 300 and not killed:
+        if time.time() - t0 > after_seconds:
+            for proc in Path("/proc").iterdir():
+                try:
+                    title = (proc / "cmdline").read_bytes().decode(errors="replace")
+                except OSError:
+                    continue
+                if proc.name.isdigit() and title.startswith("ray::MapWorker") and "ScoreActor" in title:
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    killed.append(int(proc.name))
+                    return
+        time.sleep(0.3)
+
+
+def test_a_killed_scoring_actor_is_restarted_and_the_output_is_unchanged(ray_local, setup, tmp_path):
+    reference = setup["root"] / "run"
+    if not (reference / "manifest.json").exists():
+        assert scan(setup, reference) == 0
+    out = tmp_path / "killed"
+    killed: list = []
+    killer = threading.Thread(target=kill_scoring_actor_once, args=(12.0, killed))
+    killer.start()
+    assert scan(setup, out) == 0  # Ray Data restarts the actor and retries its batch
+    killer.join()
+    assert killed, "no scoring actor was found to kill"
+    got = pl.read_parquet(out / "features" / "*.parquet").sort("sample_id")
+    want = pl.read_parquet(reference / "features" / "*.parquet").sort("sample_id")
+    assert got["sample_id"].to_list() == want["sample_id"].to_list()  # every row once
+    np.testing.assert_allclose(got["loss"].to_numpy(), want["loss"].to_numpy(), rtol=1e-5)
+    np.testing.assert_allclose(np.concatenate(got["nb_dL"].to_list()), np.concatenate(want["nb_dL"].to_list()),
+                               rtol=1e-5, atol=1e-7)

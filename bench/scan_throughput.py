@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -119,11 +119,11 @@ def main() -> None:
     from scanner.config import ScanConfig
     from scanner.toy import english_passages
 
-    passages = [p for p in english_passages(50, 150)]
+    passages = english_passages(50, 150)
     texts = [passages[i % len(passages)] for i in range(args.texts)]
     work = Path(tempfile.mkdtemp(prefix="scan_bench_"))
     n_params = build_model(work / "model", english_passages())
-    cpus = len(__import__("os").sched_getaffinity(0))
+    cpus = len(os.sched_getaffinity(0))
     torch.set_num_threads(cpus)
     cfg = ScanConfig(model=str(work / "model"), neighbors=args.neighbors, cpus_per_actor=cpus, shard_size=100,
                      samples_per_call=4)

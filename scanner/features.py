@@ -8,8 +8,8 @@ Feature row schema (one per sample; lists have one entry per neighbor, in neighb
   n_tokens (original, incl. the prefix token), truncated,
   loss, zlib_ratio, min_k_{5,10,20,30,50}, min_k_pp_{5,10,20,30,50}, neighborhood,
   nb_kinds, nb_loss, nb_dL, nb_cos_dist, nb_l2, nb_de_proj (K x proj_dim, row-major; null if proj_dim = 0),
-  (min_k_pp_* are null with the vllm backend; the embedding columns are null without embeddings)
   nb_tokens (tokens scored over all neighbors), model, revision, run_id (added when written).
+min_k_pp_* are null with the vllm backend; the embedding columns are null without embeddings.
 """
 
 from __future__ import annotations
@@ -19,12 +19,10 @@ import pyarrow as pa
 from scanner.neighbors import make_neighbors
 from scanner.scoring import stats
 
-K_NAMES = [int(k * 100) for k in stats.K_FRACTIONS]
 FEATURE_SCHEMA = pa.schema(
     [("sample_id", pa.string()), ("label", pa.int8()), ("source", pa.string()), ("shard", pa.string()),
      ("n_tokens", pa.int32()), ("truncated", pa.bool_()), ("loss", pa.float64()), ("zlib_ratio", pa.float64())]
-    + [(f"min_k_{k}", pa.float64()) for k in K_NAMES]
-    + [(f"min_k_pp_{k}", pa.float64()) for k in K_NAMES]
+    + [(name, pa.float64()) for name in stats.MIN_K_NAMES + stats.MIN_K_PP_NAMES]
     + [("neighborhood", pa.float64()), ("nb_kinds", pa.list_(pa.string())), ("nb_loss", pa.list_(pa.float64())),
        ("nb_dL", pa.list_(pa.float64())), ("nb_cos_dist", pa.list_(pa.float64())), ("nb_l2", pa.list_(pa.float64())),
        ("nb_de_proj", pa.list_(pa.float32())), ("nb_tokens", pa.int64())]

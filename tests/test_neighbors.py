@@ -2,7 +2,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from scanner.neighbors import NeighborConfig, make_neighbors, n_changes, perturb, rng_for

@@ -10,9 +10,9 @@ import numpy as np
 import polars as pl
 
 from scanner.errors import InputError
+from scanner.scoring.stats import MIN_K_NAMES, MIN_K_PP_NAMES
 
-CLASSIC = ["loss", "zlib_ratio", "min_k_5", "min_k_10", "min_k_20", "min_k_30", "min_k_50",
-           "min_k_pp_5", "min_k_pp_10", "min_k_pp_20", "min_k_pp_30", "min_k_pp_50", "neighborhood"]
+CLASSIC = ["loss", "zlib_ratio", *MIN_K_NAMES, *MIN_K_PP_NAMES, "neighborhood"]
 # member score = sign x stored value (loss, zlib ratio and neighborhood are lower for members)
 MEMBER_SIGN = {"loss": -1, "zlib_ratio": -1, "neighborhood": -1}
 NEIGHBOR_LISTS = ["nb_dL", "nb_cos_dist", "nb_l2"]

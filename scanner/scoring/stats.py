@@ -16,6 +16,9 @@ import zlib
 import numpy as np
 
 K_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
+# the column names of those scores, used by the feature schema and the detectors
+MIN_K_NAMES = [f"min_k_{round(k * 100)}" for k in K_FRACTIONS]
+MIN_K_PP_NAMES = [f"min_k_pp_{round(k * 100)}" for k in K_FRACTIONS]
 
 
 def loss(token_logprobs: np.ndarray) -> float:
@@ -54,10 +57,10 @@ def text_scores(text: str, token_logprobs: np.ndarray, mu: np.ndarray | None, si
     lp = np.asarray(token_logprobs, dtype=np.float64)
     out = {"loss": loss(lp)}
     out["zlib_ratio"] = zlib_ratio(out["loss"], text)
-    for k in K_FRACTIONS:
-        out[f"min_k_{int(k * 100)}"] = min_k(lp, k)
-    for k in K_FRACTIONS:
-        out[f"min_k_pp_{int(k * 100)}"] = None if mu is None else min_k_plus_plus(lp, mu, sigma, k)
+    for k, name in zip(K_FRACTIONS, MIN_K_NAMES):
+        out[name] = min_k(lp, k)
+    for k, name in zip(K_FRACTIONS, MIN_K_PP_NAMES):
+        out[name] = None if mu is None else min_k_plus_plus(lp, mu, sigma, k)
     return out
 
 

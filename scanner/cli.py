@@ -176,6 +176,28 @@ def cmd_scan(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from scanner.config import load_config
+    from scanner.detector.trained import load_trained
+    from scanner.sweep import run_sweep
+
+    detector = load_trained(args.detector, args.kind)
+    overrides = {"model": args.model, "batch_tokens": args.batch_tokens, "actors": args.actors,
+                 "text_col": args.text_col, "label_col": args.label_col, "id_col": args.id_col,
+                 "source_col": args.source_col}
+    cfg = load_config(args.config, overrides, base=detector.base_config())
+    m = run_sweep(args.data, args.out, detector, cfg, progress=Progress())
+    for source, e in list(m["sources"].items())[:20]:
+        est = f"{e['estimate']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]" if e["estimable"] else "not estimable"
+        print(f"{source:<40} {e['n']:>8} docs  flagged {e['flag_rate']:.3f}  contaminated {est}")
+    if len(m["sources"]) > 20:
+        print(f"... {len(m['sources']) - 20} more sources in {args.out}/metrics.json")
+    sh = m["shards"]
+    print(f"shards: {sh['done']} scored, {sh['skipped']} skipped (done before), {sh['failed']} failed; "
+          f"report: {args.out}/report.html")
+    return EXIT_BAD_INPUT if sh["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scanner", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -218,6 +240,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True)
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=cmd_evaluate)
+
+    w = sub.add_parser("sweep", help="flag the documents of a corpus the model saw, and estimate each source's "
+                                     "contaminated fraction (one resumable output per input file)")
+    _add_corpus_args(w)
+    w.set_defaults(label_col=None)
+    w.add_argument("--detector", required=True, help="a `scanner train` folder; its scan settings are reused")
+    w.add_argument("--kind", default="auto", choices=["auto", "fimmia", "tabular"],
+                   help="which detector (default: the better on validation)")
+    w.add_argument("--out", required=True, help="output folder or URI (shared storage on a multi-node cluster)")
+    w.add_argument("--model", help="score with this model instead of the detector's (its TPR/FPR are then assumed)")
+    w.add_argument("--config", help="YAML or TOML file with scan options (scheduling; feature settings must "
+                                    "match the detector's)")
+    w.add_argument("--actors", type=int, help="scoring actors (default 1)")
+    w.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass")
+    w.set_defaults(func=cmd_sweep)
 
     d = sub.add_parser("demo", help="run the embedded default end to end (offline, ~4 minutes on 2 cores)")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

@@ -85,6 +85,13 @@ class ScanConfig:
             raise InputError(str(e)) from None
         return self
 
+    def feature_settings(self) -> dict:
+        """The options that decide a text's features, but the model: a detector only applies to
+        features computed with the settings it was trained on."""
+        keep = ("backend", "max_length", "neighbors", "neighbor_kinds", "change_fraction", "min_changes",
+                "max_changes", "seed", "mlm_model", "embedder", "proj_dim")
+        return {k: getattr(self, k) for k in keep}
+
     def scoring_hash(self) -> str:
         """What decides the features: a resumed run must match it. Scheduling knobs are left out."""
         keep = {k: v for k, v in asdict(self).items()
@@ -93,7 +100,9 @@ class ScanConfig:
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_config(path: str | None, overrides: dict) -> ScanConfig:
+def read_config_file(path: str | None, extra: tuple[str, ...] = ()) -> dict:
+    """The options in a YAML/TOML file, checked against ScanConfig's fields and `extra` (the keys
+    of a command that reads more than scan options from the same file)."""
     data: dict = {}
     if path:
         p = Path(path)
@@ -106,9 +115,14 @@ def load_config(path: str | None, overrides: dict) -> ScanConfig:
             raise InputError(f"{path}: not valid {'TOML' if p.suffix == '.toml' else 'YAML'}: {e}") from None
         if not isinstance(data, dict):
             raise InputError(f"{path}: expected a mapping of option: value")
-    known = {f.name for f in fields(ScanConfig)}
+    known = {f.name for f in fields(ScanConfig)} | set(extra)
     unknown = sorted(set(data) - known)
     if unknown:
         raise InputError(f"{path}: unknown options {unknown}; known: {sorted(known)}")
-    data |= {k: v for k, v in overrides.items() if v is not None}
+    return data
+
+
+def load_config(path: str | None, overrides: dict, base: dict | None = None) -> ScanConfig:
+    """base (e.g. what a detector was trained with) < the config file < command-line overrides."""
+    data = dict(base or {}) | read_config_file(path) | {k: v for k, v in overrides.items() if v is not None}
     return ScanConfig(**data).validate()

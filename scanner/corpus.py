@@ -158,6 +158,10 @@ def _hf_arrow_files(folder: Path) -> list[Path]:
     return [folder / d["filename"] for d in state["_data_files"]]
 
 
+def is_corpus_file(name: str) -> bool:
+    return _format_of(Path(name), strict=False) is not None
+
+
 def _format_of(p: Path, strict: bool = True) -> str | None:
     name = p.name.lower().removesuffix(".gz")
     if name.endswith(JSONL_SUFFIXES):
@@ -343,50 +347,53 @@ def read_corpus(paths: list[str], columns: Columns = Columns(), progress=None) -
             quarantine[k].append(v)
 
     for p in files:
-        fmt = _format_of(p)
-        fname = str(p)
-        default_source = str(p.relative_to(root)) if p != root else p.name
-        cols = _columns_of(p, fmt)
-        records = {"jsonl": _read_jsonl, "csv": _read_csv}.get(fmt, lambda q: _read_columnar(q, fmt))(p)
-        text_col = None
-        n_before = len(samples["text"]) + len(quarantine["row"])
-        for row, rec, problem in records:
-            if problem is not None:
-                reject(fname, row, problem, None, None)
-                continue
-            if text_col is None:
-                text_col = _pick_text_column(cols if cols is not None else None, rec, p, columns.text)
-                if fmt == "csv":
-                    cols = list(rec)
-            where = f"{fname} row {row}"
-            text, why = _text_of(rec.get(text_col))
-            label = None
-            if columns.label in rec:
-                label = _parse_label(rec[columns.label], fmt == "csv", where, columns.label)
-            source = default_source
-            if columns.source is not None and rec.get(columns.source) not in (None, ""):
-                source = str(rec[columns.source])
-            id_col = columns.id or "id"
-            if id_col in rec and rec[id_col] not in (None, ""):
-                raw_id = rec[id_col]
-                if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-                    reject(fname, row, f"id is not a string or integer: {raw_id!r}", None, rec.get(text_col))
+        try:
+            fmt = _format_of(p)
+            fname = str(p)
+            default_source = str(p.relative_to(root)) if p != root else p.name
+            cols = _columns_of(p, fmt)
+            records = {"jsonl": _read_jsonl, "csv": _read_csv}.get(fmt, lambda q: _read_columnar(q, fmt))(p)
+            text_col = None
+            n_before = len(samples["text"]) + len(quarantine["row"])
+            for row, rec, problem in records:
+                if problem is not None:
+                    reject(fname, row, problem, None, None)
                     continue
-                sid = str(raw_id)
-            elif columns.id is not None:
-                reject(fname, row, f"missing id in column {columns.id!r}", None, rec.get(text_col))
-                continue
-            else:
-                sid = stable_id(source, text) if text is not None else None
-            if why is not None:
-                reject(fname, row, why, sid, rec.get(text_col))
-                continue
-            if sid in first_seen:
-                reject(fname, row, f"duplicate id: first seen at {first_seen[sid]}", sid, text)
-                continue
-            first_seen[sid] = where
-            for k, v in zip(SAMPLE_SCHEMA, (sid, text, label, source, fname, row)):
-                samples[k].append(v)
+                if text_col is None:
+                    text_col = _pick_text_column(cols if cols is not None else None, rec, p, columns.text)
+                    if fmt == "csv":
+                        cols = list(rec)
+                where = f"{fname} row {row}"
+                text, why = _text_of(rec.get(text_col))
+                label = None
+                if columns.label in rec:
+                    label = _parse_label(rec[columns.label], fmt == "csv", where, columns.label)
+                source = default_source
+                if columns.source is not None and rec.get(columns.source) not in (None, ""):
+                    source = str(rec[columns.source])
+                id_col = columns.id or "id"
+                if id_col in rec and rec[id_col] not in (None, ""):
+                    raw_id = rec[id_col]
+                    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+                        reject(fname, row, f"id is not a string or integer: {raw_id!r}", None, rec.get(text_col))
+                        continue
+                    sid = str(raw_id)
+                elif columns.id is not None:
+                    reject(fname, row, f"missing id in column {columns.id!r}", None, rec.get(text_col))
+                    continue
+                else:
+                    sid = stable_id(source, text) if text is not None else None
+                if why is not None:
+                    reject(fname, row, why, sid, rec.get(text_col))
+                    continue
+                if sid in first_seen:
+                    reject(fname, row, f"duplicate id: first seen at {first_seen[sid]}", sid, text)
+                    continue
+                first_seen[sid] = where
+                for k, v in zip(SAMPLE_SCHEMA, (sid, text, label, source, fname, row)):
+                    samples[k].append(v)
+        except (OSError, EOFError, pa.ArrowException) as e:  # not a bad row: a file that cannot be read
+            raise CorpusError(f"{p}: cannot be read as {_format_of(p)}: {e}") from None
         if progress is not None:
             n_rows = len(samples["text"]) + len(quarantine["row"]) - n_before
             progress(f"read {fname}: {n_rows} rows")

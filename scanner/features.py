@@ -9,6 +9,8 @@ Feature row schema (one per sample; lists have one entry per neighbor, in neighb
   loss, zlib_ratio, min_k_{5,10,20,30,50}, min_k_pp_{5,10,20,30,50}, neighborhood,
   nb_kinds, nb_loss, nb_dL, nb_cos_dist, nb_l2, nb_de_proj (K x proj_dim, row-major; null if proj_dim = 0),
   nb_tokens (tokens scored over all neighbors), model, revision, run_id (added when written).
+Other input columns (but the texts) pass through; `scored_on` (the actor's node id) is appended
+for the driver's bookkeeping and dropped before anything is written.
 min_k_pp_* are null with the vllm backend; the embedding columns are null without embeddings.
 """
 
@@ -59,9 +61,12 @@ class ScoreActor:
     and neighbors of a batch of samples."""
 
     def __init__(self, cfg: dict):
+        import ray
+
         from scanner.config import ScanConfig
 
         self.cfg = ScanConfig(**cfg)
+        self.node_id = ray.get_runtime_context().get_node_id()
         self.scorer = make_scorer(self.cfg)
         self.filler = None
         if self.cfg.mlm_model:  # masked-LM neighbors are filled here, where the accelerator is
@@ -104,4 +109,8 @@ class ScoreActor:
             if field.name not in cols:
                 values = [r.get(field.name) for r in rows]
                 cols[field.name] = pa.array(values, field.type)
-        return pa.table({f.name: cols[f.name] for f in FEATURE_SCHEMA}).cast(FEATURE_SCHEMA)
+        table = pa.table({f.name: cols[f.name] for f in FEATURE_SCHEMA}).cast(FEATURE_SCHEMA)
+        for name in batch.column_names:
+            if name not in table.column_names and name not in ("text", "nb_texts"):
+                table = table.append_column(name, batch[name])
+        return table.append_column("scored_on", pa.array([self.node_id] * table.num_rows, pa.string()))

@@ -75,6 +75,40 @@ def feature_path(out: Path, shard_name: str) -> Path:
     return out / "features" / shard_name.replace("input-", "part-")
 
 
+def scoring_stages(ds, cfg: ScanConfig):
+    """Perturb (CPU tasks), then fill, score and embed in an actor pool that keeps the models
+    loaded. Ray Data restarts a crashed actor and retries its batch."""
+    import ray
+
+    gpus = cfg.gpus_per_actor
+    if gpus is None:
+        has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+        gpus = cfg.tensor_parallel_size if cfg.backend == "vllm" else (1 if has_gpu else 0)
+    ds = ds.map_batches(perturb_batch, fn_kwargs={"neighbor_cfg": cfg.neighbor_config()},
+                        batch_format="pyarrow", batch_size=cfg.samples_per_call)
+    return ds.map_batches(ScoreActor, fn_constructor_kwargs={"cfg": asdict(cfg)}, batch_format="pyarrow",
+                          batch_size=cfg.samples_per_call, num_gpus=gpus, num_cpus=cfg.cpus_per_actor,
+                          compute=ray.data.ActorPoolStrategy(size=cfg.actors))
+
+
+def collect_shards(ds, expected_rows: Callable[[str, pa.Table], int],
+                   on_complete: Callable[[str, pa.Table, list[str]], None]) -> None:
+    """Streams scored rows to the driver and hands over each input shard, sorted by sample_id,
+    as soon as all its rows are in, with the nodes that scored it; then forgets it. A shard
+    never arrives twice or in part."""
+    buffers: dict[str, list[pa.Table]] = {}
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        for name in set(batch["shard"].to_pylist()):
+            part = batch.filter(pc.equal(batch["shard"], name))
+            buffers.setdefault(name, []).append(part)
+            if sum(t.num_rows for t in buffers[name]) == expected_rows(name, part):
+                table = pa.concat_tables(buffers.pop(name)).sort_by("sample_id")
+                nodes = sorted(set(table["scored_on"].to_pylist()))
+                on_complete(name, table.drop_columns(["scored_on"]), nodes)
+    if buffers:
+        raise RuntimeError(f"incomplete shards after scoring: { {k: sum(t.num_rows for t in v) for k, v in buffers.items()} }")
+
+
 def run_scan(data: list[str], out: Path, cfg: ScanConfig, progress: Callable[[str], None] = print) -> dict:
     import ray
 
@@ -86,38 +120,25 @@ def run_scan(data: list[str], out: Path, cfg: ScanConfig, progress: Callable[[st
     skipped = len(run["shards"]) - len(pending)
     if skipped:
         progress(f"{skipped} of {len(run['shards'])} shards already scored: skipped")
-    scored_rows = scored_tokens = 0
+    totals = {"rows": 0, "tokens": 0}
+    nodes: set[str] = set()
     if pending:
         if not ray.is_initialized():
             ray.init()
-        gpus = cfg.gpus_per_actor
-        if gpus is None:
-            has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
-            gpus = cfg.tensor_parallel_size if cfg.backend == "vllm" else (1 if has_gpu else 0)
         expected = {s["name"]: s["rows"] for s in pending}
-        ds = ray.data.read_parquet([str(out / "shards" / s["name"]) for s in pending])
-        ds = ds.map_batches(perturb_batch, fn_kwargs={"neighbor_cfg": cfg.neighbor_config()},
-                            batch_format="pyarrow", batch_size=cfg.samples_per_call)
-        ds = ds.map_batches(ScoreActor, fn_constructor_kwargs={"cfg": asdict(cfg)}, batch_format="pyarrow",
-                            batch_size=cfg.samples_per_call, num_gpus=gpus, num_cpus=cfg.cpus_per_actor,
-                            compute=ray.data.ActorPoolStrategy(size=cfg.actors))
-        buffers: dict[str, list[pa.Table]] = {}
         constants = {"model": cfg.model, "revision": cfg.revision or "local", "run_id": run["run_id"]}
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            for name in set(batch["shard"].to_pylist()):
-                part = batch.filter(pc.equal(batch["shard"], name))
-                buffers.setdefault(name, []).append(part)
-                got = sum(t.num_rows for t in buffers[name])
-                if got == expected[name]:  # shard complete: write it, forget it
-                    table = pa.concat_tables(buffers.pop(name)).sort_by("sample_id")
-                    for col, value in constants.items():
-                        table = table.append_column(col, pa.array([value] * table.num_rows, pa.string()))
-                    _write_atomic(table, feature_path(out, name))
-                    scored_rows += table.num_rows
-                    scored_tokens += int(pc.sum(table["n_tokens"]).as_py() + pc.sum(table["nb_tokens"]).as_py())
-                    progress(f"wrote {feature_path(out, name).name} ({table.num_rows} samples)")
-        if buffers:
-            raise RuntimeError(f"incomplete shards after scoring: { {k: sum(t.num_rows for t in v) for k, v in buffers.items()} }")
+
+        def write(name: str, table: pa.Table, scored_on: list[str]) -> None:
+            for col, value in constants.items():
+                table = table.append_column(col, pa.array([value] * table.num_rows, pa.string()))
+            _write_atomic(table, feature_path(out, name))
+            totals["rows"] += table.num_rows
+            totals["tokens"] += int(pc.sum(table["n_tokens"]).as_py() + pc.sum(table["nb_tokens"]).as_py())
+            nodes.update(scored_on)
+            progress(f"wrote {feature_path(out, name).name} ({table.num_rows} samples)")
+
+        ds = ray.data.read_parquet([str(out / "shards" / s["name"]) for s in pending])
+        collect_shards(scoring_stages(ds, cfg), lambda name, _: expected[name], write)
     wall = time.perf_counter() - t0
     manifest = {
         "run_id": run["run_id"],
@@ -127,12 +148,13 @@ def run_scan(data: list[str], out: Path, cfg: ScanConfig, progress: Callable[[st
         "counts": {"read": run["corpus"]["read"], "scored": sum(s["rows"] for s in run["shards"]),
                    "quarantined": run["corpus"]["quarantined"],
                    "quarantined_by_reason": run["corpus"]["quarantined_by_reason"],
-                   "scored_this_invocation": scored_rows, "shards": len(run["shards"]), "shards_skipped": skipped},
+                   "scored_this_invocation": totals["rows"], "shards": len(run["shards"]), "shards_skipped": skipped},
         "feature_schema": [f"{f.name}: {f.type}" for f in FEATURE_SCHEMA],
         "min_k_pp_available": run["config"].get("backend", "hf") == "hf",
+        "scored_on_nodes": sorted(nodes),
         "wall_seconds": round(wall, 2),
-        "tokens_scored_this_invocation": scored_tokens,
-        "tokens_per_second": round(scored_tokens / wall, 1) if scored_tokens else None,
+        "tokens_scored_this_invocation": totals["tokens"],
+        "tokens_per_second": round(totals["tokens"] / wall, 1) if totals["tokens"] else None,
         "versions": package_versions(),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -115,16 +115,20 @@ def _html(blocks, title: str) -> str:
     )
 
 
+def render_report(title: str, blocks: list, metrics: dict) -> dict[str, bytes]:
+    """{file name: content}: metrics.json, report.md, report.html and the images."""
+    files = {"metrics.json": (json.dumps(metrics, indent=2, sort_keys=False) + "\n").encode()}
+    files |= {b[1]: b[2] for b in blocks if b[0] == "img"}
+    files["report.md"] = _md([("h1", title)] + blocks).encode()
+    files["report.html"] = _html([("h1", title)] + blocks, title).encode()
+    return files
+
+
 def write_report(out_dir: Path, title: str, blocks: list, metrics: dict) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"metrics": out_dir / "metrics.json", "md": out_dir / "report.md", "html": out_dir / "report.html"}
-    paths["metrics"].write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n")
-    for b in blocks:
-        if b[0] == "img":
-            (out_dir / b[1]).write_bytes(b[2])
-    paths["md"].write_text(_md([("h1", title)] + blocks))
-    paths["html"].write_text(_html([("h1", title)] + blocks, title))
-    return paths
+    for name, data in render_report(title, blocks, metrics).items():
+        (out_dir / name).write_bytes(data)
+    return {"metrics": out_dir / "metrics.json", "md": out_dir / "report.md", "html": out_dir / "report.html"}
 
 
 TPR_NOTE = (

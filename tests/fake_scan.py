@@ -1,9 +1,13 @@
 """A scan run folder with synthetic features (no model), for fast detector and report tests."""
 
+import json
+from dataclasses import asdict
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from scanner.config import ScanConfig
 from scanner.features import FEATURE_SCHEMA
 
 
@@ -39,4 +43,7 @@ def write_fake_run(run_dir, n=600, k=6, proj=4, seed=0, signal=1.0, shift_text=F
         texts.append(f"In {year} the " + " ".join(rng.choice(words, 20)))
     pq.write_table(pa.table({"sample_id": [r["sample_id"] for r in rows], "text": texts}),
                    run_dir / "shards" / "input-00000.parquet")
+    cfg = ScanConfig(model="fake-model", neighbors=k, proj_dim=proj)
+    (run_dir / "run.json").write_text(json.dumps({"run_id": "fake", "scoring_hash": cfg.scoring_hash(),
+                                                  "config": asdict(cfg)}))
     return y

@@ -1,11 +1,7 @@
 """`scanner scan` end to end on local Ray, with a tiny GPT-2 trained here on half of the passages."""
 
 import json
-import os
-import signal
 import threading
-import time
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -13,31 +9,20 @@ import pytest
 
 from scanner.cli import main
 from scanner.metrics import roc_auc
-from scanner.toy import english_passages, member_split, train_tiny_gpt2
+from tests.faults import kill_scoring_actor_once
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    # more logical CPUs than cores: the scoring actor must not starve the read/perturb tasks
-    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=300 * 1024**2, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_lm):
     root = tmp_path_factory.mktemp("scan")
-    passages = english_passages()
-    members, non_members = member_split(passages, seed=0)
-    info = train_tiny_gpt2(members, passages, root / "model", target_loss=4.2, log=lambda m: None)
     data = root / "data.jsonl"
-    rows = [{"text": t, "label": 1} for t in members] + [{"text": t, "label": 0} for t in non_members]
+    rows = [{"text": t, "label": 1} for t in tiny_lm["members"]] + [{"text": t, "label": 0} for t in tiny_lm["non_members"]]
     rows.append({"text": "", "label": 0})  # quarantined, not lost
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {"root": root, "model": str(root / "model"), "data": str(data), "n": len(passages), "train": info}
+    return {"root": root, "model": tiny_lm["model"], "data": str(data), "n": len(tiny_lm["passages"]),
+            "train": tiny_lm["train"]}
 
 
 def scan(setup, out, *extra):
@@ -98,23 +83,6 @@ def test_config_file_sets_options_and_flags_override(ray_local, setup, tmp_path)
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: x\nneigbors: 3\n")
     assert main(["scan", setup["data"], "--config", str(bad), "--out", str(tmp_path / "r2")]) == 2
-
-
-def kill_scoring_actor_once(after_seconds: float, killed: list) -> None:
-    """SIGKILL the process of a live scoring actor (found by its Ray process title), once."""
-    t0 = time.time()
-    while time.time() - t0 < 300 and not killed:
-        if time.time() - t0 > after_seconds:
-            for proc in Path("/proc").iterdir():
-                try:
-                    title = (proc / "cmdline").read_bytes().decode(errors="replace")
-                except OSError:
-                    continue
-                if proc.name.isdigit() and title.startswith("ray::MapWorker") and "ScoreActor" in title:
-                    os.kill(int(proc.name), signal.SIGKILL)
-                    killed.append(int(proc.name))
-                    return
-        time.sleep(0.3)
 
 
 def test_a_killed_scoring_actor_is_restarted_and_the_output_is_unchanged(ray_local, setup, tmp_path):

@@ -1,7 +1,10 @@
 """`scanner train`: fit both detectors and the blind baseline on a scan's labelled samples, as
 one central Ray task.
 
-The model folder holds <kind>.safetensors + <kind>.json per detector; split.json: the seed, the
+The model folder holds <kind>.safetensors + <kind>.json per detector (with its operating point:
+TP/FP counts at the calibrated threshold on the held-out test samples, which `sweep` needs to
+correct flag rates); scan_config.json: the scan settings the features came from, so a sweep
+computes the same features; split.json: the seed, the
 split fractions and the test sample ids, so `scanner evaluate` scores only samples that no
 detector saw in training, validation or calibration; and baseline_scores.parquet: the blind
 baseline's out-of-fold scores of the same samples (nested CV over their texts: each score comes
@@ -11,12 +14,14 @@ from a model that never saw that text), which `evaluate` puts next to the detect
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from scanner.baseline.run import run_baseline
+from scanner.contamination import OperatingPoint
 from scanner.detector.data import grouped_split, load_features, load_texts
 from scanner.detector.mlp import KINDS, MLPDetector
 from scanner.errors import InputError
@@ -51,10 +56,12 @@ def train_detectors(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
+    test = df.filter(pl.Series(parts["test"]))
     for kind in KINDS:
         det = MLPDetector(kind=kind, seed=seed, target_fpr=target_fpr)
         det.fit(df.filter(pl.Series(parts["train"])), df.filter(pl.Series(parts["val"])))
         det.calibrate(df.filter(pl.Series(parts["calib"])))
+        det.info["operating_point"] = asdict(OperatingPoint.measure(det.flag(test), test["label"].to_numpy()))
         det.save(out)
         summary[kind] = det.info | {"threshold": det.threshold}
     baseline = blind_baseline(Path(run_dir), df, seed, n_jobs=TASK_CPUS)
@@ -64,6 +71,8 @@ def train_detectors(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float
              "counts": {k: int(np.sum(v)) for k, v in parts.items()},
              "test_ids": df.filter(pl.Series(parts["test"]))["sample_id"].to_list()}
     (out / "split.json").write_text(json.dumps(split))
+    scan_config = json.loads((Path(run_dir) / "run.json").read_text())["config"]
+    (out / "scan_config.json").write_text(json.dumps(scan_config, indent=2))
     return {"detectors": {k: v for k, v in summary.items() if k in KINDS}, "baseline": summary["blind_baseline"],
             "split": split["counts"]}
 

@@ -1,0 +1,142 @@
+"""`scanner sweep` on local Ray: a detector trained on a real scan of the tiny GPT-2 flags the
+documents it saw; each source's contaminated fraction is estimated; shards resume one by one."""
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from scanner.cli import main
+from scanner.detector.train import train_detectors
+from scanner.metrics import roc_auc
+from scanner.sweep import shard_name
+from tests.faults import kill_scoring_actor_once
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_lm, ray_local):
+    root = tmp_path_factory.mktemp("sweep")
+    labelled = write_jsonl(root / "labelled.jsonl", [{"text": t, "label": 1} for t in tiny_lm["members"]]
+                           + [{"text": t, "label": 0} for t in tiny_lm["non_members"]])
+    assert main(["scan", labelled, "--model", tiny_lm["model"], "--out", str(root / "scan"), "--neighbors", "4"]) == 0
+    train_detectors(str(root / "scan"), str(root / "detector"), seed=0)
+    m, n = tiny_lm["members"], tiny_lm["non_members"]
+    corpus = root / "corpus"
+    corpus.mkdir()
+
+    def rows(texts, subset, label):
+        return [{"text": t, "subset": subset, "label": label} for t in texts]
+
+    shards = [
+        write_jsonl(corpus / "part-1.jsonl", rows(m[:50], "seen", 1)),
+        write_jsonl(corpus / "part-2.jsonl", rows(m[50:100], "seen", 1) + rows(n[:50], "unseen", 0)
+                    + [{"text": "", "subset": "unseen", "label": 0}]),  # quarantined, not lost
+        write_jsonl(corpus / "part-4.jsonl", [{"text": " ", "subset": "seen"}] * 3),  # every row quarantined
+    ]
+    pl.DataFrame(rows(n[50:100], "unseen", 0) + rows(m[100:120], "mixed", 1) + rows(n[100:120], "mixed", 0)
+                 ).write_parquet(corpus / "part-3.parquet")
+    shards.insert(2, str(corpus / "part-3.parquet"))
+    (root / "broken.parquet").write_bytes(b"this is not parquet")
+    return {"root": root, "detector": str(root / "detector"), "shards": shards, "broken": str(root / "broken.parquet"),
+            "model": tiny_lm["model"]}
+
+
+def sweep(setup, out, *extra, inputs=None):
+    inputs = inputs if inputs is not None else [str(Path(setup["shards"][0]).parent)]
+    return main(["sweep", *inputs, "--detector", setup["detector"], "--out", str(out), "--source-col", "subset",
+                 *extra])
+
+
+def docs_of(out: Path) -> pl.DataFrame:
+    return pl.read_parquet(out / "docs" / "*.parquet").sort("sample_id")
+
+
+def test_sweep_flags_seen_documents_and_estimates_each_source(setup):
+    out = setup["root"] / "out"
+    assert sweep(setup, out, inputs=[str(Path(setup["shards"][0]).parent), setup["broken"]]) == 2  # a failed shard
+    manifest = json.loads((out / "manifest.json").read_text())
+    states = {Path(e["uri"]).name: e["state"] for e in manifest["shards"]}
+    assert states == {"part-1.jsonl": "done", "part-2.jsonl": "done", "part-3.parquet": "done",
+                      "part-4.jsonl": "done", "broken.parquet": "failed"}
+    assert "broken.parquet" in next(e["error"] for e in manifest["shards"] if e["state"] == "failed")
+    # nothing lost: every row read is scored or quarantined, with its reason
+    assert manifest["counts"] == {"read": 50 + 101 + 90 + 3, "scored": 240, "quarantined": 4}
+    quarantine = pl.read_parquet(out / "quarantine" / "*.parquet")
+    assert quarantine.height == 4 and set(quarantine["reason"]) == {"empty text"}
+    docs = docs_of(out)
+    assert docs.height == 240 and docs["sample_id"].n_unique() == 240
+    assert not (out / "docs" / f"{shard_name(setup['shards'][3])}.parquet").exists()  # zero documents kept
+    metrics = json.loads((out / "metrics.json").read_text())
+    np.testing.assert_array_equal(docs["flagged"].to_numpy(), docs["member_prob"].to_numpy() > metrics["detector"]["threshold"])
+    assert roc_auc(docs["label"].to_numpy(), docs["member_prob"].to_numpy()) > 0.9
+    src = metrics["sources"]
+    assert {s: src[s]["n"] for s in src} == {"seen": 100, "unseen": 100, "mixed": 40}
+    assert src["seen"]["ci"][0] > 0.6 and src["unseen"]["ci"][0] < 0.1 and src["unseen"]["estimate"] < 0.2
+    assert 0.2 < src["mixed"]["estimate"] < 0.8
+    # the estimate corrects the flag rate for the detector's TPR and FPR; it is not the flag rate
+    op = metrics["detector"]["operating_point"]
+    assert src["seen"]["estimate"] == pytest.approx(min(1, (src["seen"]["flag_rate"] - op["fpr"]) / (op["tpr"] - op["fpr"])))
+    assert (out / "report.html").exists() and "Contaminated fraction by source" in (out / "report.md").read_text()
+
+
+def test_rerun_scores_only_unfinished_shards_and_matches(setup):
+    out = setup["root"] / "out"
+    if not (out / "manifest.json").exists():
+        sweep(setup, out)
+    before = docs_of(out)
+    victim = shard_name(setup["shards"][0])
+    untouched = {p.name: p.stat().st_mtime_ns for p in (out / "docs").glob("*.parquet") if victim not in p.name}
+    (out / "done" / f"{victim}.json").unlink()  # as if the job died before the marker was written
+    assert sweep(setup, out) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    states = {Path(e["uri"]).name: e["state"] for e in manifest["shards"]}
+    assert states == {"part-1.jsonl": "done", "part-2.jsonl": "skipped", "part-3.parquet": "skipped",
+                      "part-4.jsonl": "skipped"}
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "docs").glob("*.parquet") if victim not in p.name} == untouched
+    after = docs_of(out)
+    assert after["sample_id"].to_list() == before["sample_id"].to_list()
+    np.testing.assert_allclose(after["member_prob"].to_numpy(), before["member_prob"].to_numpy(), rtol=1e-5)
+    # another detector in the same output folder is refused
+    assert sweep(setup, out, "--kind", "tabular" if json.loads((out / "sweep.json").read_text())["kind"] == "fimmia"
+                 else "fimmia") == 2
+    # features that do not match the detector's training are refused before any work
+    cfg = setup["root"] / "neighbors.yaml"
+    cfg.write_text("neighbors: 6\n")
+    assert sweep(setup, setup["root"] / "other", "--config", str(cfg)) == 2
+
+
+def test_a_killed_scoring_actor_does_not_change_the_sweep(setup, tmp_path):
+    reference = setup["root"] / "out"
+    if not (reference / "manifest.json").exists():
+        sweep(setup, reference)
+    killed: list = []
+    killer = threading.Thread(target=kill_scoring_actor_once, args=(10.0, killed))
+    killer.start()
+    assert sweep(setup, tmp_path / "killed") == 0
+    killer.join()
+    assert killed, "no scoring actor was found to kill"
+    got, want = docs_of(tmp_path / "killed"), docs_of(reference)
+    assert got["sample_id"].to_list() == want["sample_id"].to_list()  # every row once
+    for col in ("loss", "member_prob"):
+        np.testing.assert_allclose(got[col].to_numpy(), want[col].to_numpy(), rtol=1e-5)
+    np.testing.assert_allclose(np.concatenate(got["nb_dL"].to_list()), np.concatenate(want["nb_dL"].to_list()),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_inputs_and_outputs_given_as_uris(setup, tmp_path):
+    """file:// URIs go through pyarrow's filesystem layer for listing, reading and writing."""
+    inputs = [f"file://{setup['shards'][0]}", f"file://{Path(setup['shards'][1]).parent}/part-4*"]
+    assert sweep(setup, f"file://{tmp_path / 'uri_out'}", inputs=inputs) == 0
+    manifest = json.loads((tmp_path / "uri_out" / "manifest.json").read_text())
+    assert [Path(e["uri"]).name for e in manifest["shards"]] == ["part-1.jsonl", "part-4.jsonl"]
+    assert manifest["counts"] == {"read": 53, "scored": 50, "quarantined": 3}

@@ -1,4 +1,5 @@
-"""`scanner` command line. Exit codes: 0 done, 2 bad input or usage (message names the problem)."""
+"""`scanner` command line. Exit codes: 0 done, 2 bad input or usage (message names the problem);
+`nightly` also exits 1 when an eval set is contaminated or worse than the previous run."""
 
 from __future__ import annotations
 
@@ -198,6 +199,17 @@ def cmd_sweep(args) -> int:
     return EXIT_BAD_INPUT if sh["failed"] else 0
 
 
+def cmd_nightly(args) -> int:
+    from scanner.nightly import run_nightly, summary_lines
+
+    m = run_nightly(args.config, args.out, run_name=args.run_name, previous=args.previous, model=args.model,
+                    seed=args.seed, progress=Progress())
+    for line in summary_lines(m):
+        print(line)
+    print(f"exit {m['exit_code']}; report: {Path(args.out) / m['run'] / 'report.html'}")
+    return m["exit_code"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scanner", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -255,6 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--actors", type=int, help="scoring actors (default 1)")
     w.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass")
     w.set_defaults(func=cmd_sweep)
+
+    n = sub.add_parser("nightly", help="check a checkpoint's eval sets for contamination; compare with the last run "
+                                       "(exit 0 clean, 1 contaminated or worse, 2 errors)")
+    n.add_argument("--config", required=True, help="YAML/TOML: scan options plus detector, eval_sets, "
+                                                   "contamination_threshold, max_increase")
+    n.add_argument("--out", required=True, help="root folder: one subfolder per run, compared with the newest earlier one")
+    n.add_argument("--model", help="checkpoint to check (overrides `model` in the config)")
+    n.add_argument("--run-name", help="this run's subfolder (default: UTC date and time, sorts in run order)")
+    n.add_argument("--previous", help="metrics.json to compare with (default: the newest earlier run in --out)")
+    n.add_argument("--seed", type=int, default=0)
+    n.set_defaults(func=cmd_nightly)
 
     d = sub.add_parser("demo", help="run the embedded default end to end (offline, ~4 minutes on 2 cores)")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

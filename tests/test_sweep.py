@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 
 from scanner.cli import main
-from scanner.detector.train import train_detectors
 from scanner.metrics import roc_auc
 from scanner.sweep import shard_name
+from tests.conftest import train_tiny_detector
 from tests.faults import kill_scoring_actor_once
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -26,10 +26,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_lm, ray_local):
     root = tmp_path_factory.mktemp("sweep")
-    labelled = write_jsonl(root / "labelled.jsonl", [{"text": t, "label": 1} for t in tiny_lm["members"]]
-                           + [{"text": t, "label": 0} for t in tiny_lm["non_members"]])
-    assert main(["scan", labelled, "--model", tiny_lm["model"], "--out", str(root / "scan"), "--neighbors", "4"]) == 0
-    train_detectors(str(root / "scan"), str(root / "detector"), seed=0)
+    detector = train_tiny_detector(root, tiny_lm, neighbors=4)
     m, n = tiny_lm["members"], tiny_lm["non_members"]
     corpus = root / "corpus"
     corpus.mkdir()
@@ -47,7 +44,7 @@ def setup(tmp_path_factory, tiny_lm, ray_local):
                  ).write_parquet(corpus / "part-3.parquet")
     shards.insert(2, str(corpus / "part-3.parquet"))
     (root / "broken.parquet").write_bytes(b"this is not parquet")
-    return {"root": root, "detector": str(root / "detector"), "shards": shards, "broken": str(root / "broken.parquet"),
+    return {"root": root, "detector": detector, "shards": shards, "broken": str(root / "broken.parquet"),
             "model": tiny_lm["model"]}
 
 

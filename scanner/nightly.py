@@ -1,0 +1,186 @@
+"""`scanner nightly`: are this checkpoint's eval sets contaminated, and more so than last night?
+
+One config file, the same YAML/TOML as `scanner scan --config` plus these keys:
+
+    model: /checkpoints/step-120000      # the checkpoint to check
+    detector: /models/detector           # a `scanner train` folder; its feature settings are used
+    eval_sets:                           # each: name, data (files, folders, globs), optional columns
+      - {name: wikimia_128, data: [/evals/wikimia/128.jsonl], text_col: input}
+      - {name: mmlu, data: ["/evals/mmlu/*.parquet"]}
+    contamination_threshold: 0.05        # contaminated: the 95% CI of the seen fraction lies above it
+    max_increase: 0.05                   # worse: the estimate rose more than this since the last run
+
+Per set: a membership scan, the detector's flags turned into an estimated seen fraction
+(scanner.contamination), and, where the set has member/non-member labels, the leakage baseline
+and every MIA score next to it (scanner.evaluate). Each night writes OUT/<run name>/ and is
+compared with the newest earlier run in OUT that has a metrics.json (or --previous).
+
+Exit codes: 0 every set clean; 1 some set contaminated or worse than the previous run; 2 some
+set could not be checked (its error is in the report). 2 wins over 1: an incomplete check is not
+a verdict, and the report still lists every finding.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+from scanner.config import load_config, read_config_file
+from scanner.contamination import contaminated_fraction
+from scanner.detector.data import load_features
+from scanner.detector.trained import load_trained
+from scanner.errors import InputError
+from scanner.provenance import package_versions
+from scanner.report import fmt, write_report
+
+NIGHTLY_KEYS = ("detector", "eval_sets", "contamination_threshold", "max_increase")
+SET_KEYS = ("name", "data", "text_col", "label_col", "id_col", "source_col")
+EXIT = {"clean": 0, "contaminated": 1, "worse": 1, "error": 2}
+
+
+def load_nightly(path: str) -> tuple[dict, list[dict], dict]:
+    """(nightly settings, eval sets, scan options) from one config file."""
+    raw = read_config_file(path, extra=NIGHTLY_KEYS)
+    if "detector" not in raw:
+        raise InputError(f"{path}: needs `detector:` (a `scanner train` folder)")
+    sets = raw.get("eval_sets")
+    if not isinstance(sets, list) or not sets:
+        raise InputError(f"{path}: needs `eval_sets:`, a list of {{name, data}}")
+    names = set()
+    for i, s in enumerate(sets):
+        if not isinstance(s, dict) or not {"name", "data"} <= set(s) or set(s) - set(SET_KEYS):
+            raise InputError(f"{path}: eval_sets[{i}] must have name and data, and only {SET_KEYS}: {s!r}")
+        if s["name"] in names or "/" in str(s["name"]):
+            raise InputError(f"{path}: eval_sets[{i}]: name {s['name']!r} is repeated or contains '/'")
+        names.add(s["name"])
+        s["data"] = [s["data"]] if isinstance(s["data"], str) else list(s["data"])
+    settings = {"detector": raw["detector"], "contamination_threshold": float(raw.get("contamination_threshold", 0.05)),
+                "max_increase": float(raw.get("max_increase", 0.05))}
+    scan_options = {k: v for k, v in raw.items() if k not in NIGHTLY_KEYS}
+    return settings, sets, scan_options
+
+
+def previous_metrics(root: Path, run_name: str, explicit: str | None) -> tuple[dict | None, str | None]:
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise InputError(f"--previous {explicit}: no such file")
+        return json.loads(p.read_text()), str(p)
+    earlier = sorted(d for d in root.iterdir() if d.is_dir() and d.name < run_name and (d / "metrics.json").is_file())
+    if not earlier:
+        return None, None
+    return json.loads((earlier[-1] / "metrics.json").read_text()), str(earlier[-1] / "metrics.json")
+
+
+def check_set(spec: dict, run_dir: Path, detector, detector_dir: str, scan_options: dict, overrides: dict,
+              settings: dict, previous: dict | None, seed: int, progress: Callable[[str], None]) -> dict:
+    from scanner.evaluate import evaluate
+    from scanner.pipeline import run_scan
+
+    set_dir = run_dir / "sets" / spec["name"]
+    columns = {k: spec[k] for k in ("text_col", "label_col", "id_col", "source_col") if k in spec}
+    cfg = load_config(None, overrides | columns, base=detector.base_config() | scan_options)
+    detector.check_compatible(cfg)
+    manifest = run_scan(spec["data"], set_dir / "scan", cfg, progress=progress)
+    feats = load_features(set_dir / "scan")
+    _, flagged = detector.score(feats)
+    result = {"data": spec["data"], "counts": manifest["counts"],
+              "contamination": contaminated_fraction(int(flagged.sum()), feats.height, detector.operating_point)}
+    labels = feats["label"]
+    if labels.null_count() == 0 and labels.n_unique() == 2:
+        progress(f"{spec['name']}: labelled: leakage baseline and MIA scores")
+        ev = evaluate(set_dir / "scan", set_dir / "evaluate", Path(detector_dir), seed=seed, progress=progress)
+        result["labelled"] = {"baseline_auc": ev["scores"]["blind baseline"]["auc"],
+                              "baseline_auc_ci": ev["scores"]["blind baseline"]["auc_ci"],
+                              "baseline_verdict": ev["baseline_verdict"]["status"], "best_mia": ev["best_mia"],
+                              "best_mia_auc": ev["scores"][ev["best_mia"]]["auc"],
+                              "mia_beats_baseline": ev["mia_beats_baseline"], "conclusion": ev["conclusion"],
+                              "report": str(set_dir / "evaluate" / "report.html")}
+    c = result["contamination"]
+    if not c["estimable"]:
+        raise InputError("the detector does not separate members from non-members (TPR <= FPR): no estimate")
+    before = ((previous or {}).get("sets", {}).get(spec["name"], {}).get("contamination") or {}).get("estimate")
+    result["previous_estimate"] = before
+    result["change"] = None if before is None else c["estimate"] - before
+    if c["ci"][0] > settings["contamination_threshold"]:
+        result["status"] = "contaminated"
+    elif result["change"] is not None and result["change"] > settings["max_increase"]:
+        result["status"] = "worse"
+    else:
+        result["status"] = "clean"
+    return result
+
+
+def run_nightly(config: str, out: str, run_name: str | None = None, previous: str | None = None,
+                model: str | None = None, seed: int = 0, progress: Callable[[str], None] = print) -> dict:
+    t0 = time.perf_counter()
+    settings, sets, scan_options = load_nightly(config)
+    detector = load_trained(settings["detector"])
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    run_name = run_name or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%MZ")
+    prev, prev_path = previous_metrics(root, run_name, previous)
+    run_dir = root / run_name
+    overrides = {"model": model}
+    results = {}
+    for spec in sets:
+        progress(f"eval set {spec['name']}: {' '.join(spec['data'])}")
+        try:
+            results[spec["name"]] = check_set(spec, run_dir, detector, settings["detector"], scan_options, overrides,
+                                              settings, prev, seed, progress)
+        except InputError as e:
+            results[spec["name"]] = {"data": spec["data"], "status": "error", "error": str(e)}
+        except Exception as e:  # one broken set must not hide the others' results
+            results[spec["name"]] = {"data": spec["data"], "status": "error", "error": f"{type(e).__name__}: {e}",
+                                     "traceback": traceback.format_exc()}
+        r = results[spec["name"]]
+        progress(f"eval set {spec['name']}: {r['status']}" + (f" ({r['error']})" if "error" in r else ""))
+    exit_code = max(EXIT[r["status"]] for r in results.values())
+    metrics = {"run": run_name, "model": model or scan_options.get("model") or detector.scan_config["model"],
+               "detector": {"path": settings["detector"], "kind": detector.kind,
+                            "operating_point": vars(detector.operating_point)},
+               "settings": settings, "previous": prev_path, "sets": results, "exit_code": exit_code,
+               "wall_seconds": round(time.perf_counter() - t0, 1), "versions": package_versions()}
+    write_report(run_dir, f"Nightly contamination check: {run_name}", nightly_blocks(metrics), metrics)
+    return metrics
+
+
+def _estimate(c: dict | None) -> str:
+    if not c or not c.get("estimable"):
+        return "-"
+    return f"{fmt(c['estimate'])} [{fmt(c['ci'][0])}, {fmt(c['ci'][1])}]"
+
+
+def nightly_blocks(m: dict) -> list:
+    s = m["settings"]
+    rows = []
+    for name, r in m["sets"].items():
+        c = r.get("contamination")
+        lab = r.get("labelled")
+        rows.append([name, r["status"], r.get("counts", {}).get("scored", "-"), _estimate(c),
+                     "-" if r.get("change") is None else f"{r['change']:+.3f}",
+                     f"{lab['baseline_verdict']} (AUC {fmt(lab['baseline_auc'])})" if lab else "no labels"])
+    blocks = [("p", f"Model {m['model']}; detector {m['detector']['path']} ({m['detector']['kind']}). Exit code "
+                    f"{m['exit_code']}. Contaminated: the 95% CI of the seen fraction lies above "
+                    f"{s['contamination_threshold']}; worse: the estimate rose more than {s['max_increase']} since "
+                    f"{m['previous'] or 'the previous run (none found)'}."),
+              ("table", ["eval set", "status", "samples", "seen fraction [95% CI]", "change", "leakage baseline"], rows)]
+    for name, r in m["sets"].items():
+        if "error" in r:
+            blocks.append(("p", f"{name}: error: {r['error']}"))
+        if r.get("labelled"):
+            blocks.append(("p", f"{name}: {r['labelled']['conclusion']} Report: {r['labelled']['report']}"))
+    return blocks
+
+
+def summary_lines(m: dict) -> list[str]:
+    lines = []
+    for name, r in m["sets"].items():
+        detail = r["error"] if "error" in r else f"seen fraction {_estimate(r['contamination'])}"
+        lines.append(f"{name:<24} {r['status']:<13} {detail}")
+    return lines

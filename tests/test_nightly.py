@@ -1,0 +1,75 @@
+"""`scanner nightly` (= jobs/nightly.py) on local Ray: exit 0 when clean, 1 when an eval set is
+contaminated or worse than the previous night, 2 when a set cannot be checked."""
+
+import json
+from importlib import resources
+
+import pytest
+import yaml
+
+from scanner.cli import main
+from tests.conftest import train_tiny_detector
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_lm, ray_local):
+    root = tmp_path_factory.mktemp("nightly")
+    detector = train_tiny_detector(root, tiny_lm, neighbors=2)
+    unseen, seen = root / "unseen.jsonl", root / "seen.jsonl"
+    unseen.write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny_lm["non_members"][100:130]))
+    seen.write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny_lm["members"][100:130]))
+    return {"root": root, "detector": detector, "unseen": str(unseen), "seen": str(seen)}
+
+
+def nightly(setup, run: str, sets: list[dict], **options) -> tuple[int, dict]:
+    config = setup["root"] / f"{run}.yaml"
+    config.write_text(yaml.safe_dump({"detector": setup["detector"], "eval_sets": sets, "actors": 1, **options}))
+    code = main(["nightly", "--config", str(config), "--out", str(setup["root"] / "nights"), "--run-name", run])
+    metrics = setup["root"] / "nights" / run / "metrics.json"
+    return code, json.loads(metrics.read_text()) if metrics.exists() else {}
+
+
+def test_clean_then_worse_then_contaminated_then_error(setup):
+    wikimia = str(resources.files("scanner") / "data" / "wikimia_128.jsonl")
+    code, m = nightly(setup, "n1", [{"name": "eval_a", "data": setup["unseen"]}, {"name": "wikimia", "data": [wikimia]}])
+    assert code == 0, m
+    a, w = m["sets"]["eval_a"], m["sets"]["wikimia"]
+    assert a["status"] == "clean" and a["contamination"]["ci"][0] <= 0.05 and a["previous_estimate"] is None
+    # a labelled set gets the leakage baseline: WikiMIA's split is exposed without any model
+    assert w["status"] == "clean" and w["labelled"]["baseline_verdict"] == "leaky"
+    assert w["labelled"]["baseline_auc"] > 0.9 and not w["labelled"]["mia_beats_baseline"]
+    assert (setup["root"] / "nights" / "n1" / "report.html").exists()
+
+    # the same eval set name now holds texts the model saw: worse than last night
+    code, m = nightly(setup, "n2", [{"name": "eval_a", "data": setup["seen"]}], contamination_threshold=0.99)
+    a = m["sets"]["eval_a"]
+    assert code == 1 and a["status"] == "worse", a
+    assert m["previous"].endswith("n1/metrics.json") and a["change"] > 0.5
+
+    code, m = nightly(setup, "n3", [{"name": "eval_a", "data": setup["seen"]}])
+    assert code == 1 and m["sets"]["eval_a"]["status"] == "contaminated"
+    assert m["sets"]["eval_a"]["contamination"]["ci"][0] > 0.5
+
+    # a set that cannot be read: exit 2, and the other sets are still checked and reported
+    code, m = nightly(setup, "n4", [{"name": "eval_a", "data": setup["unseen"]},
+                                    {"name": "gone", "data": str(setup["root"] / "missing.jsonl")}])
+    assert code == 2
+    assert m["sets"]["gone"]["status"] == "error" and "missing.jsonl" in m["sets"]["gone"]["error"]
+    assert m["sets"]["eval_a"]["status"] == "clean"  # back to unseen texts (n3 was contaminated)
+    assert "missing.jsonl" in (setup["root"] / "nights" / "n4" / "report.md").read_text()
+
+
+def test_bad_config_exits_2_naming_the_problem(setup, capsys):
+    config = setup["root"] / "bad.yaml"
+    config.write_text(yaml.safe_dump({"eval_sets": [{"name": "x", "data": setup["unseen"]}]}))
+    assert main(["nightly", "--config", str(config), "--out", str(setup["root"] / "bad")]) == 2
+    assert "detector" in capsys.readouterr().err
+    config.write_text(yaml.safe_dump({"detector": setup["detector"], "eval_sets": [{"name": "x"}]}))
+    assert main(["nightly", "--config", str(config), "--out", str(setup["root"] / "bad")]) == 2
+    config.write_text(yaml.safe_dump({"detector": setup["detector"], "neighbors": 7,
+                                      "eval_sets": [{"name": "x", "data": setup["unseen"]}]}))
+    code = main(["nightly", "--config", str(config), "--out", str(setup["root"] / "bad"), "--run-name", "r"])
+    m = json.loads((setup["root"] / "bad" / "r" / "metrics.json").read_text())
+    assert code == 2 and "neighbors" in m["sets"]["x"]["error"]  # features the detector was not trained on

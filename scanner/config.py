@@ -46,6 +46,7 @@ class ScanConfig:
     actors: int = 1
     gpus_per_actor: float | None = None  # default: 1 when the cluster has GPUs, else 0
     cpus_per_actor: float = 1.0
+    actor_start_timeout: int = 1800  # seconds for the whole actor pool to load its models before any work
     samples_per_call: int = 16  # samples (each with its neighbors) per actor call
     text_col: str | None = None
     label_col: str = "label"
@@ -95,7 +96,7 @@ class ScanConfig:
     def scoring_hash(self) -> str:
         """What decides the features: a resumed run must match it. Scheduling knobs are left out."""
         keep = {k: v for k, v in asdict(self).items()
-                if k not in ("actors", "gpus_per_actor", "cpus_per_actor", "samples_per_call", "batch_tokens", "device",
+                if k not in ("actors", "gpus_per_actor", "cpus_per_actor", "actor_start_timeout", "samples_per_call", "batch_tokens", "device",
                              "max_num_batched_tokens", "gpu_memory_utilization")}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 

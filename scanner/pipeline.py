@@ -91,6 +91,15 @@ def scoring_stages(ds, cfg: ScanConfig):
                           compute=ray.data.ActorPoolStrategy(size=cfg.actors))
 
 
+def configure_ray_data(cfg: ScanConfig) -> None:
+    """Before any dataset is made (each copies the context): work starts once every scoring actor
+    is up, so the first to load its model does not take all the early batches, and a pool that
+    cannot be placed within actor_start_timeout seconds is an error, not a hang."""
+    import ray
+
+    ray.data.DataContext.get_current().wait_for_min_actors_s = cfg.actor_start_timeout
+
+
 def collect_shards(ds, expected_rows: Callable[[str, pa.Table], int],
                    on_complete: Callable[[str, pa.Table, list[str]], None]) -> None:
     """Streams scored rows to the driver and hands over each input shard, sorted by sample_id,
@@ -137,6 +146,7 @@ def run_scan(data: list[str], out: Path, cfg: ScanConfig, progress: Callable[[st
             nodes.update(scored_on)
             progress(f"wrote {feature_path(out, name).name} ({table.num_rows} samples)")
 
+        configure_ray_data(cfg)
         ds = ray.data.read_parquet([str(out / "shards" / s["name"]) for s in pending])
         collect_shards(scoring_stages(ds, cfg), lambda name, _: expected[name], write)
     wall = time.perf_counter() - t0

@@ -36,6 +36,7 @@ from scanner.contamination import contaminated_fraction
 from scanner.corpus import Columns, expand_paths, is_corpus_file, read_corpus
 from scanner.detector.trained import TrainedDetector
 from scanner.errors import InputError
+from scanner.pipeline import collect_shards, configure_ray_data, scoring_stages
 from scanner.provenance import package_versions
 from scanner.report import fmt, render_report
 from scanner.storage import Store, list_files, local_copy
@@ -133,13 +134,12 @@ def run_sweep(inputs: list[str], out: str, detector: TrainedDetector, cfg: ScanC
             ray.init()
         for u in pending:  # a stale read marker must not stand in for this run's read
             store.delete(f"read/{names[u]}.json")
+        configure_ray_data(cfg)
         items = [{"uri": u, "shard": names[u]} for u in pending]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         columns = {"text": cfg.text_col, "label": cfg.label_col, "id": cfg.id_col, "source": cfg.source_col}
         ds = ds.map_batches(read_shards, fn_kwargs={"columns": columns, "out": out}, batch_format="pyarrow",
                             batch_size=1)
-        from scanner.pipeline import collect_shards, scoring_stages
-
         try:
             collect_shards(scoring_stages(ds, cfg), lambda _, part: part["shard_kept"][0].as_py(), write)
         except BaseException:  # a crash or Ctrl-C: still record what finished, then stop

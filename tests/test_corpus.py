@@ -183,6 +183,12 @@ def test_unreadable_inputs_are_errors(tmp_path):
     (tmp_path / "notes.docx").write_text("x")
     with pytest.raises(CorpusError, match=r"notes\.docx: unsupported file type"):
         read_corpus([str(tmp_path / "notes.docx")])
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(CorpusError, match=r"broken\.parquet: cannot be read as parquet"):
+        read_corpus([str(tmp_path / "broken.parquet")])
+    (tmp_path / "broken.jsonl.gz").write_bytes(b"not gzip")
+    with pytest.raises(CorpusError, match=r"broken\.jsonl\.gz: cannot be read as jsonl"):
+        read_corpus([str(tmp_path / "broken.jsonl.gz")])
 
 
 def test_labelled_refuses_unlabelled_rows(tmp_path):

@@ -1,16 +1,18 @@
-"""Scoring throughput, three ways, in one process and one run:
+"""Scoring throughput, four ways, in one process and one run:
 
   (a) the scoring core alone: HFScorer forward passes + score maths on pre-tokenised,
       pre-perturbed inputs, at its best batch size;
   (b) `scanner scan` end to end: read, perturb, Ray Data scheduling, scoring, writing Parquet
       (Ray is started before the clock starts: a cluster is up before a job arrives);
   (c) a FiMMIA-style loop: one text at a time, neighbors made on the fly, one model call for the
-      loss and a second call for the embedding.
+      loss and a second call for the embedding;
+  (d) `scanner sweep` end to end over the same texts in 3 input files: read tasks per file,
+      scoring, the detector, per-shard outputs and markers, the per-source report.
 
     python bench/scan_throughput.py [--texts 300] [--neighbors 24]
 
 Model: GPT-2 style, random init (speed does not depend on the weights), ~10M parameters, a
-16,384-token vocabulary. Prints tokens/s of each and the ratios b/a and b/c.
+16,384-token vocabulary. Prints tokens/s of each and the ratios b/a, b/c and d/a.
 Targets (issue 3, 2 CPU cores): b/a >= 0.7 and b/c >= 1.5.
 """
 
@@ -77,14 +79,43 @@ def end_to_end(model_path: str, texts: list[str], cfg, work: Path) -> tuple[floa
     """(b): the real pipeline, as `scanner scan` runs it."""
     from scanner.pipeline import run_scan
 
-    data = work / "bench.jsonl"
-    data.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
+    data = work / "bench.jsonl"  # labels only so that (d) has a detector to train; they mean nothing
+    data.write_text("".join(json.dumps({"id": str(i), "text": t, "label": i % 2}) + "\n" for i, t in enumerate(texts)))
     out = work / "run"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     manifest = run_scan([str(data)], out, cfg, progress=lambda m: None)
     wall = time.perf_counter() - t0
     return manifest["tokens_scored_this_invocation"] / wall, manifest["tokens_scored_this_invocation"]
+
+
+def sweep(texts: list[str], cfg, work: Path) -> float:
+    """(d): a detector trained on (b)'s features, then the sweep over the texts in 3 files."""
+    import polars as pl
+
+    from scanner.config import load_config
+    from scanner.detector.trained import load_trained
+    from scanner.detector.train import train_detectors
+    from scanner.sweep import run_sweep
+
+    train_detectors(str(work / "run"), str(work / "detector"))
+    detector = load_trained(work / "detector")
+    inputs = []
+    for k in range(3):
+        path = work / f"shard-{k}.jsonl"
+        path.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts) if i % 3 == k))
+        inputs.append(str(path))
+    scheduling = {key: getattr(cfg, key) for key in ("cpus_per_actor", "samples_per_call", "batch_tokens")}
+    sweep_cfg = load_config(None, scheduling, base=detector.base_config())
+    sweep_cfg.label_col = None
+    out = work / "sweep"
+    t0 = time.perf_counter()
+    run_sweep(inputs, str(out), detector, sweep_cfg, progress=lambda m: None)
+    wall = time.perf_counter() - t0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["scored"] == len(texts)
+    docs = pl.read_parquet(out / "docs" / "*.parquet")
+    return int(docs["n_tokens"].sum() + docs["nb_tokens"].sum()) / wall
 
 
 def fimmia_loop(model_path: str, texts: list[str], cfg) -> float:
@@ -136,13 +167,17 @@ def main() -> None:
     # logical CPUs beyond the cores, so read/perturb tasks run beside an actor that holds all cores
     ray.init(num_cpus=cpus * 2, include_dashboard=False, log_to_driver=False)
     rate_b, tokens_b = end_to_end(cfg.model, texts, cfg, work)
-    ray.shutdown()
     print(f"(b) scanner scan end to end: {rate_b:,.0f} tokens/s ({tokens_b:,} tokens)")
+    rate_d = sweep(texts, cfg, work)
+    ray.shutdown()
+    print(f"(d) scanner sweep end to end: {rate_d:,.0f} tokens/s")
 
     rate_c = fimmia_loop(cfg.model, texts[: args.fimmia_texts], cfg)
     print(f"(c) FiMMIA-style loop: {rate_c:,.0f} tokens/s ({args.fimmia_texts} texts)")
-    print(f"b/a = {rate_b / rate_a:.2f} (target >= 0.7)   b/c = {rate_b / rate_c:.2f} (target >= 1.5)")
-    print(json.dumps({"a": rate_a, "b": rate_b, "c": rate_c, "b_over_a": rate_b / rate_a, "b_over_c": rate_b / rate_c,
+    print(f"b/a = {rate_b / rate_a:.2f} (target >= 0.7)   b/c = {rate_b / rate_c:.2f} (target >= 1.5)   "
+          f"d/a = {rate_d / rate_a:.2f}")
+    print(json.dumps({"a": rate_a, "b": rate_b, "c": rate_c, "d": rate_d, "b_over_a": rate_b / rate_a,
+                      "b_over_c": rate_b / rate_c, "d_over_a": rate_d / rate_a,
                       "config": {k: v for k, v in asdict(cfg).items() if k in ("neighbors", "batch_tokens", "samples_per_call")}}))
     shutil.rmtree(work, ignore_errors=True)
 

@@ -29,10 +29,14 @@ class Progress:
         print(f"[scanner +{time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def _add_corpus_args(p: argparse.ArgumentParser) -> None:
+def _add_corpus_args(p: argparse.ArgumentParser, labels_by_default: bool = True) -> None:
     p.add_argument("data", nargs="+", help="files, folders or globs: jsonl, parquet, csv/tsv, HF save_to_disk folders")
     p.add_argument("--text-col", default=None, help="text column (default: 'text', else 'input')")
-    p.add_argument("--label-col", default="label", help="label column, 1 = member, 0 = non-member (default: label)")
+    if labels_by_default:
+        p.add_argument("--label-col", default="label", help="label column, 1 = member, 0 = non-member (default: label)")
+    else:
+        p.add_argument("--label-col", default=None, help="membership label column to carry into the output "
+                                                         "(1 = member, 0 = non-member; default: none is read)")
     p.add_argument("--id-col", default=None, help="id column (default: 'id' where present, else a hash of source+text)")
     p.add_argument("--source-col", default=None, help="source column (default: the file's path)")
 
@@ -187,6 +191,8 @@ def cmd_sweep(args) -> int:
                  "text_col": args.text_col, "label_col": args.label_col, "id_col": args.id_col,
                  "source_col": args.source_col}
     cfg = load_config(args.config, overrides, base=detector.base_config())
+    if args.label_col is None:  # a corpus's own "label" column (topics, sentiment...) is not membership
+        cfg.label_col = None
     m = run_sweep(args.data, args.out, detector, cfg, progress=Progress())
     for source, e in list(m["sources"].items())[:20]:
         est = f"{e['estimate']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]" if e["estimable"] else "not estimable"
@@ -255,8 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("sweep", help="flag the documents of a corpus the model saw, and estimate each source's "
                                      "contaminated fraction (one resumable output per input file)")
-    _add_corpus_args(w)
-    w.set_defaults(label_col=None)
+    _add_corpus_args(w, labels_by_default=False)
     w.add_argument("--detector", required=True, help="a `scanner train` folder; its scan settings are reused")
     w.add_argument("--kind", default="auto", choices=["auto", "fimmia", "tabular"],
                    help="which detector (default: the better on validation)")

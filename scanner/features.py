@@ -66,7 +66,8 @@ class ScoreActor:
         from scanner.config import ScanConfig
 
         self.cfg = ScanConfig(**cfg)
-        self.node_id = ray.get_runtime_context().get_node_id()
+        # (asking outside Ray would start a local Ray instance)
+        self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
         self.scorer = make_scorer(self.cfg)
         self.filler = None
         if self.cfg.mlm_model:  # masked-LM neighbors are filled here, where the accelerator is

@@ -51,7 +51,7 @@ def setup(tmp_path_factory, tiny_lm, ray_local):
 def sweep(setup, out, *extra, inputs=None):
     inputs = inputs if inputs is not None else [str(Path(setup["shards"][0]).parent)]
     return main(["sweep", *inputs, "--detector", setup["detector"], "--out", str(out), "--source-col", "subset",
-                 *extra])
+                 "--label-col", "label", *extra])
 
 
 def docs_of(out: Path) -> pl.DataFrame:

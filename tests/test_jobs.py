@@ -35,3 +35,17 @@ def test_baseline_job_reports_bad_input_with_exit_2(tmp_path):
     res = run_job(str(bad), "--out", str(tmp_path / "out"))
     assert res.returncode == 2
     assert "bad.jsonl row 1" in res.stderr
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("job, args, message", [
+    ("nightly.py", ["--config", "{tmp}/nightly.yaml", "--out", "{tmp}/nights"], "needs `detector:`"),
+    ("sweep.py", ["{tmp}/nightly.yaml", "--detector", "{tmp}/no-detector", "--out", "{tmp}/sweep"],
+     "not a `scanner train` output folder"),
+])
+def test_sweep_and_nightly_jobs_exit_2_on_bad_input(tmp_path, job, args, message):
+    (tmp_path / "nightly.yaml").write_text("eval_sets: [{name: a, data: x.jsonl}]\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    res = subprocess.run([sys.executable, str(ROOT / "jobs" / job), *[a.format(tmp=tmp_path) for a in args]],
+                         capture_output=True, text=True, timeout=100, env=env)
+    assert res.returncode == 2 and message in res.stderr, res.stderr[-2000:]

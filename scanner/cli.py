@@ -184,19 +184,17 @@ def cmd_scan(args) -> int:
 def cmd_sweep(args) -> int:
     from scanner.config import load_config
     from scanner.detector.trained import load_trained
+    from scanner.report import fmt_fraction
     from scanner.sweep import run_sweep
 
     detector = load_trained(args.detector, args.kind)
     overrides = {"model": args.model, "batch_tokens": args.batch_tokens, "actors": args.actors,
-                 "text_col": args.text_col, "label_col": args.label_col, "id_col": args.id_col,
-                 "source_col": args.source_col}
+                 "text_col": args.text_col, "id_col": args.id_col, "source_col": args.source_col}
     cfg = load_config(args.config, overrides, base=detector.base_config())
-    if args.label_col is None:  # a corpus's own "label" column (topics, sentiment...) is not membership
-        cfg.label_col = None
+    cfg.label_col = args.label_col  # only when asked: a corpus's own "label" (topics...) is not membership
     m = run_sweep(args.data, args.out, detector, cfg, progress=Progress())
     for source, e in list(m["sources"].items())[:20]:
-        est = f"{e['estimate']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]" if e["estimable"] else "not estimable"
-        print(f"{source:<40} {e['n']:>8} docs  flagged {e['flag_rate']:.3f}  contaminated {est}")
+        print(f"{source:<40} {e['n']:>8} docs  flagged {e['flag_rate']:.3f}  contaminated {fmt_fraction(e)}")
     if len(m["sources"]) > 20:
         print(f"... {len(m['sources']) - 20} more sources in {args.out}/metrics.json")
     sh = m["shards"]

@@ -36,12 +36,12 @@ class ScanConfig:
     batch_tokens: int | None = None  # padded tokens per forward pass; default 16384 on GPU, 1024 on CPU
     mlm_model: str | None = None  # fill-mask model (hub id or path), needed by the "mlm" neighbor kind
     embedder: str | None = None  # separate sentence embedder (hub id or path); default: the target's hidden state
-    proj_dim: int = 8
+    proj_dim: int = 8  # random projection of the embedding difference per neighbor (0: off)
     # vLLM engine (backend: vllm); see scanner.scoring.vllm.EngineOptions
     max_num_batched_tokens: int | None = None
     gpu_memory_utilization: float = 0.85
     max_model_len: int | None = None
-    tensor_parallel_size: int = 1  # random projection of the embedding difference per neighbor (0: off)
+    tensor_parallel_size: int = 1
     shard_size: int = 1000  # samples per resumable shard
     actors: int = 1
     gpus_per_actor: float | None = None  # default: 1 when the cluster has GPUs, else 0

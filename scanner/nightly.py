@@ -36,7 +36,7 @@ from scanner.detector.data import load_features
 from scanner.detector.trained import load_trained
 from scanner.errors import InputError
 from scanner.provenance import package_versions
-from scanner.report import fmt, write_report
+from scanner.report import fmt, fmt_fraction, write_report
 
 NIGHTLY_KEYS = ("detector", "eval_sets", "contamination_threshold", "max_increase")
 SET_KEYS = ("name", "data", "text_col", "label_col", "id_col", "source_col")
@@ -150,19 +150,13 @@ def run_nightly(config: str, out: str, run_name: str | None = None, previous: st
     return metrics
 
 
-def _estimate(c: dict | None) -> str:
-    if not c or not c.get("estimable"):
-        return "-"
-    return f"{fmt(c['estimate'])} [{fmt(c['ci'][0])}, {fmt(c['ci'][1])}]"
-
-
 def nightly_blocks(m: dict) -> list:
     s = m["settings"]
     rows = []
     for name, r in m["sets"].items():
         c = r.get("contamination")
         lab = r.get("labelled")
-        rows.append([name, r["status"], r.get("counts", {}).get("scored", "-"), _estimate(c),
+        rows.append([name, r["status"], r.get("counts", {}).get("scored", "-"), fmt_fraction(c, "-"),
                      "-" if r.get("change") is None else f"{r['change']:+.3f}",
                      f"{lab['baseline_verdict']} (AUC {fmt(lab['baseline_auc'])})" if lab else "no labels"])
     blocks = [("p", f"Model {m['model']}; detector {m['detector']['path']} ({m['detector']['kind']}). Exit code "
@@ -181,6 +175,6 @@ def nightly_blocks(m: dict) -> list:
 def summary_lines(m: dict) -> list[str]:
     lines = []
     for name, r in m["sets"].items():
-        detail = r["error"] if "error" in r else f"seen fraction {_estimate(r['contamination'])}"
+        detail = r["error"] if "error" in r else f"seen fraction {fmt_fraction(r['contamination'], '-')}"
         lines.append(f"{name:<24} {r['status']:<13} {detail}")
     return lines

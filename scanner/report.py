@@ -34,6 +34,13 @@ def fmt_auc(m: dict) -> str:
     return f"{fmt(m['auc'])} [{fmt(lo)}, {fmt(hi)}]"
 
 
+def fmt_fraction(e: dict | None, missing: str = "not estimable") -> str:
+    """A contamination estimate (scanner.contamination) as "0.120 [0.080, 0.170]"."""
+    if not e or not e["estimable"]:
+        return missing
+    return f"{fmt(e['estimate'])} [{fmt(e['ci'][0])}, {fmt(e['ci'][1])}]"
+
+
 def fmt_tpr(m: dict, fpr: str) -> str:
     value = fmt(m["tpr_at_fpr"][fpr])
     return value if m["tpr_at_fpr_estimable"][fpr] else f"{value}*"

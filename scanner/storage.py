@@ -130,9 +130,6 @@ class Store:
     def write_parquet(self, rel: str, table: pa.Table) -> None:
         self._write(rel, lambda f: pq.write_table(table, f))
 
-    def read_parquet(self, rels: list[str]) -> pa.Table:
-        return pa.concat_tables([pq.read_table(self.path(r), filesystem=self.fs) for r in rels], promote_options="default")
-
     def delete(self, rel: str) -> None:
         if self.exists(rel):
             self.fs.delete_file(self.path(rel))

@@ -38,7 +38,7 @@ from scanner.detector.trained import TrainedDetector
 from scanner.errors import InputError
 from scanner.pipeline import collect_shards, configure_ray_data, scoring_stages
 from scanner.provenance import package_versions
-from scanner.report import fmt, render_report
+from scanner.report import fmt, fmt_fraction, render_report
 from scanner.storage import Store, list_files, local_copy
 
 SAMPLES = pa.schema([("sample_id", pa.string()), ("text", pa.string()), ("label", pa.int8()), ("source", pa.string()),
@@ -202,12 +202,6 @@ def summarize(store: Store, uris: list[str], names: dict, state: dict, errors: d
     return metrics
 
 
-def _fraction(e: dict | None) -> str:
-    if e is None or not e["estimable"]:
-        return "not estimable"
-    return f"{fmt(e['estimate'])} [{fmt(e['ci'][0])}, {fmt(e['ci'][1])}]"
-
-
 def sweep_blocks(m: dict, shards: list[dict]) -> list:
     op = m["detector"]["operating_point"]
     blocks = [("p", f"Model {m['model']}; {m['detector']['kind']} detector, threshold {fmt(m['detector']['threshold'])}. "
@@ -220,9 +214,9 @@ def sweep_blocks(m: dict, shards: list[dict]) -> list:
                ("p", "Estimated fraction of documents the model saw: the flag rate corrected for the detector's "
                      "TPR and FPR (Rogan-Gladen), with a 95% interval that includes their uncertainty."),
                ("table", ["source", "documents", "flagged", "flag rate", "estimated fraction [95% CI]"],
-                [[s, e["n"], e["flagged"], fmt(e["flag_rate"]), _fraction(e)] for s, e in m["sources"].items()]
+                [[s, e["n"], e["flagged"], fmt(e["flag_rate"]), fmt_fraction(e)] for s, e in m["sources"].items()]
                 + ([["all", m["overall"]["n"], m["overall"]["flagged"], fmt(m["overall"]["flag_rate"]),
-                     _fraction(m["overall"])]] if m["overall"] else []))]
+                     fmt_fraction(m["overall"])]] if m["overall"] else []))]
     blocks += [("h2", "Shards"),
                ("p", f"{m['shards']['done']} scored in this run, {m['shards']['skipped']} done before, "
                      f"{m['shards']['failed']} failed. Rows: {m['counts']['read']} read, {m['counts']['scored']} "

@@ -69,7 +69,7 @@ def train_detectors(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float
     summary["blind_baseline"] = {"auc": baseline.metrics["auc"], "best_model": baseline.metrics["best_model"]}
     split = {"run_dir": str(run_dir), "seed": seed, "target_fpr": target_fpr,
              "counts": {k: int(np.sum(v)) for k, v in parts.items()},
-             "test_ids": df.filter(pl.Series(parts["test"]))["sample_id"].to_list()}
+             "test_ids": test["sample_id"].to_list()}
     (out / "split.json").write_text(json.dumps(split))
     scan_config = json.loads((Path(run_dir) / "run.json").read_text())["config"]
     (out / "scan_config.json").write_text(json.dumps(scan_config, indent=2))

@@ -17,33 +17,45 @@ from pathlib import Path
 
 import ray
 
-from scanner.cli import EXIT_BAD_INPUT, Progress, build_parser, columns_from_args, run_baseline_command
+from scanner.baseline.report import baseline_report
+from scanner.cli import build_parser
+from scanner.corpus import Columns
 from scanner.errors import InputError
+from scanner.progress import Progress
+
+OPTIONS = ("folds", "seed", "n_boot", "jobs", "permute_labels")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Exactly `scanner baseline`'s options (the command's own grammar)."""
+    args = build_parser().parse_args(["baseline", *argv])
+    args.jobs = args.jobs or 2  # CPUs the task reserves and uses
+    return args
 
 
 @ray.remote(max_retries=1)
-def baseline_task(args_dict: dict) -> dict:
+def baseline_task(data: list[str], columns: Columns, options: dict) -> dict:
     """Runs where Ray places it; returns {file name: bytes} of the report folder, or an error."""
-    args = argparse.Namespace(**args_dict)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            run_baseline_command(args.data, Path(tmp), columns_from_args(args), args.folds, args.seed, args.n_boot,
-                                 args.jobs, args.permute_labels, Progress())
+            baseline_report(data, Path(tmp), columns, progress=Progress(), **options)
         except InputError as e:
             return {"error": str(e)}
         return {"files": {p.name: p.read_bytes() for p in Path(tmp).iterdir()}, "node": ray.get_runtime_context().get_node_id()}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(["baseline", *(sys.argv[1:] if argv is None else argv)])
+    args = parse(sys.argv[1:] if argv is None else argv)
+    if args.folds < 2:
+        print("scanner: error: --folds must be at least 2", file=sys.stderr)
+        return 2
     ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
-    args.jobs = args.jobs or 2
-    task_args = {k: v for k, v in vars(args).items() if k != "func"}
-    result = ray.get(baseline_task.options(num_cpus=args.jobs).remote(task_args))
+    columns = Columns(text=args.text_col, label=args.label_col, id=args.id_col, source=args.source_col)
+    options = {k: getattr(args, k) for k in OPTIONS}
+    result = ray.get(baseline_task.options(num_cpus=args.jobs).remote(args.data, columns, options))
     if "error" in result:
         print(f"scanner: error: {result['error']}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, data in result["files"].items():

@@ -5,28 +5,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-import polars as pl
-
-from scanner.corpus import Columns, Corpus, read_corpus
+from scanner.corpus import Columns
 from scanner.errors import InputError
-from scanner.provenance import package_versions
+from scanner.progress import Progress
 
 EXIT_BAD_INPUT = 2
-
-
-class Progress:
-    """Timestamped progress lines on stderr (stdout stays for results)."""
-
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-
-    def __call__(self, msg: str) -> None:
-        print(f"[scanner +{time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+ACTORS_HELP = "scoring actors (default: one per GPU, or one per node without GPUs)"
+SHARD_HELP = "at most this many rows per resumable shard; big files are cut (default 1000)"
 
 
 def _add_corpus_args(p: argparse.ArgumentParser, labels_by_default: bool = True) -> None:
@@ -45,39 +33,6 @@ def columns_from_args(args) -> Columns:
     return Columns(text=args.text_col, label=args.label_col, id=args.id_col, source=args.source_col)
 
 
-def run_baseline_command(data: list[str], out: Path, columns: Columns, folds: int, seed: int, n_boot: int,
-                         jobs: int | None, permute_labels: bool, progress: Progress) -> dict:
-    from scanner.baseline.run import run_baseline
-    from scanner.report import baseline_blocks, write_report
-
-    corpus: Corpus = read_corpus(data, columns, progress=progress)
-    counts = corpus.counts
-    progress(f"{counts['read']} rows read: {counts['kept']} kept, {counts['quarantined']} quarantined "
-             f"{counts['quarantined_by_reason'] or ''}")
-    samples = corpus.labelled()
-    if permute_labels:  # negative control: the verdict on shuffled labels should be "usable"
-        rng = np.random.default_rng(seed)
-        samples = samples.with_columns(pl.Series("label", rng.permutation(samples["label"].to_numpy())))
-        progress(f"labels permuted (seed {seed}): a negative control")
-    result = run_baseline(samples, folds=folds, seed=seed, n_boot=n_boot, n_jobs=jobs, progress=progress)
-    metrics = result.metrics | {
-        "inputs": corpus.files,
-        "corpus": counts,
-        "permuted_labels": permute_labels,
-        "versions": package_versions(),
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    corpus.quarantine.write_parquet(out / "quarantine.parquet")
-    result.scores.write_parquet(out / "scores.parquet")
-    y = result.scores["label"].to_numpy()
-    curves = {"auto (nested CV)": (y, result.scores["score"].to_numpy())} | {
-        fam: (y, result.scores[f"score_{fam}"].to_numpy()) for fam in result.metrics["models"]
-    }
-    title = "Leakage baseline" + (" (labels permuted: negative control)" if permute_labels else "")
-    paths = write_report(out, title, baseline_blocks(metrics, curves, corpus.files, counts), metrics)
-    return metrics | {"_report": str(paths["html"])}
-
-
 def _print_summary(m: dict) -> None:
     lo, hi = m["auc_ci"]
     tprs = ", ".join(f"TPR@{float(f):.1%}={v:.3f}{'' if m['tpr_at_fpr_estimable'][f] else '*'}"
@@ -88,8 +43,10 @@ def _print_summary(m: dict) -> None:
 
 
 def cmd_baseline(args) -> int:
-    m = run_baseline_command(args.data, Path(args.out), columns_from_args(args), args.folds, args.seed, args.n_boot,
-                             args.jobs, args.permute_labels, Progress())
+    from scanner.baseline.report import baseline_report
+
+    m = baseline_report(args.data, Path(args.out), columns_from_args(args), args.folds, args.seed, args.n_boot,
+                        args.jobs, args.permute_labels, Progress())
     _print_summary(m)
     return 0
 
@@ -107,7 +64,12 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _print_evaluation(m: dict, out: Path) -> None:
+def _evaluate(run_dir: Path, out: Path, detector_dir: Path | None, seed: int, progress) -> None:
+    from scanner.evaluate import evaluate, write_evaluation_report
+
+    ev = evaluate(run_dir, detector_dir, seed=seed, progress=progress)
+    write_evaluation_report(ev, out)
+    m = ev.metrics
     print(f"{'score':<22} {'AUC':>6}  95% CI          TPR@1%FPR")
     for name, s in m["scores"].items():
         lo, hi = s["auc_ci"]
@@ -118,12 +80,8 @@ def _print_evaluation(m: dict, out: Path) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from scanner.evaluate import evaluate
-
-    out = Path(args.out)
-    m = evaluate(Path(args.features), out, Path(args.detector) if args.detector else None, seed=args.seed,
-                 progress=Progress())
-    _print_evaluation(m, out)
+    _evaluate(Path(args.features), Path(args.out), Path(args.detector) if args.detector else None, args.seed,
+              Progress())
     return 0
 
 
@@ -135,8 +93,7 @@ def cmd_demo(args) -> int:
 
     from scanner.config import ScanConfig
     from scanner.detector.train import train_on_ray
-    from scanner.evaluate import evaluate
-    from scanner.pipeline import run_scan
+    from scanner.scan import run_scan
     from scanner.toy import english_passages, member_split, train_tiny_gpt2
 
     out = Path(args.out)
@@ -150,46 +107,57 @@ def cmd_demo(args) -> int:
     data = out / "known_membership.jsonl"
     member_set = set(members)
     data.write_text("".join(json.dumps({"text": t, "label": int(t in member_set)}) + "\n" for t in passages))
-    cfg = ScanConfig(model=str(model), neighbors=args.neighbors, seed=args.seed, cpus_per_actor=1.0).validate()
+    cfg = ScanConfig(model=str(model), neighbors=args.neighbors, seed=args.seed).validate()
     run_scan([str(data)], out / "scan_known", cfg, progress=progress)
     train_on_ray(str(out / "scan_known"), str(out / "detectors"), seed=args.seed)
     print("== known membership (tiny GPT-2 trained on half of the passages), held-out samples")
-    _print_evaluation(evaluate(out / "scan_known", out / "eval_known", out / "detectors", seed=args.seed,
-                               progress=progress), out / "eval_known")
+    _evaluate(out / "scan_known", out / "eval_known", out / "detectors", args.seed, progress)
     wikimia = str(resources.files("scanner") / "data" / "wikimia_128.jsonl")
     run_scan([wikimia], out / "scan_wikimia", cfg, progress=progress)
     print("== WikiMIA-128 under the same model (it never saw any of it)")
-    _print_evaluation(evaluate(out / "scan_wikimia", out / "eval_wikimia", out / "detectors", seed=args.seed,
-                               progress=progress), out / "eval_wikimia")
+    _evaluate(out / "scan_wikimia", out / "eval_wikimia", out / "detectors", args.seed, progress)
     return 0
+
+
+def _failed_shards(manifest: dict) -> int:
+    """Exit code 2 when shards failed, each named with its error (the others are done)."""
+    failed = [e for e in manifest["shards"] if e["state"] == "failed"]
+    for e in failed[:10]:
+        print(f"scanner: error: {e['shard'] or e['uri']}: {e['error']}", file=sys.stderr)
+    if len(failed) > 10:
+        print(f"scanner: error: ... {len(failed) - 10} more failed shards in the manifest", file=sys.stderr)
+    return EXIT_BAD_INPUT if failed else 0
 
 
 def cmd_scan(args) -> int:
     from scanner.config import load_config
-    from scanner.pipeline import run_scan
+    from scanner.scan import run_scan
 
     overrides = {"model": args.model, "neighbors": args.neighbors, "batch_tokens": args.batch_tokens,
                  "seed": args.seed, "actors": args.actors, "revision": args.revision, "shard_size": args.shard_size,
                  "trust_remote_code": args.trust_remote_code or None, "text_col": args.text_col,
                  "label_col": args.label_col, "id_col": args.id_col, "source_col": args.source_col}
     cfg = load_config(args.config, overrides)
-    m = run_scan(args.data, Path(args.out), cfg, progress=Progress())
+    m = run_scan(args.data, args.out, cfg, progress=Progress())
     c = m["counts"]
     print(f"scanned {c['scored']} samples ({c['scored_this_invocation']} this run, {c['shards_skipped']} shards "
-          f"skipped), {c['quarantined']} quarantined; {m['tokens_per_second'] or 0:.0f} tokens/s")
-    print(f"features: {Path(args.out) / 'features'}  manifest: {Path(args.out) / 'manifest.json'}")
-    return 0
+          f"skipped), {c['quarantined']} quarantined, {c['shards_failed']} shards failed; "
+          f"{m['tokens_per_second'] or 0:.0f} tokens/s")
+    print(f"features: {args.out}/features  manifest: {args.out}/manifest.json")
+    return _failed_shards(m)
 
 
 def cmd_sweep(args) -> int:
     from scanner.config import load_config
     from scanner.detector.trained import load_trained
     from scanner.report import fmt_fraction
+    from scanner.runfolder import RunFolder
     from scanner.sweep import run_sweep
 
     detector = load_trained(args.detector, args.kind)
     overrides = {"model": args.model, "batch_tokens": args.batch_tokens, "actors": args.actors,
-                 "text_col": args.text_col, "id_col": args.id_col, "source_col": args.source_col}
+                 "shard_size": args.shard_size, "text_col": args.text_col, "id_col": args.id_col,
+                 "source_col": args.source_col}
     cfg = load_config(args.config, overrides, base=detector.base_config())
     cfg.label_col = args.label_col  # only when asked: a corpus's own "label" (topics...) is not membership
     m = run_sweep(args.data, args.out, detector, cfg, progress=Progress())
@@ -200,7 +168,7 @@ def cmd_sweep(args) -> int:
     sh = m["shards"]
     print(f"shards: {sh['done']} scored, {sh['skipped']} skipped (done before), {sh['failed']} failed; "
           f"report: {args.out}/report.html")
-    return EXIT_BAD_INPUT if sh["failed"] else 0
+    return _failed_shards(RunFolder(args.out).manifest)
 
 
 def cmd_nightly(args) -> int:
@@ -237,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--neighbors", type=int, help="neighbors per text (default 24)")
     s.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default 16384 on GPU, 1024 on CPU)")
     s.add_argument("--seed", type=int)
-    s.add_argument("--actors", type=int, help="scoring actors (default 1)")
-    s.add_argument("--shard-size", type=int, help="samples per resumable shard (default 1000)")
+    s.add_argument("--actors", type=int, help=ACTORS_HELP)
+    s.add_argument("--shard-size", type=int, help=SHARD_HELP)
     s.add_argument("--revision", help="model revision (branch, tag or commit)")
     s.add_argument("--trust-remote-code", action="store_true", help="allow the model repo's own code (off by default)")
     s.set_defaults(func=cmd_scan)
@@ -258,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     w = sub.add_parser("sweep", help="flag the documents of a corpus the model saw, and estimate each source's "
-                                     "contaminated fraction (one resumable output per input file)")
+                                     "contaminated fraction (resumable shard by shard)")
     _add_corpus_args(w, labels_by_default=False)
     w.add_argument("--detector", required=True, help="a `scanner train` folder; its scan settings are reused")
     w.add_argument("--kind", default="auto", choices=["auto", "fimmia", "tabular"],
@@ -267,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--model", help="score with this model instead of the detector's (its TPR/FPR are then assumed)")
     w.add_argument("--config", help="YAML or TOML file with scan options (scheduling; feature settings must "
                                     "match the detector's)")
-    w.add_argument("--actors", type=int, help="scoring actors (default 1)")
+    w.add_argument("--actors", type=int, help=ACTORS_HELP)
+    w.add_argument("--shard-size", type=int, help=SHARD_HELP)
     w.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass")
     w.set_defaults(func=cmd_sweep)
 

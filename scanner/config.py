@@ -1,11 +1,16 @@
 """One typed config for a scan, from a YAML/TOML file plus command-line overrides. The resolved
-config is echoed into the run's manifest, and its hash guards resumes."""
+config is echoed into the run's manifest, and its hash guards resumes.
+
+Every field says once what it decides (its `role`), and everything that must know derives from
+that: a resumed run must match every field but the scheduling ones (`scoring_hash`); a detector
+applies only to features computed with its "feature" fields (`feature_settings`); a sweep takes
+over the "model" and "feature" fields of the scan its detector was trained on (`inherited`).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -13,53 +18,71 @@ import yaml
 
 from scanner.errors import InputError
 from scanner.neighbors import DEFAULT_KINDS, NeighborConfig
+from scanner.scoring.options import BACKENDS, EngineOptions
+
+try:  # Python 3.11+; the tomli backport on 3.10
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - only on 3.10
+    import tomli as tomllib
+
+MODEL, FEATURES, DATA, SCHEDULING = "model", "features", "data", "scheduling"
 
 
-BACKENDS = ("hf", "vllm")
+def _opt(default, role: str, **kw):
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"role": role}, **kw)
+    return field(default=default, metadata={"role": role}, **kw)
 
 
 @dataclass
 class ScanConfig:
-    model: str = ""
-    backend: str = "hf"  # "vllm" needs the extra scanner[vllm] and a GPU; it has no Min-K%++
-    revision: str | None = None
-    trust_remote_code: bool = False
-    dtype: str | None = None  # default: bfloat16 on GPU, float32 on CPU
-    device: str | None = None  # default: cuda when the actor has a GPU
-    max_length: int | None = None  # default: the model's window
-    neighbors: int = 24
-    neighbor_kinds: list[str] = field(default_factory=lambda: list(DEFAULT_KINDS))
-    change_fraction: float = 0.1
-    min_changes: int = 1
-    max_changes: int = 20
-    seed: int = 0
-    batch_tokens: int | None = None  # padded tokens per forward pass; default 16384 on GPU, 1024 on CPU
-    mlm_model: str | None = None  # fill-mask model (hub id or path), needed by the "mlm" neighbor kind
-    embedder: str | None = None  # separate sentence embedder (hub id or path); default: the target's hidden state
-    proj_dim: int = 8  # random projection of the embedding difference per neighbor (0: off)
-    # vLLM engine (backend: vllm); see scanner.scoring.vllm.EngineOptions
-    max_num_batched_tokens: int | None = None
-    gpu_memory_utilization: float = 0.85
-    max_model_len: int | None = None
-    tensor_parallel_size: int = 1
-    shard_size: int = 1000  # samples per resumable shard
-    actors: int = 1
-    gpus_per_actor: float | None = None  # default: 1 when the cluster has GPUs, else 0
-    cpus_per_actor: float = 1.0
-    actor_start_timeout: int = 1800  # seconds for the whole actor pool to load its models before any work
-    samples_per_call: int = 16  # samples (each with its neighbors) per actor call
-    text_col: str | None = None
-    label_col: str = "label"
-    id_col: str | None = None
-    source_col: str | None = None
+    # the model and how its inputs are cut
+    model: str = _opt("", MODEL)
+    revision: str | None = _opt(None, MODEL)
+    trust_remote_code: bool = _opt(False, MODEL)
+    dtype: str | None = _opt(None, MODEL)  # default: bfloat16 on GPU, float32 on CPU
+    # what a text's features are made of
+    backend: str = _opt("hf", FEATURES)  # "vllm" needs the extra scanner[vllm] and a GPU; it has no Min-K%++
+    max_length: int | None = _opt(None, FEATURES)  # default: the model's window
+    max_model_len: int | None = _opt(None, FEATURES)  # vLLM's window (truncation)
+    neighbors: int = _opt(24, FEATURES)
+    neighbor_kinds: list[str] = _opt(list(DEFAULT_KINDS), FEATURES)
+    change_fraction: float = _opt(0.1, FEATURES)
+    min_changes: int = _opt(1, FEATURES)
+    max_changes: int = _opt(20, FEATURES)
+    seed: int = _opt(0, FEATURES)
+    mlm_model: str | None = _opt(None, FEATURES)  # fill-mask model (hub id or path) for the "mlm" neighbor kind
+    embedder: str | None = _opt(None, FEATURES)  # separate sentence embedder; default: the target's hidden state
+    proj_dim: int = _opt(8, FEATURES)  # random projection of the embedding difference per neighbor (0: off)
+    # which rows, and how they are cut into resumable shards
+    shard_size: int = _opt(1000, DATA)  # at most this many rows per shard
+    text_col: str | None = _opt(None, DATA)
+    label_col: str | None = _opt("label", DATA)
+    id_col: str | None = _opt(None, DATA)
+    source_col: str | None = _opt(None, DATA)
+    # where and how fast: never changes a feature
+    actors: int | None = _opt(None, SCHEDULING)  # default: one per GPU, or one per CPU node without GPUs
+    gpus_per_actor: float | None = _opt(None, SCHEDULING)  # default: 1 when the cluster has GPUs, else 0
+    cpus_per_actor: float = _opt(1.0, SCHEDULING)  # Ray's logical CPUs; the rest of the node stays for reading
+    threads_per_actor: int | None = _opt(None, SCHEDULING)  # torch threads on CPU; default: the node's cores / its actors
+    actor_start_timeout: int = _opt(1800, SCHEDULING)  # seconds for every scoring actor to load its model
+    samples_per_call: int = _opt(16, SCHEDULING)  # samples (each with its neighbors) scored together
+    batch_tokens: int | None = _opt(None, SCHEDULING)  # padded tokens per forward pass; default 16384 GPU, 1024 CPU
+    device: str | None = _opt(None, SCHEDULING)  # default: cuda when the actor has a GPU
+    # vLLM engine (backend: vllm); see scanner.scoring.options.EngineOptions
+    max_num_batched_tokens: int | None = _opt(None, SCHEDULING)
+    gpu_memory_utilization: float = _opt(0.85, SCHEDULING)
+    tensor_parallel_size: int = _opt(1, SCHEDULING)
+
+    @classmethod
+    def names(cls, *roles: str) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls) if f.metadata["role"] in roles)
 
     def neighbor_config(self) -> NeighborConfig:
         return NeighborConfig(k=self.neighbors, kinds=tuple(self.neighbor_kinds), fraction=self.change_fraction,
                               min_changes=self.min_changes, max_changes=self.max_changes, seed=self.seed)
 
-    def engine_options(self):
-        from scanner.scoring.vllm import EngineOptions
-
+    def engine_options(self) -> EngineOptions:
         return EngineOptions(max_num_batched_tokens=self.max_num_batched_tokens,
                              gpu_memory_utilization=self.gpu_memory_utilization,
                              max_model_len=self.max_model_len, tensor_parallel_size=self.tensor_parallel_size)
@@ -67,17 +90,13 @@ class ScanConfig:
     def validate(self) -> "ScanConfig":
         if not self.model:
             raise InputError("no model: pass --model ID_OR_PATH or set `model` in the config file")
-        for name in ("neighbors", "batch_tokens", "shard_size", "actors", "samples_per_call"):
+        for name in ("neighbors", "batch_tokens", "shard_size", "actors", "samples_per_call", "threads_per_actor"):
             value = getattr(self, name)
             if value is not None and value < (0 if name == "neighbors" else 1):
                 raise InputError(f"config {name} = {value} is out of range")
         if self.backend not in BACKENDS:
             raise InputError(f"backend {self.backend!r} is not one of {BACKENDS}")
-        if self.backend == "vllm":
-            from scanner.scoring.vllm import import_vllm
-
-            self.engine_options().validate()
-            import_vllm()  # fail here, with the extra's name, not in a remote actor
+        self.engine_options().validate()
         if "mlm" in self.neighbor_kinds and not self.mlm_model:
             raise InputError('the "mlm" neighbor kind needs a fill-mask model: set mlm_model (e.g. a BERT path)')
         try:
@@ -87,17 +106,16 @@ class ScanConfig:
         return self
 
     def feature_settings(self) -> dict:
-        """The options that decide a text's features, but the model: a detector only applies to
-        features computed with the settings it was trained on."""
-        keep = ("backend", "max_length", "neighbors", "neighbor_kinds", "change_fraction", "min_changes",
-                "max_changes", "seed", "mlm_model", "embedder", "proj_dim")
-        return {k: getattr(self, k) for k in keep}
+        """A detector only applies to features computed with the settings it was trained on."""
+        return {k: getattr(self, k) for k in self.names(FEATURES)}
+
+    def inherited(self) -> dict:
+        """What a sweep takes over from the scan its detector was trained on."""
+        return {k: getattr(self, k) for k in self.names(MODEL, FEATURES)}
 
     def scoring_hash(self) -> str:
-        """What decides the features: a resumed run must match it. Scheduling knobs are left out."""
-        keep = {k: v for k, v in asdict(self).items()
-                if k not in ("actors", "gpus_per_actor", "cpus_per_actor", "actor_start_timeout", "samples_per_call", "batch_tokens", "device",
-                             "max_num_batched_tokens", "gpu_memory_utilization")}
+        """What decides a run's features and shards: a resumed run must match it."""
+        keep = {k: v for k, v in asdict(self).items() if k not in self.names(SCHEDULING)}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -16,31 +16,22 @@ Rows are numbered from 1 within their file; in JSON lines the row is the line nu
 
 from __future__ import annotations
 
-import csv
-import glob
-import gzip
 import hashlib
-import io
-import json
-import os
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.ipc
-import pyarrow.parquet as pq
 
 from scanner.errors import InputError
+from scanner.inputs import CorpusError, list_inputs
+from scanner.readers import columns_of, records
+from scanner.shards import Shard, plan_file
 
 TEXT_COLUMN_DEFAULTS = ("text", "input")
-JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
-CSV_SUFFIXES = (".csv", ".tsv")
-PARQUET_SUFFIXES = (".parquet", ".pq")
 SNIPPET_CHARS = 200
-CSV_EXTRA = "\0extra"  # DictReader key for cells beyond the header
+READ_ALL = 1 << 62  # a shard size that keeps each file in one shard
 
 SAMPLE_SCHEMA = {
     "sample_id": pl.String,
@@ -59,16 +50,12 @@ QUARANTINE_SCHEMA = {
 }
 
 
-class CorpusError(InputError):
-    """Input that cannot be read as a corpus at all (as opposed to a single bad row)."""
-
-
 @dataclass(frozen=True)
 class Columns:
     """Which input columns hold what. None means: use the default."""
 
     text: str | None = None  # default: "text", else "input"
-    label: str = "label"
+    label: str | None = "label"  # None: labels are not read
     id: str | None = None  # default: "id" where the file has it
     source: str | None = None  # default: the file's path relative to the inputs' common folder
 
@@ -105,167 +92,6 @@ class Corpus:
 
 def _reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0]
-
-
-# ---------------------------------------------------------------- finding files
-
-
-def expand_paths(paths: list[str]) -> list[Path]:
-    """Files (and HF dataset folders) named by the arguments, in a stable order, no repeats."""
-    found: list[Path] = []
-    for arg in paths:
-        if any(ch in arg for ch in "*?["):
-            matches = sorted(glob.glob(arg, recursive=True))
-            if not matches:
-                raise CorpusError(f"{arg}: the pattern matches no file")
-            for m in matches:
-                found.extend(_expand_one(Path(m)))
-        else:
-            p = Path(arg)
-            if not p.exists():
-                raise CorpusError(f"{arg}: no such file or folder")
-            found.extend(_expand_one(p))
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    if not unique:
-        raise CorpusError(f"no readable corpus files in {' '.join(paths)}")
-    return unique
-
-
-def _is_hf_dataset(folder: Path) -> bool:
-    return (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
-
-
-def _expand_one(p: Path) -> list[Path]:
-    if p.is_dir():
-        if _is_hf_dataset(p):
-            return _hf_arrow_files(p)
-        files = [f for f in sorted(p.rglob("*")) if f.is_file() and _format_of(f, strict=False)]
-        hf_dirs = sorted({d for d in p.rglob("*") if d.is_dir() and _is_hf_dataset(d)})
-        arrow = [f for d in hf_dirs for f in _hf_arrow_files(d)]
-        return [f for f in files if not any(d in f.parents for d in hf_dirs)] + arrow
-    if _format_of(p, strict=False) is None:
-        raise CorpusError(
-            f"{p}: unsupported file type; use JSON lines, Parquet, CSV/TSV or an HF save_to_disk folder"
-        )
-    return [p]
-
-
-def _hf_arrow_files(folder: Path) -> list[Path]:
-    if (folder / "dataset_dict.json").is_file():
-        splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]
-        return [f for s in splits for f in _hf_arrow_files(folder / s)]
-    state = json.loads((folder / "state.json").read_text())
-    return [folder / d["filename"] for d in state["_data_files"]]
-
-
-def is_corpus_file(name: str) -> bool:
-    return _format_of(Path(name), strict=False) is not None
-
-
-def _format_of(p: Path, strict: bool = True) -> str | None:
-    name = p.name.lower().removesuffix(".gz")
-    if name.endswith(JSONL_SUFFIXES):
-        return "jsonl"
-    if name.endswith(CSV_SUFFIXES):
-        return "csv"
-    if name.endswith(PARQUET_SUFFIXES):
-        return "parquet"
-    if name.endswith(".arrow"):
-        return "arrow"
-    if strict:
-        raise CorpusError(f"{p}: unsupported file type")
-    return None
-
-
-# ---------------------------------------------------------------- raw records per format
-# Each reader yields (row, record, problem): a dict of column -> value, or None and the reason
-# the row could not even be parsed.
-
-Record = tuple[int, dict | None, str | None]
-
-
-def _open_bytes(p: Path):
-    return gzip.open(p, "rb") if p.name.lower().endswith(".gz") else open(p, "rb")
-
-
-def _read_jsonl(p: Path) -> Iterator[Record]:
-    with _open_bytes(p) as f:
-        head = f.read(1 << 16).lstrip()
-        f.seek(0)
-        if head.startswith(b"["):  # one JSON array of objects
-            try:
-                items = json.loads(f.read().decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise CorpusError(f"{p}: not valid JSON ({e})") from None
-            for i, item in enumerate(items, 1):
-                yield (i, item, None) if isinstance(item, dict) else (i, None, "not a JSON object")
-            return
-        for i, raw in enumerate(f, 1):
-            raw = raw.rstrip(b"\r\n")
-            if not raw.strip():
-                yield i, None, "blank line"
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield i, None, f"invalid UTF-8: byte {e.start} of the line"
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield i, None, f"invalid JSON: {e.msg} at column {e.colno}"
-                continue
-            yield (i, obj, None) if isinstance(obj, dict) else (i, None, "not a JSON object")
-
-
-def _read_csv(p: Path) -> Iterator[Record]:
-    with _open_bytes(p) as f:
-        # surrogateescape keeps undecodable bytes visible per cell instead of failing the file
-        content = f.read().decode("utf-8", errors="surrogateescape")
-    delimiter = "\t" if p.name.lower().removesuffix(".gz").endswith(".tsv") else ","
-    reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter, restkey=CSV_EXTRA)
-    for i, rec in enumerate(reader, 1):
-        if CSV_EXTRA in rec:
-            n_fields = len(reader.fieldnames) + len(rec[CSV_EXTRA])
-            yield i, None, f"malformed CSV: {n_fields} fields, header has {len(reader.fieldnames)}"
-            continue
-        yield i, rec, None
-
-
-def _read_columnar(p: Path, fmt: str) -> Iterator[Record]:
-    if fmt == "parquet":
-        pf = pq.ParquetFile(p)
-        batches = pf.iter_batches(batch_size=8192)
-    else:
-        batches = _arrow_batches(p)
-    i = 0
-    for batch in batches:
-        for rec in batch.to_pylist():
-            i += 1
-            yield i, rec, None
-
-
-def _arrow_batches(p: Path) -> Iterator[pa.RecordBatch]:
-    try:
-        reader = pa.ipc.open_stream(p)  # what datasets.save_to_disk writes
-    except pa.ArrowInvalid:
-        reader = pa.ipc.open_file(p)
-        for k in range(reader.num_record_batches):
-            yield reader.get_batch(k)
-        return
-    yield from reader
-
-
-def _columns_of(p: Path, fmt: str) -> list[str] | None:
-    """Column names known before reading rows (columnar formats only)."""
-    if fmt == "parquet":
-        return pq.read_schema(p).names
-    if fmt == "arrow":
-        try:
-            return pa.ipc.open_stream(p).schema.names
-        except pa.ArrowInvalid:
-            return pa.ipc.open_file(p).schema.names
-    return None
 
 
 # ---------------------------------------------------------------- validation
@@ -318,7 +144,7 @@ def _text_of(value: Any) -> tuple[str | None, str | None]:
     return value, None
 
 
-def _pick_text_column(cols: list[str] | None, first: dict | None, p: Path, wanted: str | None) -> str:
+def _pick_text_column(cols: list[str] | None, first: dict | None, p: str, wanted: str | None) -> str:
     if wanted is not None:
         if cols is not None and wanted not in cols:
             raise CorpusError(f"{p}: no text column {wanted!r} (columns: {', '.join(cols)})")
@@ -333,73 +159,92 @@ def _pick_text_column(cols: list[str] | None, first: dict | None, p: Path, wante
     )
 
 
-def read_corpus(paths: list[str], columns: Columns = Columns(), progress=None) -> Corpus:
-    """Read and validate every row of every input. Label errors raise CorpusError; any other bad
-    row is quarantined with its reason."""
-    files = expand_paths(paths)
-    root = Path(os.path.commonpath([str(f.parent) for f in files]))
-    samples: dict[str, list] = {k: [] for k in SAMPLE_SCHEMA}
-    quarantine: dict[str, list] = {k: [] for k in QUARANTINE_SCHEMA}
-    first_seen: dict[str, str] = {}
+class RowValidator:
+    """Turns the raw records of shards into samples and quarantined rows. Duplicate ids are
+    caught among everything this validator has seen (a whole corpus on one machine, one shard in
+    a distributed read)."""
 
-    def reject(file: str, row: int, reason: str, sid: str | None, raw: Any) -> None:
+    def __init__(self, columns: Columns = Columns()):
+        self.columns = columns
+        self.samples: dict[str, list] = {k: [] for k in SAMPLE_SCHEMA}
+        self.quarantine: dict[str, list] = {k: [] for k in QUARANTINE_SCHEMA}
+        self.first_seen: dict[str, str] = {}
+
+    def _reject(self, file: str, row: int, reason: str, sid: str | None, raw: Any) -> None:
         for k, v in zip(QUARANTINE_SCHEMA, (file, row, reason, sid, None if raw is None else _snippet(raw))):
-            quarantine[k].append(v)
+            self.quarantine[k].append(v)
 
-    for p in files:
+    def add(self, shard: Shard) -> int:
+        """Validates every row of the shard; returns how many rows it read."""
+        columns, fname = self.columns, shard.uri
+        n_before = len(self.samples["text"]) + len(self.quarantine["row"])
         try:
-            fmt = _format_of(p)
-            fname = str(p)
-            default_source = str(p.relative_to(root)) if p != root else p.name
-            cols = _columns_of(p, fmt)
-            records = {"jsonl": _read_jsonl, "csv": _read_csv}.get(fmt, lambda q: _read_columnar(q, fmt))(p)
+            cols = columns_of(shard)
             text_col = None
-            n_before = len(samples["text"]) + len(quarantine["row"])
-            for row, rec, problem in records:
+            for row, rec, problem in records(shard):
                 if problem is not None:
-                    reject(fname, row, problem, None, None)
+                    self._reject(fname, row, problem, None, None)
                     continue
                 if text_col is None:
-                    text_col = _pick_text_column(cols if cols is not None else None, rec, p, columns.text)
-                    if fmt == "csv":
-                        cols = list(rec)
+                    text_col = _pick_text_column(cols, rec, fname, columns.text)
                 where = f"{fname} row {row}"
                 text, why = _text_of(rec.get(text_col))
                 label = None
-                if columns.label in rec:
-                    label = _parse_label(rec[columns.label], fmt == "csv", where, columns.label)
-                source = default_source
+                if columns.label is not None and columns.label in rec:
+                    label = _parse_label(rec[columns.label], shard.fmt == "csv", where, columns.label)
+                source = shard.source
                 if columns.source is not None and rec.get(columns.source) not in (None, ""):
                     source = str(rec[columns.source])
                 id_col = columns.id or "id"
                 if id_col in rec and rec[id_col] not in (None, ""):
                     raw_id = rec[id_col]
                     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-                        reject(fname, row, f"id is not a string or integer: {raw_id!r}", None, rec.get(text_col))
+                        self._reject(fname, row, f"id is not a string or integer: {raw_id!r}", None, rec.get(text_col))
                         continue
                     sid = str(raw_id)
                 elif columns.id is not None:
-                    reject(fname, row, f"missing id in column {columns.id!r}", None, rec.get(text_col))
+                    self._reject(fname, row, f"missing id in column {columns.id!r}", None, rec.get(text_col))
                     continue
                 else:
                     sid = stable_id(source, text) if text is not None else None
                 if why is not None:
-                    reject(fname, row, why, sid, rec.get(text_col))
+                    self._reject(fname, row, why, sid, rec.get(text_col))
                     continue
-                if sid in first_seen:
-                    reject(fname, row, f"duplicate id: first seen at {first_seen[sid]}", sid, text)
+                if sid in self.first_seen:
+                    self._reject(fname, row, f"duplicate id: first seen at {self.first_seen[sid]}", sid, text)
                     continue
-                first_seen[sid] = where
+                self.first_seen[sid] = where
                 for k, v in zip(SAMPLE_SCHEMA, (sid, text, label, source, fname, row)):
-                    samples[k].append(v)
-        except (OSError, EOFError, pa.ArrowException) as e:  # not a bad row: a file that cannot be read
-            raise CorpusError(f"{p}: cannot be read as {_format_of(p)}: {e}") from None
-        if progress is not None:
-            n_rows = len(samples["text"]) + len(quarantine["row"]) - n_before
-            progress(f"read {fname}: {n_rows} rows")
+                    self.samples[k].append(v)
+        except (OSError, EOFError, ValueError, pa.ArrowException) as e:  # not a bad row: a file that cannot be read
+            if isinstance(e, InputError):
+                raise
+            raise CorpusError(f"{fname}: cannot be read as {shard.fmt}: {e}") from None
+        return len(self.samples["text"]) + len(self.quarantine["row"]) - n_before
 
-    return Corpus(
-        samples=pl.DataFrame(samples, schema=SAMPLE_SCHEMA),
-        quarantine=pl.DataFrame(quarantine, schema=QUARANTINE_SCHEMA),
-        files=[str(f) for f in files],
-    )
+    def corpus(self, files: list[str]) -> Corpus:
+        return Corpus(samples=pl.DataFrame(self.samples, schema=SAMPLE_SCHEMA),
+                      quarantine=pl.DataFrame(self.quarantine, schema=QUARANTINE_SCHEMA), files=files)
+
+
+def read_shard(shard: Shard, columns: Columns = Columns()) -> Corpus:
+    """One shard's samples and quarantined rows (duplicate ids caught within the shard)."""
+    validator = RowValidator(columns)
+    validator.add(shard)
+    return validator.corpus([shard.uri])
+
+
+def read_corpus(paths: list[str], columns: Columns = Columns(), progress=None) -> Corpus:
+    """Read and validate every row of every input, here (for data that fits in memory: eval sets,
+    a baseline's corpus). Label errors raise CorpusError; any other bad row is quarantined with
+    its reason; an empty file, or inputs without a single usable row, are errors."""
+    files = list_inputs(paths)
+    validator = RowValidator(columns)
+    for f in files:
+        n_rows = sum(validator.add(shard) for shard in plan_file(f, READ_ALL))
+        if progress is not None:
+            progress(f"read {f.uri}: {n_rows} rows")
+    corpus = validator.corpus([f.uri for f in files])
+    if corpus.samples.height == 0:
+        raise CorpusError(f"no usable row in {' '.join(paths)}: {corpus.counts['quarantined_by_reason']}")
+    return corpus

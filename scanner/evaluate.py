@@ -1,8 +1,8 @@
 """`scanner evaluate`: every MIA score next to the blind baseline, on the same samples.
 
 Scores: the classic ones (LOSS, zlib, Min-K%, Min-K%++, neighborhood; sign-corrected so higher =
-member), the FiMMIA and tabular detectors (when a model folder is given: only the samples held
-out from their training), and the model-free leakage baseline (out-of-fold scores of nested CV
+member), the FiMMIA and tabular detectors (when a detector folder is given: only the samples held
+out from their training, when it was trained on this run), and the model-free leakage baseline (out-of-fold scores of nested CV
 over all labelled texts, computed by `scanner train` in the same central task, or here when
 there is no model folder for this run; restricted to the same samples). The seed paper's standard decides the
 headline: an MIA result counts only if it beats the blind baseline on the same split.
@@ -10,7 +10,7 @@ headline: an MIA result counts only if it beats the blind baseline on the same s
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,10 +19,12 @@ import polars as pl
 
 from scanner.baseline.run import verdict
 from scanner.detector.data import available_classic, member_score
-from scanner.detector.mlp import KINDS, MLPDetector
+from scanner.detector.folder import DetectorFolder
+from scanner.detector.mlp import MLPDetector
 from scanner.detector.train import blind_baseline, labelled_features
 from scanner.metrics import min_negatives_for, roc_auc, summarize
 from scanner.report import TPR_NOTE, fmt, fmt_auc, fmt_tpr, roc_png, write_report
+from scanner.runfolder import RunFolder
 
 BASELINE = "blind baseline"
 LENGTH_BUCKETS = (64, 128, 256)  # tokens
@@ -81,34 +83,46 @@ def _histograms_png(y, scores: dict) -> bytes:
     return buf.getvalue()
 
 
-def evaluate(run_dir: Path, out: Path, detector_dir: Path | None = None, seed: int = 0, n_boot: int = 1000,
-             progress: Callable[[str], None] = lambda m: None) -> dict:
-    df = labelled_features(run_dir)
-    held_out = "all labelled samples (no detector)"
-    detectors, same_run = {}, False
-    if detector_dir is not None:
-        split = json.loads((Path(detector_dir) / "split.json").read_text())
-        detectors = {k: MLPDetector.load(detector_dir, k) for k in KINDS}
-        same_run = Path(split["run_dir"]).resolve() == Path(run_dir).resolve()
-        if same_run:
-            test_ids = set(split["test_ids"])
-            held_out = f"the {len(test_ids)} test samples held out from detector training"
-        else:
-            test_ids = set(df["sample_id"])
-            held_out = "all labelled samples (the detectors were trained on another run)"
-    else:
-        test_ids = set(df["sample_id"])
+@dataclass
+class Evaluation:
+    """What `evaluate` computes; the report is rendered from it (write_evaluation_report)."""
+
+    metrics: dict  # what metrics.json holds
+    labels: np.ndarray  # of the evaluated samples
+    scores: dict[str, np.ndarray]  # member scores per name, higher = member, the blind baseline's last
+
+
+def _held_out(df: pl.DataFrame, run: RunFolder, detectors: DetectorFolder | None) -> tuple[np.ndarray, str, bool]:
+    """(mask of the samples to evaluate, what they are, whether the detectors were trained on
+    this very run). Runs are matched by run_id: the same run mounted elsewhere is still the same."""
+    if detectors is None:
+        return np.ones(df.height, bool), "all labelled samples (no detector)", False
+    split = detectors.split
+    if split.get("run_id") != run.run_id:
+        return np.ones(df.height, bool), "all labelled samples (the detectors were trained on another run)", False
+    test_ids = set(split["test_ids"])
+    mask = np.array([s in test_ids for s in df["sample_id"]])
+    return mask, f"the {len(test_ids)} test samples held out from detector training", True
+
+
+def evaluate(run_dir, detector_dir=None, seed: int = 0, n_boot: int = 1000,
+             progress: Callable[[str], None] = lambda m: None) -> Evaluation:
+    run = RunFolder.existing(run_dir)
+    df = labelled_features(run)
+    detector_folder = DetectorFolder.existing(detector_dir) if detector_dir is not None else None
+    test, held_out, same_run = _held_out(df, run, detector_folder)
+    detectors = {k: MLPDetector.from_state(*detector_folder.detector_state(k)) for k in detector_folder.kinds()} \
+        if detector_folder else {}
 
     base_scores = None
-    if same_run and (Path(detector_dir) / "baseline_scores.parquet").exists():  # from `scanner train`
-        saved = pl.read_parquet(Path(detector_dir) / "baseline_scores.parquet")
-        base_scores = df.select("sample_id").join(saved, on="sample_id", how="left", maintain_order="left")["score"]
-        base_scores = None if base_scores.null_count() else base_scores.to_numpy()
+    saved = detector_folder.baseline_scores() if same_run else None
+    if saved is not None:  # from `scanner train`, over the same samples
+        joined = df.select("sample_id").join(saved, on="sample_id", how="left", maintain_order="left")["score"]
+        base_scores = None if joined.null_count() else joined.to_numpy()
     if base_scores is None:
         progress("blind baseline on the same texts (nested CV)")
-        base_scores = blind_baseline(run_dir, df, seed, progress=progress).scores["score"].to_numpy()
+        base_scores = blind_baseline(df, seed, progress=progress).scores["score"].to_numpy()
 
-    test = np.array([s in test_ids for s in df["sample_id"]])
     dt = df.filter(pl.Series(test))
     y = dt["label"].to_numpy().astype(int)
     scores = {name: member_score(dt, name) for name in available_classic(dt)}
@@ -121,7 +135,6 @@ def evaluate(run_dir: Path, out: Path, detector_dir: Path | None = None, seed: i
     metrics = {name: summarize(y, s, n_boot=n_boot, seed=seed) for name, s in scores.items()}
     best_mia = max(mia_names, key=lambda n: metrics[n]["auc"])
     diff = paired_auc_difference(y, scores[best_mia], scores[BASELINE], n_boot=n_boot, seed=seed)
-    leak = verdict(metrics[BASELINE]["auc_ci"])
     beats = diff["ci"][0] > 0
     if beats:
         conclusion = (f"The MIA signal exceeds the blind baseline: {best_mia} AUC {metrics[best_mia]['auc']:.3f} vs "
@@ -143,9 +156,7 @@ def evaluate(run_dir: Path, out: Path, detector_dir: Path | None = None, seed: i
                             "calibration_nonmembers": n_calib,
                             # below 10/FPR calibration non-members the threshold rests on a handful of them
                             "reliable": n_calib >= min_negatives_for(det.target_fpr)}
-    by_source = _breakdown(y, {best_mia: scores[best_mia], BASELINE: scores[BASELINE]}, dt["source"].to_list())
-    by_length = _breakdown(y, {best_mia: scores[best_mia], BASELINE: scores[BASELINE]},
-                           _length_bucket(dt["n_tokens"].to_numpy()))
+    headline = {best_mia: scores[best_mia], BASELINE: scores[BASELINE]}
     result = {
         "task": "evaluate",
         "evaluated_on": held_out,
@@ -154,17 +165,22 @@ def evaluate(run_dir: Path, out: Path, detector_dir: Path | None = None, seed: i
         "best_mia": best_mia,
         "mia_beats_baseline": beats,
         "best_mia_minus_baseline": diff,
-        "baseline_verdict": leak,
+        "baseline_verdict": verdict(metrics[BASELINE]["auc_ci"]),
         "conclusion": conclusion,
         "thresholds": thresholds,
-        "by_source": by_source,
-        "by_length": by_length,
-        "run_dir": str(run_dir),
+        "by_source": _breakdown(y, headline, dt["source"].to_list()),
+        "by_length": _breakdown(y, headline, _length_bucket(dt["n_tokens"].to_numpy())),
+        "run_id": run.run_id,
+        "run_dir": run.uri,
         "detector_dir": str(detector_dir) if detector_dir else None,
     }
-    curves = {name: (y, s) for name, s in scores.items()}
-    write_report(Path(out), "Membership inference vs the blind baseline", _blocks(result, curves, y, scores), result)
-    return result
+    return Evaluation(metrics=result, labels=y, scores=scores)
+
+
+def write_evaluation_report(ev: Evaluation, out) -> dict[str, Path]:
+    curves = {name: (ev.labels, s) for name, s in ev.scores.items()}
+    return write_report(Path(out), "Membership inference vs the blind baseline",
+                        _blocks(ev.metrics, curves, ev.labels, ev.scores), ev.metrics)
 
 
 def _blocks(m: dict, curves: dict, y, scores: dict) -> list:

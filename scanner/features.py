@@ -1,34 +1,44 @@
-"""Ray Data stages that turn samples into feature rows: perturbation (CPU tasks) and scoring (an
-actor that keeps the model loaded). A sample's original and neighbors travel in one row and are
-scored in the same call, so every per-sample feature is computed here and no later stage has to
-join on sample_id.
+"""Samples -> feature rows: perturbation (in the read task, on CPU) and the scoring actor, which
+keeps the model loaded, scores a whole shard (each sample with its neighbors in the same call),
+applies a detector when the run has one, and writes the shard's features and completion record
+itself: the driver gets only that record.
 
 Feature row schema (one per sample; lists have one entry per neighbor, in neighbor order):
-  sample_id, label (1 member / 0 non-member / null), source, shard,
+  sample_id, label (1 member / 0 non-member / null), source, file, row (where it was read), shard,
   n_tokens (original, incl. the prefix token), truncated,
   loss, zlib_ratio, min_k_{5,10,20,30,50}, min_k_pp_{5,10,20,30,50}, neighborhood,
   nb_kinds, nb_loss, nb_dL, nb_cos_dist, nb_l2, nb_de_proj (K x proj_dim, row-major; null if proj_dim = 0),
-  nb_tokens (tokens scored over all neighbors), model, revision, run_id (added when written).
-Other input columns (but the texts) pass through; `scored_on` (the actor's node id) is appended
-for the driver's bookkeeping and dropped before anything is written.
-min_k_pp_* are null with the vllm backend; the embedding columns are null without embeddings.
+  nb_tokens (tokens scored over all neighbors),
+  then text (when the run keeps texts: scans do, for the blind baseline; sweeps do not),
+  model, revision, run_id, and with a detector: detector, member_prob, flagged.
+min_k_pp_* are null for scorers without vocabulary statistics (vLLM); the embedding columns are
+null without embeddings.
 """
 
 from __future__ import annotations
 
-import pyarrow as pa
+import os
+import time
+from collections import Counter
+from dataclasses import asdict
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from scanner import faults
 from scanner.neighbors import make_neighbors
 from scanner.scoring import stats
 
 FEATURE_SCHEMA = pa.schema(
-    [("sample_id", pa.string()), ("label", pa.int8()), ("source", pa.string()), ("shard", pa.string()),
-     ("n_tokens", pa.int32()), ("truncated", pa.bool_()), ("loss", pa.float64()), ("zlib_ratio", pa.float64())]
+    [("sample_id", pa.string()), ("label", pa.int8()), ("source", pa.string()), ("file", pa.string()),
+     ("row", pa.int64()), ("shard", pa.string()), ("n_tokens", pa.int32()), ("truncated", pa.bool_()),
+     ("loss", pa.float64()), ("zlib_ratio", pa.float64())]
     + [(name, pa.float64()) for name in stats.MIN_K_NAMES + stats.MIN_K_PP_NAMES]
     + [("neighborhood", pa.float64()), ("nb_kinds", pa.list_(pa.string())), ("nb_loss", pa.list_(pa.float64())),
        ("nb_dL", pa.list_(pa.float64())), ("nb_cos_dist", pa.list_(pa.float64())), ("nb_l2", pa.list_(pa.float64())),
        ("nb_de_proj", pa.list_(pa.float32())), ("nb_tokens", pa.int64())]
 )
+PASSED_THROUGH = ("sample_id", "label", "source", "file", "row", "shard", "nb_kinds")  # from the samples, as they are
 
 
 def perturb_batch(batch: pa.Table, neighbor_cfg) -> pa.Table:
@@ -42,25 +52,17 @@ def perturb_batch(batch: pa.Table, neighbor_cfg) -> pa.Table:
         "nb_kinds", pa.array(kinds, pa.list_(pa.string())))
 
 
-def make_scorer(cfg):
-    """The configured backend; both return TextScores for the same token ids."""
-    common = dict(revision=cfg.revision, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                  max_length=cfg.max_length)
-    if cfg.backend == "vllm":
-        from scanner.scoring.vllm import VLLMScorer
-
-        return VLLMScorer(cfg.model, engine=cfg.engine_options(), **common)
-    from scanner.scoring.hf import HFScorer
-
-    return HFScorer(cfg.model, device=cfg.device, **common)
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 class ScoreActor:
-    """Holds one scorer, plus the fill-mask model when "mlm" neighbors are asked for and the
-    sentence embedder when one is configured; each call fills, scores and embeds the originals
-    and neighbors of a batch of samples."""
+    """Holds one scorer, plus the fill-mask model when "mlm" neighbors are asked for, the
+    sentence embedder when one is configured, and the detector of a sweep."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, folder: str | None = None, constants: dict | None = None,
+                 detector: dict | None = None, keep_text: bool = True):
         import ray
 
         from scanner.config import ScanConfig
@@ -68,6 +70,21 @@ class ScoreActor:
         self.cfg = ScanConfig(**cfg)
         # (asking outside Ray would start a local Ray instance)
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+        self.constants, self.keep_text = constants or {}, keep_text
+        self.error = None
+        try:  # a model that cannot be loaded is reported by ready(), in one line, before any work
+            self._load(folder, detector)
+        except Exception as e:
+            self.error = f"cannot load model {self.cfg.model}: {_first_line(e)}"
+
+    def _load(self, folder: str | None, detector: dict | None) -> None:
+        from scanner.scoring.factory import make_scorer
+
+        self.folder = None
+        if folder is not None:
+            from scanner.runfolder import RunFolder
+
+            self.folder = RunFolder(folder)
         self.scorer = make_scorer(self.cfg)
         self.filler = None
         if self.cfg.mlm_model:  # masked-LM neighbors are filled here, where the accelerator is
@@ -80,11 +97,25 @@ class ScoreActor:
             from scanner.scoring.embedder import Embedder
 
             self.embedder = Embedder(self.cfg.embedder, device=self.cfg.device, trust_remote_code=self.cfg.trust_remote_code)
-        emb_dim = self.embedder.dim if self.embedder else getattr(self.scorer, "hidden_size", None)
+        own = self.scorer.hidden_size if self.scorer.capabilities.hidden_states else None
+        emb_dim = self.embedder.dim if self.embedder else own
         self.projection = (stats.projection_matrix(emb_dim, self.cfg.proj_dim, self.cfg.seed)
                            if self.cfg.proj_dim > 0 and emb_dim else None)
+        self.detector = None
+        if detector is not None:
+            from scanner.detector.trained import load_trained
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+            self.detector = load_trained(detector["folder"], detector["kind"])
+
+    def ready(self) -> dict:
+        """Where the actor runs and what it can give; `error` when its model did not load."""
+        if self.error:
+            return {"error": self.error, "node": self.node_id}
+        return {"error": None, "node": self.node_id, "cores": len(os.sched_getaffinity(0)),
+                "device": getattr(self.scorer, "device", "cuda"), "capabilities": asdict(self.scorer.capabilities)}
+
+    def score_batch(self, batch: pa.Table) -> pa.Table:
+        """Feature rows of a batch of perturbed samples (fill, score, embed: one scorer call)."""
         originals = batch["text"].to_pylist()
         neighbors = batch["nb_texts"].to_pylist()
         if self.filler is not None:
@@ -97,21 +128,53 @@ class ScoreActor:
                 score.embedding = emb
         rows, offset = [], len(originals)
         for i, text in enumerate(originals):
-            s = scores[i]
             nb = scores[offset: offset + len(neighbors[i])]
             offset += len(neighbors[i])
-            row = stats.text_scores(text, s.token_logprobs, s.mu, s.sigma)
-            row |= stats.neighbor_features(row["loss"], s.embedding, [stats.loss(x.token_logprobs) for x in nb],
-                                           [x.embedding for x in nb], self.projection)
-            row |= {"n_tokens": s.n_tokens, "truncated": s.truncated, "nb_tokens": sum(x.n_tokens for x in nb)}
-            rows.append(row)
-        cols = {name: batch[name] for name in ("sample_id", "label", "source", "shard", "nb_kinds")}
+            rows.append(stats.sample_features(text, scores[i], nb, self.projection))
+        cols = {name: batch[name] for name in PASSED_THROUGH}
         for field in FEATURE_SCHEMA:
             if field.name not in cols:
-                values = [r.get(field.name) for r in rows]
-                cols[field.name] = pa.array(values, field.type)
+                cols[field.name] = pa.array([r.get(field.name) for r in rows], field.type)
         table = pa.table({f.name: cols[f.name] for f in FEATURE_SCHEMA}).cast(FEATURE_SCHEMA)
-        for name in batch.column_names:
-            if name not in table.column_names and name not in ("text", "nb_texts"):
-                table = table.append_column(name, batch[name])
-        return table.append_column("scored_on", pa.array([self.node_id] * table.num_rows, pa.string()))
+        return table.append_column("text", batch["text"]) if self.keep_text else table
+
+    def score_shard(self, shard: dict, read: tuple[dict, pa.Table | None], threads: int | None = None) -> dict:
+        """Scores the shard that its read task produced, writes its features and then its
+        completion record into the run folder, and returns that record. `threads`: torch's CPU
+        threads (given with every call, so that a restarted actor has them too)."""
+        faults.maybe_fail("score_shard")
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        info, samples = read
+        if info.get("error"):
+            return {"shard": shard["name"], "error": info["error"]}
+        t0 = time.perf_counter()
+        step = self.cfg.samples_per_call
+        parts = [self.score_batch(samples.slice(i, step)) for i in range(0, samples.num_rows, step)]
+        features = pa.concat_tables(parts) if parts else None
+        per_source = Counter(samples["source"].to_pylist())
+        flagged: Counter = Counter()
+        if features is not None:
+            for col, value in self.constants.items():
+                features = features.append_column(col, pa.array([value] * features.num_rows, pa.string()))
+            if self.detector is not None:
+                import polars as pl
+
+                prob, flags = self.detector.score(pl.from_arrow(features))
+                features = features.append_column("detector", pa.array([self.detector.kind] * len(prob)))
+                features = features.append_column("member_prob", pa.array(prob)).append_column("flagged", pa.array(flags))
+                flagged = Counter(s for s, f in zip(samples["source"].to_pylist(), flags) if f)
+        scored = samples.num_rows
+        counts = info["counts"] | {"scored": scored}
+        if counts["read"] != scored + counts["quarantined"]:  # nothing lost, per shard
+            raise RuntimeError(f"shard {shard['name']}: {counts['read']} read != {scored} scored + "
+                               f"{counts['quarantined']} quarantined")
+        tokens = int(pc.sum(features["n_tokens"]).as_py() + pc.sum(features["nb_tokens"]).as_py()) if scored else 0
+        record = {"shard": shard["name"], "uri": shard["uri"], "first_row": shard["first_row"], "counts": counts,
+                  "tokens": tokens, "per_source": {s: [n, flagged[s]] for s, n in sorted(per_source.items())},
+                  "read_on": info["node"], "scored_on": self.node_id,
+                  "seconds": {"read": info["seconds"], "score": round(time.perf_counter() - t0, 3)}}
+        self.folder.finish_shard(shard["name"], features, record)
+        return record

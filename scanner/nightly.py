@@ -10,8 +10,8 @@ One config file, the same YAML/TOML as `scanner scan --config` plus these keys:
     contamination_threshold: 0.05        # contaminated: the 95% CI of the seen fraction lies above it
     max_increase: 0.05                   # worse: the estimate rose more than this since the last run
 
-Per set: a membership scan, the detector's flags turned into an estimated seen fraction
-(scanner.contamination), and, where the set has member/non-member labels, the leakage baseline
+Per set: a membership scan whose scoring actors also apply the detector (the engine, as a sweep
+does), the flags turned into an estimated seen fraction (scanner.contamination), and, where the set has member/non-member labels, the leakage baseline
 and every MIA score next to it (scanner.evaluate). Each night writes OUT/<run name>/ and is
 compared with the newest earlier run in OUT that has a metrics.json (or --previous).
 
@@ -29,14 +29,14 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-
 from scanner.config import load_config, read_config_file
 from scanner.contamination import contaminated_fraction
-from scanner.detector.data import load_features
-from scanner.detector.trained import load_trained
+from scanner.detector.trained import TrainedDetector, load_trained
+from scanner.engine import RunKind, run_shards
 from scanner.errors import InputError
 from scanner.provenance import package_versions
 from scanner.report import fmt, fmt_fraction, write_report
+from scanner.runfolder import RunFolder
 
 NIGHTLY_KEYS = ("detector", "eval_sets", "contamination_threshold", "max_increase")
 SET_KEYS = ("name", "data", "text_col", "label_col", "id_col", "source_col")
@@ -77,42 +77,56 @@ def previous_metrics(root: Path, run_name: str, explicit: str | None) -> tuple[d
     return json.loads((earlier[-1] / "metrics.json").read_text()), str(earlier[-1] / "metrics.json")
 
 
-def check_set(spec: dict, run_dir: Path, detector, detector_dir: str, scan_options: dict, overrides: dict,
+def set_status(contamination: dict, previous_estimate: float | None, threshold: float, max_increase: float) -> str:
+    """clean / contaminated (the seen fraction's 95% CI lies above the threshold) / worse (the
+    estimate rose more than max_increase since the previous run)."""
+    if contamination["ci"][0] > threshold:
+        return "contaminated"
+    if previous_estimate is not None and contamination["estimate"] - previous_estimate > max_increase:
+        return "worse"
+    return "clean"
+
+
+def exit_code(statuses: list[str]) -> int:
+    """0 all clean, 1 some set contaminated or worse, 2 some set not checked (2 wins: an
+    incomplete check is not a verdict)."""
+    return max((EXIT[s] for s in statuses), default=0)
+
+
+def check_set(spec: dict, run_dir: Path, detector: TrainedDetector, scan_options: dict, overrides: dict,
               settings: dict, previous: dict | None, seed: int, progress: Callable[[str], None]) -> dict:
-    from scanner.evaluate import evaluate
-    from scanner.pipeline import run_scan
+    from scanner.evaluate import evaluate, write_evaluation_report
 
     set_dir = run_dir / "sets" / spec["name"]
     columns = {k: spec[k] for k in ("text_col", "label_col", "id_col", "source_col") if k in spec}
     cfg = load_config(None, overrides | columns, base=detector.base_config() | scan_options)
-    detector.check_compatible(cfg)
-    manifest = run_scan(spec["data"], set_dir / "scan", cfg, progress=progress)
-    feats = load_features(set_dir / "scan")
-    _, flagged = detector.score(feats)
+    detector.check_usable_with(cfg)
+    manifest = run_shards(spec["data"], str(set_dir / "scan"), cfg, RunKind("scan", detector=detector.spec), progress)
+    if manifest["counts"]["shards_failed"]:
+        failed = next(e for e in manifest["shards"] if e["state"] == "failed")
+        raise InputError(f"{failed['uri']}: {failed['error']}")
+    feats = RunFolder(set_dir / "scan").features(columns=["sample_id", "label", "flagged"])
     result = {"data": spec["data"], "counts": manifest["counts"],
-              "contamination": contaminated_fraction(int(flagged.sum()), feats.height, detector.operating_point)}
+              "contamination": contaminated_fraction(int(feats["flagged"].sum()), feats.height, detector.operating_point)}
     labels = feats["label"]
     if labels.null_count() == 0 and labels.n_unique() == 2:
         progress(f"{spec['name']}: labelled: leakage baseline and MIA scores")
-        ev = evaluate(set_dir / "scan", set_dir / "evaluate", Path(detector_dir), seed=seed, progress=progress)
-        result["labelled"] = {"baseline_auc": ev["scores"]["blind baseline"]["auc"],
-                              "baseline_auc_ci": ev["scores"]["blind baseline"]["auc_ci"],
-                              "baseline_verdict": ev["baseline_verdict"]["status"], "best_mia": ev["best_mia"],
-                              "best_mia_auc": ev["scores"][ev["best_mia"]]["auc"],
-                              "mia_beats_baseline": ev["mia_beats_baseline"], "conclusion": ev["conclusion"],
+        ev = evaluate(set_dir / "scan", detector.folder, seed=seed, progress=progress)
+        write_evaluation_report(ev, set_dir / "evaluate")
+        m = ev.metrics
+        result["labelled"] = {"baseline_auc": m["scores"]["blind baseline"]["auc"],
+                              "baseline_auc_ci": m["scores"]["blind baseline"]["auc_ci"],
+                              "baseline_verdict": m["baseline_verdict"]["status"], "best_mia": m["best_mia"],
+                              "best_mia_auc": m["scores"][m["best_mia"]]["auc"],
+                              "mia_beats_baseline": m["mia_beats_baseline"], "conclusion": m["conclusion"],
                               "report": str(set_dir / "evaluate" / "report.html")}
-    c = result["contamination"]
-    if not c["estimable"]:
-        raise InputError("the detector does not separate members from non-members (TPR <= FPR): no estimate")
+    if not result["contamination"]["estimable"]:
+        raise InputError("the detector's operating point is too uncertain to estimate a seen fraction")
     before = ((previous or {}).get("sets", {}).get(spec["name"], {}).get("contamination") or {}).get("estimate")
     result["previous_estimate"] = before
-    result["change"] = None if before is None else c["estimate"] - before
-    if c["ci"][0] > settings["contamination_threshold"]:
-        result["status"] = "contaminated"
-    elif result["change"] is not None and result["change"] > settings["max_increase"]:
-        result["status"] = "worse"
-    else:
-        result["status"] = "clean"
+    result["change"] = None if before is None else result["contamination"]["estimate"] - before
+    result["status"] = set_status(result["contamination"], before, settings["contamination_threshold"],
+                                  settings["max_increase"])
     return result
 
 
@@ -121,6 +135,7 @@ def run_nightly(config: str, out: str, run_name: str | None = None, previous: st
     t0 = time.perf_counter()
     settings, sets, scan_options = load_nightly(config)
     detector = load_trained(settings["detector"])
+    detector.check_usable_with(load_config(None, {"model": model}, base=detector.base_config() | scan_options))
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     run_name = run_name or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%MZ")
@@ -131,8 +146,8 @@ def run_nightly(config: str, out: str, run_name: str | None = None, previous: st
     for spec in sets:
         progress(f"eval set {spec['name']}: {' '.join(spec['data'])}")
         try:
-            results[spec["name"]] = check_set(spec, run_dir, detector, settings["detector"], scan_options, overrides,
-                                              settings, prev, seed, progress)
+            results[spec["name"]] = check_set(spec, run_dir, detector, scan_options, overrides, settings, prev, seed,
+                                              progress)
         except InputError as e:
             results[spec["name"]] = {"data": spec["data"], "status": "error", "error": str(e)}
         except Exception as e:  # one broken set must not hide the others' results
@@ -140,11 +155,11 @@ def run_nightly(config: str, out: str, run_name: str | None = None, previous: st
                                      "traceback": traceback.format_exc()}
         r = results[spec["name"]]
         progress(f"eval set {spec['name']}: {r['status']}" + (f" ({r['error']})" if "error" in r else ""))
-    exit_code = max(EXIT[r["status"]] for r in results.values())
+    code = exit_code([r["status"] for r in results.values()])
     metrics = {"run": run_name, "model": model or scan_options.get("model") or detector.scan_config["model"],
                "detector": {"path": settings["detector"], "kind": detector.kind,
                             "operating_point": vars(detector.operating_point)},
-               "settings": settings, "previous": prev_path, "sets": results, "exit_code": exit_code,
+               "settings": settings, "previous": prev_path, "sets": results, "exit_code": code,
                "wall_seconds": round(time.perf_counter() - t0, 1), "versions": package_versions()}
     write_report(run_dir, f"Nightly contamination check: {run_name}", nightly_blocks(metrics), metrics)
     return metrics

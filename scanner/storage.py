@@ -1,5 +1,5 @@
-"""Local paths and remote URIs behind one pyarrow FileSystem, so a sweep reads shards from and
-writes results to a local disk, a shared mount or an object store alike.
+"""Local paths and remote URIs behind one pyarrow FileSystem, so runs read inputs from and write
+results to a local disk, a shared mount or an object store alike.
 
 Schemes pyarrow knows natively (file, s3, gs, hdfs, abfs) use its own filesystems; any other
 scheme (hf://, az://, ...) goes through fsspec when fsspec and that protocol's package are
@@ -8,13 +8,9 @@ installed.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import posixpath
-import shutil
-import tempfile
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -43,64 +39,23 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
-def _scheme(uri: str) -> str:
-    return uri.split("://", 1)[0] + "://" if "://" in uri else ""
-
-
-def list_files(patterns: list[str], keep) -> list[str]:
-    """URIs of the files named by each pattern: a file, a folder (searched recursively) or a glob;
-    `keep(name)` says which file names count. Sorted per pattern, no repeats, never empty."""
-    found: list[str] = []
-    for pattern in patterns:
-        fs, path = filesystem(pattern)
-        prefix = _scheme(pattern) if "://" in pattern and not isinstance(fs, pafs.LocalFileSystem) else ""
-        has_glob = any(ch in path for ch in "*?[")
-        base = path
-        if has_glob:  # list from the deepest folder without a wildcard
-            parts = path.split("/")
-            cut = next(i for i, p in enumerate(parts) if any(ch in p for ch in "*?["))
-            base = "/".join(parts[:cut]) or "/"
-        info = fs.get_file_info(base)
-        if info.type == pafs.FileType.NotFound:
-            raise InputError(f"{pattern}: no such file or folder")
-        if info.type == pafs.FileType.File:
-            names = [base]
-        else:
-            entries = fs.get_file_info(pafs.FileSelector(base, recursive=True))
-            names = sorted(e.path for e in entries if e.type == pafs.FileType.File)
-        if has_glob:
-            names = [n for n in names if fnmatch.fnmatch(n, path)]
-        names = [n for n in names if keep(posixpath.basename(n))]
-        if not names:
-            raise InputError(f"{pattern}: no corpus files found")
-        found += [prefix + n for n in names]
-    return list(dict.fromkeys(found))
-
-
-@contextmanager
-def local_copy(uri: str):
-    """A local path holding the file: the file itself when local, else a temporary download that
-    keeps the file's name (readers pick the format from it)."""
+def open_input(uri: str):
+    """A seekable binary file (local or remote): readers take byte ranges or row groups from it
+    without downloading the rest."""
     fs, path = filesystem(uri)
-    if isinstance(fs, pafs.LocalFileSystem):
-        yield Path(path)
-        return
-    with tempfile.TemporaryDirectory(prefix="scanner-") as tmp:
-        dest = Path(tmp) / posixpath.basename(path)
-        with fs.open_input_stream(path) as src, open(dest, "wb") as dst:
-            shutil.copyfileobj(src, dst, length=8 << 20)
-        yield dest
+    return fs.open_input_file(path)
 
 
 class Store:
     """A results folder (local or URI). Files appear whole: locally they are written to a
     temporary name and renamed; object stores publish an object only when its upload ends."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, create: bool = True):
         self.uri = uri
         self.fs, self.root = filesystem(uri)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
-        self.fs.create_dir(self.root, recursive=True)
+        if create:
+            self.fs.create_dir(self.root, recursive=True)
 
     def path(self, rel: str) -> str:
         return posixpath.join(self.root, rel)
@@ -133,3 +88,12 @@ class Store:
     def delete(self, rel: str) -> None:
         if self.exists(rel):
             self.fs.delete_file(self.path(rel))
+
+    def read_parquet(self, rel: str) -> pa.Table:
+        return pq.read_table(self.path(rel), filesystem=self.fs)
+
+    def names(self, folder: str, suffix: str = "") -> list[str]:
+        """File names in a folder (not recursive), sorted; temporary files are not listed."""
+        info = self.fs.get_file_info(pafs.FileSelector(self.path(folder), allow_not_found=True))
+        names = (posixpath.basename(e.path) for e in info if e.type == pafs.FileType.File)
+        return sorted(n for n in names if n.endswith(suffix) and not n.startswith("."))

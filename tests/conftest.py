@@ -18,12 +18,33 @@ def tiny_lm(tmp_path_factory):
             "train": info}
 
 
+class ActorFault:
+    """A scoring actor that dies (no cleanup, like a SIGKILL or an OOM) on its second shard, once,
+    when armed (scanner.faults, switched on through the Ray workers' environment)."""
+
+    def __init__(self, flag):
+        self.flag = flag
+        self.flag.write_text("disarmed")
+
+    @property
+    def spec(self) -> str:
+        return f"score_shard:2:{self.flag}"
+
+    def arm(self) -> None:
+        self.flag.unlink()
+
+    def happened(self) -> bool:
+        return self.flag.exists() and self.flag.read_text() != "disarmed"
+
+
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local(tmp_path_factory):
     ray = pytest.importorskip("ray")
+    fault = ActorFault(tmp_path_factory.mktemp("faults") / "actor-died")
     # more logical CPUs than cores: the scoring actor must not starve the read/perturb tasks
-    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=300 * 1024**2, log_to_driver=False)
-    yield ray
+    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=300 * 1024**2, log_to_driver=False,
+             runtime_env={"env_vars": {"SCANNER_FAULT": fault.spec}})
+    yield fault
     ray.shutdown()
 
 
@@ -39,3 +60,16 @@ def train_tiny_detector(root, tiny_lm, neighbors: int) -> str:
                  "--neighbors", str(neighbors)]) == 0
     train_detectors(str(root / "scan"), str(root / "detector"), seed=0)
     return str(root / "detector")
+
+
+def tiny_gpt2(path):
+    """A random-init GPT-2 small enough to load in a second (for mechanics, not membership)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from scanner.toy import bpe_tokenizer, english_passages
+
+    tok = bpe_tokenizer(english_passages(), 500)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(path)
+    tok.save_pretrained(path)

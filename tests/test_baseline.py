@@ -4,16 +4,27 @@ import numpy as np
 import polars as pl
 import pytest
 import scipy.sparse as sp
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import make_pipeline
 
-from scanner.baseline.features import HASH_FEATURES, TextFeatures, compute_features, max_year, word_ngram_names
-from scanner.baseline.models import Candidate, FoldVocabulary, GreedyNgramRules, YearRule
+from scanner.baseline.features import (
+    HASH_FEATURES,
+    TextFeatures,
+    compute_features,
+    max_year,
+    word_ngram_names,
+)
+from scanner.baseline.models import (
+    Candidate,
+    FoldVocabulary,
+    GreedyNgramRules,
+    YearRule,
+)
 from scanner.baseline.nested import nested_cv
 from scanner.baseline.run import run_baseline
 from scanner.corpus import read_corpus
 from scanner.errors import InputError
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
-from sklearn.pipeline import make_pipeline
 
 WIKIMIA_128 = str(resources.files("scanner") / "data" / "wikimia_128.jsonl")
 
@@ -120,6 +131,13 @@ def test_greedy_rules_pick_discriminative_ngrams_within_the_fpr_budget():
     assert fired[y == 0].mean() <= 0.05
     p = model.predict_proba(feats.word)[:, 1]
     assert p[(y == 1) & fired].min() > p[~fired].max()
+
+
+def test_greedy_rules_leave_the_callers_matrix_as_it_is():
+    counts = sp.csr_matrix(np.array([[3.0, 0, 2], [0, 4, 0], [5, 0, 0], [0, 2, 7]] * 5))
+    before = counts.toarray().copy()
+    GreedyNgramRules(min_support=1).fit(counts, np.array([1, 0, 1, 0] * 5))
+    np.testing.assert_array_equal(counts.toarray(), before)
 
 
 # ------------------------------------------------------------------ end to end

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from scanner.detector.train import train_detectors
+from scanner.runfolder import RunFolder
 from tests.fake_scan import write_fake_run
 from tests.local_cluster import BIN, LocalCluster, _alive, is_loopback
 
@@ -66,7 +67,7 @@ def submit(setup, out: Path, *extra: str, wait: bool = True) -> subprocess.Popen
 
 
 def docs(out: Path) -> pl.DataFrame:
-    return pl.read_parquet(out / "docs" / "*.parquet").sort("sample_id")
+    return RunFolder(out).features()
 
 
 def test_sweep_job_uses_both_nodes_over_loopback_only(setup):
@@ -83,6 +84,9 @@ def test_sweep_job_uses_both_nodes_over_loopback_only(setup):
     manifest = json.loads((out / "manifest.json").read_text())
     assert [e["state"] for e in manifest["shards"]] == ["done"] * SHARDS
     assert set(manifest["scored_on_nodes"]) == set(cluster.node_ids()), log[-6000:]  # both nodes scored
+    # each shard's record names the node whose worker wrote its features: both nodes wrote some
+    writers = {json.loads(p.read_text())["scored_on"] for p in (out / "done").glob("*.json")}
+    assert writers == set(cluster.node_ids())
     got = docs(out)
     assert got.height == SHARDS * 10 == manifest["counts"]["read"] and got["sample_id"].n_unique() == got.height
     assert got["member_prob"].is_not_null().all()

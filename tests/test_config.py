@@ -33,3 +33,29 @@ def test_scoring_hash_ignores_scheduling_knobs():
     a = ScanConfig(model="m")
     assert a.scoring_hash() == ScanConfig(model="m", actors=8, batch_tokens=99, gpus_per_actor=1).scoring_hash()
     assert a.scoring_hash() != ScanConfig(model="m", seed=1).scoring_hash()
+
+
+def test_every_field_says_once_what_it_decides():
+    from dataclasses import fields
+
+    roles = {f.name: f.metadata["role"] for f in fields(ScanConfig)}
+    assert set(roles.values()) == {"model", "features", "data", "scheduling"}
+    cfg = ScanConfig(model="m")
+    assert set(cfg.feature_settings()) == {n for n, r in roles.items() if r == "features"}
+    assert set(cfg.inherited()) == {n for n, r in roles.items() if r in ("model", "features")}
+    # every field but the scheduling ones changes the hash a resume is checked against
+    for name, role in roles.items():
+        value = getattr(cfg, name)
+        changed = ScanConfig(**{"model": "m", name: (value + 1 if isinstance(value, (int, float)) and not isinstance(value, bool)
+                                                    else [*value, "x"] if isinstance(value, list) else "other")})
+        assert (changed.scoring_hash() == cfg.scoring_hash()) == (role == "scheduling"), name
+
+
+def test_config_validation_does_not_import_a_backend():
+    import subprocess
+    import sys
+
+    code = ("import sys; from scanner.config import ScanConfig; ScanConfig(model='m', backend='vllm').validate(); "
+            "print(sorted(m for m in sys.modules if m.startswith(('scanner.scoring.vllm', 'vllm', 'torch'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

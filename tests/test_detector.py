@@ -1,17 +1,19 @@
 import json
 import pickle
+import shutil
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
 
-from scanner.detector.data import grouped_split, load_features
+from scanner.detector.data import grouped_split
 from scanner.detector.mlp import MLPDetector
 from scanner.detector.train import train_detectors
-from scanner.evaluate import evaluate
+from scanner.evaluate import evaluate, write_evaluation_report
 from scanner.metrics import roc_auc
 from scanner.report import fmt, fmt_auc
+from scanner.runfolder import RunFolder
 from tests.fake_scan import write_fake_run
 
 
@@ -23,7 +25,7 @@ def fake_run(tmp_path_factory):
 
 
 def test_grouped_split_puts_each_sample_in_exactly_one_part(fake_run):
-    df = load_features(fake_run)
+    df = RunFolder(fake_run).features()
     parts = grouped_split(df, seed=0)
     stacked = np.vstack(list(parts.values()))
     assert (stacked.sum(0) == 1).all()  # every sample in exactly one part
@@ -36,7 +38,7 @@ def test_grouped_split_puts_each_sample_in_exactly_one_part(fake_run):
 
 @pytest.mark.parametrize("kind", ["fimmia", "tabular"])
 def test_detectors_learn_calibrate_and_round_trip_without_pickle(fake_run, tmp_path, monkeypatch, kind):
-    df = load_features(fake_run)
+    df = RunFolder(fake_run).features()
     parts = {k: df.filter(pl.Series(v)) for k, v in grouped_split(df, seed=0).items()}
     det = MLPDetector(kind=kind, target_fpr=0.05).fit(parts["train"], parts["val"])
     auc = roc_auc(parts["test"]["label"].to_numpy(), det.predict_proba(parts["test"]))
@@ -62,7 +64,7 @@ def test_detectors_learn_calibrate_and_round_trip_without_pickle(fake_run, tmp_p
 
 def test_threshold_calibration_hits_the_target_fpr_on_large_held_out_sets(tmp_path):
     write_fake_run(tmp_path, n=6000, k=2, seed=3)
-    df = load_features(tmp_path)
+    df = RunFolder(tmp_path).features()
     parts = {k: df.filter(pl.Series(v)) for k, v in grouped_split(df, seed=0).items()}
     det = MLPDetector(kind="tabular", target_fpr=0.05, max_epochs=30).fit(parts["train"], parts["val"])
     det.calibrate(parts["calib"])  # ~450 non-members
@@ -79,7 +81,9 @@ def test_train_and_evaluate_write_consistent_reports(tmp_path):
     assert set(info["detectors"]) == {"fimmia", "tabular"} and 0.3 < info["baseline"]["auc"] < 0.7
     assert (tmp_path / "model" / "baseline_scores.parquet").exists()
     said = []
-    m = evaluate(run, tmp_path / "report", tmp_path / "model", n_boot=200, progress=said.append)
+    ev = evaluate(run, tmp_path / "model", n_boot=200, progress=said.append)
+    write_evaluation_report(ev, tmp_path / "report")
+    m = ev.metrics
     assert not any("blind baseline" in msg for msg in said)  # reused from the training task
     split = json.loads((tmp_path / "model" / "split.json").read_text())
     assert m["n"] == len(split["test_ids"]) and "held out" in m["evaluated_on"]
@@ -100,13 +104,20 @@ def test_train_and_evaluate_write_consistent_reports(tmp_path):
         assert fmt(t["observed_fpr"]) in md
     assert saved["conclusion"] in md and {r["group"] for r in saved["by_source"]} == {"web", "books"}
     assert (tmp_path / "report" / "histograms.png").stat().st_size > 1000
+    # runs are matched by run_id: the same run under another path is still held out, another run is not
+    shutil.copytree(run, tmp_path / "mounted_elsewhere")
+    again = evaluate(tmp_path / "mounted_elsewhere", tmp_path / "model", n_boot=50).metrics
+    assert again["n"] == m["n"] and again["scores"]["loss"]["auc"] == m["scores"]["loss"]["auc"]
+    write_fake_run(tmp_path / "another", n=800, signal=1.5)  # same rows, another run
+    other = evaluate(tmp_path / "another", tmp_path / "model", n_boot=50).metrics
+    assert other["n"] == 800 and "another run" in other["evaluated_on"]
 
 
 @pytest.mark.slow
 def test_leaky_text_split_makes_mia_numbers_not_evidence(tmp_path):
     run = tmp_path / "run"
     write_fake_run(run, n=500, signal=0.0, shift_text=True)  # no model signal, leaky texts
-    m = evaluate(run, tmp_path / "report", None, n_boot=200)
+    m = evaluate(run, None, n_boot=200).metrics
     assert m["baseline_verdict"]["status"] == "leaky"
     assert not m["mia_beats_baseline"] and "NOT evidence" in m["conclusion"]
 
@@ -125,9 +136,7 @@ def test_train_and_evaluate_commands_on_local_ray(tmp_path):
         assert main(["train", str(run), "--out", str(tmp_path / "model"), "--target-fpr", "0.05"]) == 0
         assert json.loads((tmp_path / "model" / "fimmia.json").read_text())["target_fpr"] == 0.05
         unlabelled = tmp_path / "unlabelled"
-        write_fake_run(unlabelled, n=50)
-        df = load_features(unlabelled).with_columns(pl.lit(None, dtype=pl.Int8).alias("label"))
-        df.write_parquet(unlabelled / "features" / "part-00000.parquet")
+        write_fake_run(unlabelled, n=50, labelled=False)
         assert main(["train", str(unlabelled), "--out", str(tmp_path / "m2")]) == 2  # clear error, no traceback
     finally:
         ray.shutdown()

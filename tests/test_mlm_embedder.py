@@ -76,8 +76,8 @@ def test_score_actor_fills_mlm_neighbors_and_uses_the_embedder(tiny_bert, tmp_pa
     cfg = ScanConfig(model=str(tmp_path), neighbors=4, neighbor_kinds=["mlm", "delete"], mlm_model=tiny_bert,
                      embedder=tiny_bert, proj_dim=4).validate()
     batch = pa.table({"sample_id": ["a", "b"], "text": [TEXT, TEXT.upper()], "label": pa.array([1, 0], pa.int8()),
-                      "source": ["s", "s"], "shard": ["input-00000.parquet"] * 2})
-    out = ScoreActor(cfg.__dict__)(perturb_batch(batch, cfg.neighbor_config()))
+                      "source": ["s", "s"], "file": ["f", "f"], "row": [1, 2], "shard": ["f-00000"] * 2})
+    out = ScoreActor(cfg.__dict__).score_batch(perturb_batch(batch, cfg.neighbor_config()))
     assert out.num_rows == 2 and out["nb_kinds"][0].as_py() == ["mlm", "delete", "mlm", "delete"]
     assert len(out["nb_de_proj"][0].as_py()) == 4 * 4
     assert all(d > 0 for d in out["nb_l2"][0].as_py())  # neighbors really differ from the original

@@ -68,8 +68,10 @@ def test_bad_config_exits_2_naming_the_problem(setup, capsys):
     assert "detector" in capsys.readouterr().err
     config.write_text(yaml.safe_dump({"detector": setup["detector"], "eval_sets": [{"name": "x"}]}))
     assert main(["nightly", "--config", str(config), "--out", str(setup["root"] / "bad")]) == 2
+    capsys.readouterr()
     config.write_text(yaml.safe_dump({"detector": setup["detector"], "neighbors": 7,
                                       "eval_sets": [{"name": "x", "data": setup["unseen"]}]}))
     code = main(["nightly", "--config", str(config), "--out", str(setup["root"] / "bad"), "--run-name", "r"])
-    m = json.loads((setup["root"] / "bad" / "r" / "metrics.json").read_text())
-    assert code == 2 and "neighbors" in m["sets"]["x"]["error"]  # features the detector was not trained on
+    # features the detector was not trained on: refused before any set is scanned
+    assert code == 2 and "neighbors 2 (trained) vs 7" in capsys.readouterr().err
+    assert not (setup["root"] / "bad" / "r").exists()

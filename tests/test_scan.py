@@ -1,7 +1,6 @@
 """`scanner scan` end to end on local Ray, with a tiny GPT-2 trained here on half of the passages."""
 
 import json
-import threading
 
 import numpy as np
 import polars as pl
@@ -9,7 +8,7 @@ import pytest
 
 from scanner.cli import main
 from scanner.metrics import roc_auc
-from tests.faults import kill_scoring_actor_once
+from scanner.runfolder import RunFolder
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -22,7 +21,7 @@ def setup(tmp_path_factory, tiny_lm):
     rows.append({"text": "", "label": 0})  # quarantined, not lost
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {"root": root, "model": tiny_lm["model"], "data": str(data), "n": len(tiny_lm["passages"]),
-            "train": tiny_lm["train"]}
+            "train": tiny_lm["train"], "texts": tiny_lm["passages"]}
 
 
 def scan(setup, out, *extra):
@@ -37,28 +36,34 @@ def test_scan_separates_members_and_resumes_without_rescoring(ray_local, setup):
     n = setup["n"]
     assert manifest["counts"]["read"] == n + 1 == manifest["counts"]["scored"] + manifest["counts"]["quarantined"]
     assert manifest["counts"]["quarantined_by_reason"] == {"empty text": 1}
+    assert manifest["counts"]["shards"] == -(-(n + 1) // 100)  # one input file, cut into shards of 100 rows
     assert manifest["tokens_per_second"] > 0 and manifest["config"]["neighbors"] == 4
-    feats = pl.read_parquet(out / "features" / "*.parquet")
+    assert manifest["min_k_pp_available"] is True
+    feats = RunFolder(out).features()
     assert feats.height == n and feats["sample_id"].n_unique() == n
+    assert sorted(feats["row"].to_list()) == list(range(1, n + 1))  # the file's own line numbers, in every shard
     assert feats["nb_loss"].list.len().unique().to_list() == [4]
     assert feats["nb_de_proj"].list.len().unique().to_list() == [4 * 8]
     assert feats["model"].unique().to_list() == [setup["model"]]
+    assert feats["text"].null_count() == 0  # texts kept for the blind baseline
     y = feats["label"].to_numpy()
     auc = roc_auc(y, -feats["loss"].to_numpy())
     assert auc > 0.85, (auc, setup["train"])
     assert roc_auc(y, feats["min_k_pp_20"].to_numpy()) > 0.8
+    records = [json.loads(p.read_text()) for p in sorted((out / "done").glob("*.json"))]
+    assert all(r["counts"]["read"] == r["counts"]["scored"] + r["counts"]["quarantined"] for r in records)
 
-    # kill one shard's output (as a crash before it was written would), run again
-    victim = out / "features" / "part-00001.parquet"
-    before = pl.read_parquet(victim)
-    untouched = {p.name: p.stat().st_mtime_ns for p in (out / "features").glob("*.parquet") if p != victim}
+    # a shard whose completion record is missing (as a crash before it was written leaves it) is scored again
+    victim = sorted((out / "done").glob("*.json"))[1]
+    before = pl.read_parquet(out / "features" / f"{victim.stem}.parquet")
+    untouched = {p.name: p.stat().st_mtime_ns for p in (out / "features").glob("*.parquet") if p.stem != victim.stem}
     victim.unlink()
     assert scan(setup, out) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["shards_skipped"] == manifest["counts"]["shards"] - 1
     assert manifest["counts"]["scored_this_invocation"] == 100
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "features").glob("*.parquet") if p != victim} == untouched
-    after = pl.read_parquet(victim)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "features").glob("*.parquet") if p.stem != victim.stem} == untouched
+    after = pl.read_parquet(out / "features" / f"{victim.stem}.parquet")
     assert after["sample_id"].to_list() == before["sample_id"].to_list()
     np.testing.assert_allclose(after["loss"].to_numpy(), before["loss"].to_numpy(), rtol=1e-5)
     np.testing.assert_allclose(np.concatenate(after["nb_dL"].to_list()), np.concatenate(before["nb_dL"].to_list()),
@@ -77,7 +82,7 @@ def test_config_file_sets_options_and_flags_override(ray_local, setup, tmp_path)
     cfg.write_text(f"model: {setup['model']}\nneighbors: 2\nneighbor_kinds: [swap, case_invert]\nproj_dim: 0\nshard_size: 500\n")
     out = tmp_path / "run"
     assert main(["scan", setup["data"], "--config", str(cfg), "--out", str(out), "--neighbors", "3"]) == 0
-    feats = pl.read_parquet(out / "features" / "*.parquet")
+    feats = RunFolder(out).features()
     assert feats["nb_kinds"][0].to_list() == ["swap", "case_invert", "swap"]
     assert feats["nb_de_proj"].is_null().all()  # projection off
     bad = tmp_path / "bad.yaml"
@@ -85,20 +90,46 @@ def test_config_file_sets_options_and_flags_override(ray_local, setup, tmp_path)
     assert main(["scan", setup["data"], "--config", str(bad), "--out", str(tmp_path / "r2")]) == 2
 
 
-def test_a_killed_scoring_actor_is_restarted_and_the_output_is_unchanged(ray_local, setup, tmp_path):
+def test_duplicate_ids_across_shards_are_quarantined_and_a_bad_label_fails_only_its_shard(ray_local, setup, tmp_path):
+    rows = [{"id": f"d{i % 150}", "text": t, "label": i % 2} for i, t in enumerate(setup["texts"][:200])]
+    rows[170]["label"] = "yes"  # in the second shard of 100 rows
+    data = tmp_path / "dups.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    assert main(["scan", str(data), "--model", setup["model"], "--out", str(out), "--neighbors", "1",
+                 "--shard-size", "100"]) == 2  # the bad label: exit 2, the error names file, row and value
+    m = json.loads((out / "manifest.json").read_text())
+    assert [e["state"] for e in m["shards"]] == ["done", "failed"]
+    assert "dups.jsonl row 171" in m["shards"][1]["error"] and "'yes'" in m["shards"][1]["error"]
+    assert main(["scan", str(data), "--model", setup["model"], "--out", str(out), "--neighbors", "1",
+                 "--shard-size", "100"]) == 2  # again: only the failed shard is tried again
+    m = json.loads((out / "manifest.json").read_text())
+    assert [e["state"] for e in m["shards"]] == ["skipped", "failed"] and m["counts"]["scored_this_invocation"] == 0
+    rows[170]["label"] = 1
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["scan", str(data), "--model", setup["model"], "--out", str(out), "--neighbors", "1",
+                 "--shard-size", "100"]) == 0  # the file changed: all its shards are scored anew
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["shards_skipped"] == 0 and m["counts"]["scored_this_invocation"] == 200
+    # ids d0..d49 come back in rows 151..200 (the second shard): quarantined there, kept where first seen
+    assert m["counts"]["read"] == 200 and m["counts"]["scored"] == 150 and m["counts"]["quarantined"] == 50
+    assert m["counts"]["quarantined_by_reason"] == {"duplicate id": 50}
+    feats = RunFolder(out).features()
+    assert feats.height == 150 and feats["sample_id"].n_unique() == 150 and feats["row"].max() == 150
+    q = RunFolder(out).quarantine()
+    assert q.height == 50 and q["reason"][0].startswith("duplicate id: first seen at ") and q["row"].min() == 151
+
+
+def test_a_scoring_actor_that_dies_is_restarted_and_the_output_is_unchanged(ray_local, setup, tmp_path):
     reference = setup["root"] / "run"
     if not (reference / "manifest.json").exists():
         assert scan(setup, reference) == 0
-    out = tmp_path / "killed"
-    killed: list = []
-    killer = threading.Thread(target=kill_scoring_actor_once, args=(12.0, killed))
-    killer.start()
-    assert scan(setup, out) == 0  # Ray Data restarts the actor and retries its batch
-    killer.join()
-    assert killed, "no scoring actor was found to kill"
-    got = pl.read_parquet(out / "features" / "*.parquet").sort("sample_id")
-    want = pl.read_parquet(reference / "features" / "*.parquet").sort("sample_id")
+    ray_local.arm()  # the actor dies on its second shard
+    assert scan(setup, tmp_path / "died") == 0  # Ray restarts it and retries its shards
+    assert ray_local.happened()
+    got, want = RunFolder(tmp_path / "died").features(), RunFolder(reference).features()
     assert got["sample_id"].to_list() == want["sample_id"].to_list()  # every row once
     np.testing.assert_allclose(got["loss"].to_numpy(), want["loss"].to_numpy(), rtol=1e-5)
     np.testing.assert_allclose(np.concatenate(got["nb_dL"].to_list()), np.concatenate(want["nb_dL"].to_list()),
                                rtol=1e-5, atol=1e-7)
+    assert json.loads((tmp_path / "died" / "manifest.json").read_text())["counts"]["shards_failed"] == 0

@@ -14,7 +14,10 @@ import torch
 from scanner.config import ScanConfig
 from scanner.errors import InputError
 from scanner.scoring import stats
-from scanner.scoring.vllm import EngineOptions, VLLMScorer, prompt_token_logprobs, to_text_scores
+from scanner.scoring.factory import check_backend_installed
+from scanner.scoring.options import EngineOptions
+from scanner.scoring.vllm import VLLMScorer, prompt_token_logprobs, to_text_scores
+from tests.conftest import tiny_gpt2
 
 Logprob = namedtuple("Logprob", "logprob rank decoded_token", defaults=(None, None))
 Output = namedtuple("Output", "prompt_token_ids prompt_logprobs")
@@ -70,7 +73,7 @@ def test_text_scores_have_no_min_k_plus_plus():
 def test_missing_extra_and_bad_engine_options_are_clear_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
     with pytest.raises(InputError, match=r"pip install 'scanner\[vllm\]'"):
-        ScanConfig(model="m", backend="vllm").validate()
+        check_backend_installed("vllm")  # before any work: the engine checks it first
     with pytest.raises(InputError, match="backend 'onnx'"):
         ScanConfig(model="m", backend="onnx").validate()
     with pytest.raises(InputError, match="gpu_memory_utilization"):
@@ -116,17 +119,6 @@ def fake_vllm(monkeypatch):
     return module
 
 
-def tiny_gpt2(path):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from scanner.toy import bpe_tokenizer, english_passages
-
-    tok = bpe_tokenizer(english_passages(), 500)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(path)
-    tok.save_pretrained(path)
-
-
 def test_vllm_scorer_path_matches_the_hf_backend(fake_vllm, tmp_path):
     from scanner.scoring.hf import HFScorer
     from scanner.toy import english_passages
@@ -149,8 +141,8 @@ def test_score_actor_on_the_vllm_backend_leaves_unavailable_features_null(fake_v
     tiny_gpt2(tmp_path)
     cfg = ScanConfig(model=str(tmp_path), backend="vllm", neighbors=3).validate()
     batch = pa.table({"sample_id": ["a"], "text": ["The interpreter reads each line and runs it."],
-                      "label": pa.array([1], pa.int8()), "source": ["s"], "shard": ["input-00000.parquet"]})
-    row = ScoreActor(cfg.__dict__)(perturb_batch(batch, cfg.neighbor_config())).to_pylist()[0]
+                      "label": pa.array([1], pa.int8()), "source": ["s"], "file": ["f"], "row": [1], "shard": ["f-00000"]})
+    row = ScoreActor(cfg.__dict__).score_batch(perturb_batch(batch, cfg.neighbor_config())).to_pylist()[0]
     assert row["loss"] > 0 and len(row["nb_dL"]) == 3 and row["neighborhood"] is not None
     assert row["min_k_20"] is not None and row["min_k_pp_20"] is None  # no vocabulary statistics
     assert row["nb_cos_dist"] is None and row["nb_de_proj"] is None  # no embedder configured

@@ -96,7 +96,7 @@ class GreedyNgramRules(BaseEstimator, ClassifierMixin):
         self.max_rules = max_rules
 
     def fit(self, X, y):
-        X = sp.csr_matrix(X)
+        X = sp.csr_matrix(X, copy=True)  # presence only; the caller's matrix stays as it is
         X.data[:] = 1
         y = np.asarray(y)
         self.classes_ = np.array([0, 1])

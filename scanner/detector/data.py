@@ -1,10 +1,9 @@
-"""Feature shards -> detector inputs: loading, the grouped split, per-sample aggregates and
-per-neighbor rows. Sign convention, everywhere: dL = loss(neighbor) - loss(original)."""
+"""Feature rows -> detector inputs: the grouped split, per-sample aggregates and per-neighbor
+rows. Sign convention, everywhere: dL = loss(neighbor) - loss(original)."""
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -16,21 +15,6 @@ CLASSIC = ["loss", "zlib_ratio", *MIN_K_NAMES, *MIN_K_PP_NAMES, "neighborhood"]
 # member score = sign x stored value (loss, zlib ratio and neighborhood are lower for members)
 MEMBER_SIGN = {"loss": -1, "zlib_ratio": -1, "neighborhood": -1}
 NEIGHBOR_LISTS = ["nb_dL", "nb_cos_dist", "nb_l2"]
-
-
-def load_features(run_dir: Path) -> pl.DataFrame:
-    """All feature shards of a scan run, in sample_id order (lazy scan, explicit sort)."""
-    files = sorted((Path(run_dir) / "features").glob("part-*.parquet"))
-    if not files:
-        raise InputError(f"{run_dir}: no features/part-*.parquet; run `scanner scan` into it first")
-    return pl.scan_parquet(files).sort("sample_id").collect()
-
-
-def load_texts(run_dir: Path, sample_ids: list[str]) -> pl.DataFrame:
-    """Texts of the given samples, from the run's input shards (the features hold no text)."""
-    shards = sorted((Path(run_dir) / "shards").glob("input-*.parquet"))
-    texts = pl.scan_parquet(shards).select("sample_id", "text").filter(pl.col("sample_id").is_in(sample_ids))
-    return pl.DataFrame({"sample_id": sample_ids}).join(texts.collect(), on="sample_id", how="left", maintain_order="left")
 
 
 def member_score(df: pl.DataFrame, name: str) -> np.ndarray:

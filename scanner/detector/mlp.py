@@ -14,18 +14,13 @@ normalisation) + JSON (everything else): loading never unpickles anything.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import polars as pl
 import torch
-from safetensors.torch import load_file, save_file
 
 from scanner.detector.data import aggregates, neighbor_rows
+from scanner.detector.folder import KINDS, DetectorFolder
 from scanner.metrics import roc_auc
-
-KINDS = ("fimmia", "tabular")
 
 
 def _net(n_in: int, hidden: list[int]) -> torch.nn.Sequential:
@@ -124,23 +119,19 @@ class MLPDetector:
 
     # ------------------------------------------------------------ artifacts
 
-    def save(self, folder: Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+    def state(self) -> tuple[dict, dict]:
+        """(tensors for safetensors, everything else for JSON): see DetectorFolder."""
         tensors = {f"net.{k}": v.contiguous() for k, v in self.net.state_dict().items()}
         tensors["norm.mean"] = torch.as_tensor(self.mean, dtype=torch.float64)
         tensors["norm.std"] = torch.as_tensor(self.std, dtype=torch.float64)
-        save_file(tensors, str(folder / f"{self.kind}.safetensors"))
         meta = {"kind": self.kind, "hidden": self.hidden, "seed": self.seed, "target_fpr": self.target_fpr,
                 "threshold": self.threshold, "feature_names": getattr(self, "feature_names", None), "info": self.info,
                 "n_inputs": int(len(self.mean))}
-        (folder / f"{self.kind}.json").write_text(json.dumps(meta, indent=2))
+        return tensors, meta
 
     @classmethod
-    def load(cls, folder: Path, kind: str) -> "MLPDetector":
-        folder = Path(folder)
-        meta = json.loads((folder / f"{kind}.json").read_text())
-        tensors = load_file(str(folder / f"{kind}.safetensors"))
+    def from_state(cls, tensors: dict, meta: dict) -> "MLPDetector":
+        tensors = dict(tensors)
         det = cls(kind=meta["kind"], hidden=tuple(meta["hidden"]), seed=meta["seed"], target_fpr=meta["target_fpr"])
         det.threshold, det.info, det.feature_names = meta["threshold"], meta["info"], meta["feature_names"]
         det.mean, det.std = tensors.pop("norm.mean").numpy(), tensors.pop("norm.std").numpy()
@@ -148,3 +139,10 @@ class MLPDetector:
         det.net.load_state_dict({k.removeprefix("net."): v for k, v in tensors.items()})
         det.net.eval()
         return det
+
+    def save(self, folder) -> None:
+        DetectorFolder(folder).save_detector(self.kind, *self.state())
+
+    @classmethod
+    def load(cls, folder, kind: str) -> "MLPDetector":
+        return cls.from_state(*DetectorFolder(folder).detector_state(kind))

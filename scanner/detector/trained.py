@@ -3,8 +3,6 @@ threshold, its operating point on held-out samples and the scan settings its fea
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,24 +11,28 @@ import polars as pl
 
 from scanner.config import ScanConfig
 from scanner.contamination import OperatingPoint
-from scanner.detector.mlp import KINDS, MLPDetector
+from scanner.detector.folder import KINDS, DetectorFolder
+from scanner.detector.mlp import MLPDetector
 from scanner.errors import InputError
-
-# what a sweep takes over from the training scan: the feature settings and the model
-INHERITED = ("model", "revision", "trust_remote_code", "dtype", "max_length", *ScanConfig().feature_settings())
 
 
 @dataclass
 class TrainedDetector:
     detector: MLPDetector
     kind: str
+    folder: Path
     operating_point: OperatingPoint
     scan_config: dict
-    fingerprint: str  # sha256 of the detector's files: a resumed sweep must use the same detector
+    fingerprint: str  # of the detector's files: a resumed sweep must use the same detector
 
     @property
     def threshold(self) -> float:
         return self.detector.threshold
+
+    @property
+    def spec(self) -> dict:
+        """What the scoring actors need to load it themselves."""
+        return {"folder": str(self.folder), "kind": self.kind, "fingerprint": self.fingerprint}
 
     def score(self, features: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(member probability, flagged at the calibrated FPR) per row."""
@@ -38,35 +40,38 @@ class TrainedDetector:
         return prob, prob > self.detector.threshold
 
     def base_config(self) -> dict:
-        return {k: self.scan_config[k] for k in INHERITED if k in self.scan_config}
+        """The model and feature settings of the scan it was trained on."""
+        return ScanConfig(**self.scan_config).inherited()
 
-    def check_compatible(self, cfg: ScanConfig) -> None:
+    def check_usable_with(self, cfg: ScanConfig) -> None:
+        """Before any work: the features must be computed as in training, and the detector must
+        tell members from non-members at all (else no fraction can be estimated)."""
         trained = ScanConfig(**self.scan_config).feature_settings()
         differ = {k: (trained[k], v) for k, v in cfg.feature_settings().items() if trained[k] != v}
         if differ:
             raise InputError("the detector was trained on features computed with other settings: "
                              + ", ".join(f"{k} {a!r} (trained) vs {b!r}" for k, (a, b) in differ.items()))
+        op = self.operating_point
+        if op.n_pos == 0 or op.n_neg == 0 or op.tpr <= op.fpr:
+            raise InputError(f"{self.folder}: the {self.kind} detector does not separate members from non-members "
+                             f"on its held-out samples (TPR {op.tp}/{op.n_pos} <= FPR {op.fp}/{op.n_neg}), so it "
+                             "cannot estimate how much was seen; train it on a scan with a membership signal")
 
 
 def load_trained(folder: str | Path, kind: str = "auto") -> TrainedDetector:
     """kind "auto": the detector with the best validation AUC (chosen without the test samples
     that measured the operating point)."""
-    folder = Path(folder)
-    if not (folder / "scan_config.json").is_file():
-        raise InputError(f"{folder}: not a `scanner train` output folder (no scan_config.json)")
-    present = [k for k in KINDS if (folder / f"{k}.json").is_file()]
+    df = DetectorFolder.existing(folder)
+    present = df.kinds()
     if kind == "auto":
         if not present:
             raise InputError(f"{folder}: no detector in it")
-        kind = max(present, key=lambda k: json.loads((folder / f"{k}.json").read_text())["info"]["best_val_auc"])
+        kind = max(present, key=lambda k: df.detector_meta(k)["info"]["best_val_auc"])
     elif kind not in present:
         raise InputError(f"{folder}: no {kind!r} detector (present: {present}; kinds: {KINDS})")
-    det = MLPDetector.load(folder, kind)
+    det = MLPDetector.from_state(*df.detector_state(kind))
     if "operating_point" not in det.info:
         raise InputError(f"{folder}/{kind}.json has no operating point; train it again with this version")
-    digest = hashlib.sha256()
-    for suffix in (".json", ".safetensors"):
-        digest.update((folder / f"{kind}{suffix}").read_bytes())
-    return TrainedDetector(detector=det, kind=kind, operating_point=OperatingPoint(**det.info["operating_point"]),
-                           scan_config=json.loads((folder / "scan_config.json").read_text()),
-                           fingerprint=digest.hexdigest()[:16])
+    return TrainedDetector(detector=det, kind=kind, folder=Path(folder).resolve(),
+                           operating_point=OperatingPoint(**det.info["operating_point"]),
+                           scan_config=df.scan_config, fingerprint=df.fingerprint(kind))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from scanner.scoring.interface import TextScore, TextTokenizer
+from scanner.scoring.interface import Capabilities, TextScore, TextTokenizer
 
 # fp32 logits held at once per chunk: on a CPU, chunks that stay in cache are fastest (8 MiB
 # measured ~1.5x faster than 128 MiB); on a GPU, big chunks mean fewer kernel launches
@@ -40,6 +40,8 @@ def auto_dtype(device: str) -> torch.dtype:
 
 
 class HFScorer:
+    capabilities = Capabilities(vocab_stats=True, hidden_states=True)
+
     def __init__(self, model: str, revision: str | None = None, device: str | None = None,
                  dtype: str | None = None, trust_remote_code: bool = False, max_length: int | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer

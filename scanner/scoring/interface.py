@@ -4,8 +4,17 @@ score exactly the same token ids and feed the same score functions (scanner.scor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a scorer can give besides token log-probs; callers ask this, never the backend's name."""
+
+    vocab_stats: bool  # mean/std of log p under the model's next-token distribution (Min-K%++)
+    hidden_states: bool  # a text embedding from the model itself (else the features need an embedder)
 
 
 @dataclass
@@ -37,3 +46,10 @@ class TextTokenizer:
             truncated.append(len(row) > self.max_length)
             ids.append(row[: self.max_length])
         return ids, truncated
+
+
+class Scorer(Protocol):
+    capabilities: Capabilities
+    hidden_size: int | None  # width of its embeddings; None without hidden states
+
+    def score_texts(self, texts: list[str], batch_tokens: int | None = None) -> list[TextScore]: ...

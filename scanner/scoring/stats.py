@@ -93,3 +93,13 @@ def neighbor_features(orig_loss: float, orig_emb: np.ndarray | None, nb_losses: 
     if projection is not None:
         out["nb_de_proj"] = (diff @ projection).ravel().tolist()  # K x P, row-major
     return out
+
+
+def sample_features(text: str, original, neighbors: list, projection: np.ndarray | None) -> dict:
+    """Every per-sample feature from the TextScores of a text and of its neighbors (in neighbor
+    order): the single-text scores, the neighbor features, token counts."""
+    row = text_scores(text, original.token_logprobs, original.mu, original.sigma)
+    row |= neighbor_features(row["loss"], original.embedding, [loss(x.token_logprobs) for x in neighbors],
+                             [x.embedding for x in neighbors], projection)
+    return row | {"n_tokens": original.n_tokens, "truncated": original.truncated,
+                  "nb_tokens": sum(x.n_tokens for x in neighbors)}

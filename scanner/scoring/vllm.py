@@ -16,12 +16,11 @@ without one they are null.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from scanner.errors import InputError
-from scanner.scoring.interface import TextScore, TextTokenizer
+from scanner.scoring.interface import Capabilities, TextScore, TextTokenizer
+from scanner.scoring.options import EngineOptions
 
 
 def import_vllm():
@@ -30,26 +29,6 @@ def import_vllm():
     except ImportError:
         raise InputError("the vllm backend needs the optional extra: pip install 'scanner[vllm]'") from None
     return vllm
-
-
-@dataclass
-class EngineOptions:
-    """Engine settings exposed in the scan config, with safe defaults."""
-
-    max_num_batched_tokens: int | None = None  # vLLM's default
-    gpu_memory_utilization: float = 0.85  # leaves room for an embedder beside the engine
-    max_model_len: int | None = None  # default: the model's window
-    tensor_parallel_size: int = 1  # > 1: the actor must hold that many GPUs on one node
-
-    def validate(self) -> "EngineOptions":
-        if not 0.05 <= self.gpu_memory_utilization <= 0.98:
-            raise InputError(f"gpu_memory_utilization = {self.gpu_memory_utilization} is outside [0.05, 0.98]")
-        if self.tensor_parallel_size < 1:
-            raise InputError("tensor_parallel_size must be at least 1")
-        for name in ("max_num_batched_tokens", "max_model_len"):
-            if getattr(self, name) is not None and getattr(self, name) < 16:
-                raise InputError(f"{name} = {getattr(self, name)} is too small")
-        return self
 
 
 def _logprob_value(entry) -> float:
@@ -97,6 +76,9 @@ def sampling_params(vllm):
 
 
 class VLLMScorer:
+    capabilities = Capabilities(vocab_stats=False, hidden_states=False)
+    hidden_size = None
+
     def __init__(self, model: str, revision: str | None = None, dtype: str | None = None,
                  trust_remote_code: bool = False, max_length: int | None = None,
                  engine: EngineOptions = EngineOptions()):

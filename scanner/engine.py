@@ -1,0 +1,397 @@
+"""The one executor behind scan, sweep and nightly. The driver plans and bookkeeps; the data go
+one way, from the inputs through workers into the run folder, and never through the driver:
+
+  list input files (driver: names, sizes)
+    -> plan each file into shards of at most shard_size rows (Ray tasks; cached in the folder)
+    -> per shard: read + validate + perturb (a Ray task; it writes the shard's quarantine)
+    -> score (an actor holding the model; it writes the shard's features, then its record)
+    -> the driver receives that small record (counts, tokens, nodes) and the manifest sums them
+
+Resume: a shard with a completion record is finished; any later invocation skips it, whatever
+else changed around it. A run folder refuses another scoring config (or detector). Faults: a
+scoring actor that dies is restarted by Ray and its shard retried (writing a shard is idempotent);
+a shard that fails for good (an unreadable file, a bad label) is reported with its error while
+the others go on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import pyarrow as pa
+
+from scanner.config import ScanConfig
+from scanner.corpus import Columns, read_shard
+from scanner.errors import InputError
+from scanner.features import FEATURE_SCHEMA, ScoreActor, perturb_batch
+from scanner.inputs import InputFile, list_inputs
+from scanner.provenance import package_versions
+from scanner.runfolder import RunFolder
+from scanner.scoring.factory import check_backend_installed, check_model_path
+from scanner.shards import Shard, plan_file
+
+QUEUED_PER_ACTOR = 2  # shards handed to an actor at once: the next one is read while one is scored
+READ_CPUS = 0.5  # logical CPUs of a read task (reading, validating, perturbing one shard)
+ACTOR_RESTARTS = 3  # a crashed actor is restarted and its shard retried this many times
+
+
+@dataclass(frozen=True)
+class RunKind:
+    """What differs between the commands that use the engine."""
+
+    name: str  # "scan" or "sweep": part of the run's identity
+    keep_text: bool = True  # scans keep texts for the blind baseline; a corpus sweep need not copy its corpus
+    dedupe: bool = True  # quarantine ids repeated across shards (needs the run's ids in one task)
+    strict: bool = True  # an unreadable or empty input file stops the run before any work
+    detector: dict | None = None  # {"folder", "kind", "fingerprint"}: applied by the actors
+
+
+def columns_of(cfg: ScanConfig) -> Columns:
+    return Columns(text=cfg.text_col, label=cfg.label_col, id=cfg.id_col, source=cfg.source_col)
+
+
+# ---------------------------------------------------------------- worker side
+
+
+def plan_task(f: dict, shard_size: int, folder_uri: str) -> dict:
+    """The shards of one input file, planned once per run folder (again if the file changed:
+    then the shards of its old plan are forgotten and scored anew)."""
+    f, folder = InputFile(**f), RunFolder(folder_uri)
+    try:
+        shards, outdated = folder.cached_plan(f)
+        if shards is None:
+            shards = plan_file(f, shard_size)
+            folder.forget(outdated)
+            folder.save_plan(f, shards)
+    except InputError as e:
+        return {"uri": f.uri, "error": str(e)}
+    return {"uri": f.uri, "shards": [s.to_dict() for s in shards], "changed": bool(outdated)}
+
+
+def read_task(shard: dict, columns: Columns, neighbor_cfg, folder_uri: str) -> tuple[dict, pa.Table | None]:
+    """Reads and validates one shard, writes its quarantined rows, and perturbs its samples."""
+    import ray
+
+    t0 = time.perf_counter()
+    s = Shard(**shard)
+    try:
+        corpus = read_shard(s, columns)
+    except InputError as e:
+        return {"error": str(e)}, None
+    if corpus.quarantine.height:
+        RunFolder(folder_uri).write_quarantine(s.name, corpus.quarantine.to_arrow())
+    samples = corpus.samples.to_arrow().append_column("shard", pa.array([s.name] * corpus.samples.height, pa.string()))
+    c = corpus.counts
+    info = {"counts": {k: c[k] for k in ("read", "quarantined", "quarantined_by_reason")},
+            "node": ray.get_runtime_context().get_node_id(), "seconds": round(time.perf_counter() - t0, 3)}
+    return info, perturb_batch(samples, neighbor_cfg)
+
+
+def find_duplicates(folder_uri: str, file_order: list[str]) -> dict:
+    """Ids that several shards hold: the first (by input order, then row) stays, the others are
+    quarantined. Reads only the id columns of the run."""
+    import polars as pl
+
+    folder = RunFolder(folder_uri)
+    order = {f: i for i, f in enumerate(file_order)}
+    ids = folder.features(columns=["sample_id", "file", "row"], with_duplicates=True)
+    ids = ids.with_columns(pl.col("file").replace_strict(order, default=len(order)).alias("_order"))
+    ids = ids.sort("_order", "row").with_columns(
+        pl.col("file").first().over("sample_id").alias("_first_file"),
+        pl.col("row").first().over("sample_id").alias("_first_row"),
+        pl.int_range(pl.len()).over("sample_id").alias("_k"))
+    dup = ids.filter(pl.col("_k") > 0).select(
+        "file", "row", pl.format("duplicate id: first seen at {} row {}", "_first_file", "_first_row").alias("reason"),
+        "sample_id", pl.lit(None, pl.String).alias("snippet"))
+    folder.write_duplicates(dup.to_arrow())  # also when empty: it replaces an outdated list
+    return {"n": dup.height}
+
+
+# ---------------------------------------------------------------- the scoring pool
+
+
+def _first_line(e: BaseException) -> str:
+    cause = getattr(e, "cause", None) or e
+    lines = [ln for ln in str(cause).strip().splitlines() if ln.strip()]
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"
+
+
+def default_gpus_per_actor(cfg: ScanConfig) -> float:
+    import ray
+
+    if cfg.gpus_per_actor is not None:
+        return cfg.gpus_per_actor
+    has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    return float(cfg.tensor_parallel_size) if cfg.backend == "vllm" else (1.0 if has_gpu else 0.0)
+
+
+def default_actors(cfg: ScanConfig, gpus: float) -> int:
+    """One actor per GPU (or per tensor-parallel group), else one per node with CPUs."""
+    import ray
+
+    if cfg.actors:
+        return cfg.actors
+    if gpus > 0:
+        return max(1, int(ray.cluster_resources().get("GPU", 0) // gpus))
+    return max(1, sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= cfg.cpus_per_actor))
+
+
+class ScoringPool:
+    """Scoring actors, started together (work begins when every one has loaded its model, so
+    the first to load does not take all the early shards), spread over the nodes, each fed
+    QUEUED_PER_ACTOR shards at a time. On a CPU node the actors share the node's cores: Ray
+    gives each only cpus_per_actor logical CPUs (the rest stays for read tasks), but its torch
+    threads are the node's cores divided among the actors placed there."""
+
+    def __init__(self, cfg: ScanConfig, actor_args: tuple, progress: Callable[[str], None]):
+        import ray
+
+        self.cfg, self.actor_args, self.progress = cfg, actor_args, progress
+        gpus = default_gpus_per_actor(cfg)
+        n = default_actors(cfg, gpus)
+        self.options = dict(num_cpus=cfg.cpus_per_actor, num_gpus=gpus, max_restarts=ACTOR_RESTARTS,
+                            max_task_retries=ACTOR_RESTARTS, scheduling_strategy="SPREAD")
+        self.cls = ray.remote(ScoreActor)
+        progress(f"starting {n} scoring actor(s): {gpus:g} GPU and {cfg.cpus_per_actor:g} CPU each")
+        self.actors = [self.cls.options(**self.options).remote(*actor_args) for _ in range(n)]
+        self.generation = [0] * n
+        self.infos = self._wait_ready(self.actors)
+        left = ray.cluster_resources().get("CPU", 0) - n * cfg.cpus_per_actor  # once placed (autoscaled)
+        if left < READ_CPUS:  # the read tasks would wait for ever
+            self.shutdown()
+            raise InputError(f"the {n} scoring actor(s) take every CPU of the cluster ({cfg.cpus_per_actor:g} each), "
+                             f"and reading a shard needs {READ_CPUS:g}: lower cpus_per_actor or --actors")
+        per_node = Counter(i["node"] for i in self.infos)
+        self.threads = [self._threads(i, per_node[i["node"]]) for i in self.infos]
+        progress(f"{n} scoring actor(s) ready on {len(per_node)} node(s)"
+                 + (f", {self.threads[0]} torch threads each" if self.threads[0] else ""))
+
+    def _threads(self, info: dict, on_node: int) -> int | None:
+        if not str(info["device"]).startswith("cpu"):
+            return None
+        return self.cfg.threads_per_actor or max(1, info["cores"] // on_node)
+
+    def _wait_ready(self, actors: list) -> list[dict]:
+        import ray
+
+        refs = [a.ready.remote() for a in actors]
+        done, waiting = ray.wait(refs, num_returns=len(refs), timeout=self.cfg.actor_start_timeout)
+        if waiting:
+            self.shutdown()
+            raise InputError(f"only {len(done)} of {len(refs)} scoring actors started within "
+                             f"{self.cfg.actor_start_timeout} s: the cluster lacks the resources "
+                             f"({self.options['num_gpus']:g} GPU, {self.options['num_cpus']:g} CPU each); "
+                             "lower --actors or add nodes")
+        try:
+            infos = ray.get(refs)
+        except ray.exceptions.RayError as e:
+            self.shutdown()
+            raise InputError(f"a scoring actor failed to start: {_first_line(e)}") from None
+        errors = [i["error"] for i in infos if i["error"]]
+        if errors:
+            self.shutdown()
+            raise InputError(errors[0])
+        return infos
+
+    @property
+    def capabilities(self) -> dict:
+        return self.infos[0]["capabilities"]
+
+    def _replace(self, k: int) -> None:
+        """An actor that died more often than it may restart: a fresh one takes its place."""
+        self.progress(f"scoring actor {k} is gone; starting a new one")
+        self.actors[k] = self.cls.options(**self.options).remote(*self.actor_args)
+        self.generation[k] += 1
+        self._wait_ready([self.actors[k]])
+
+    def run(self, shards: list[Shard], read: Callable[[Shard], object], on_record: Callable[[Shard, dict], None]) -> None:
+        import ray
+
+        queue, inflight, lost = deque(shards), {}, Counter()
+
+        def feed(k: int) -> None:
+            if queue:
+                s = queue.popleft()
+                ref = self.actors[k].score_shard.remote(s.to_dict(), read(s), self.threads[k])
+                inflight[ref] = (k, self.generation[k], s)
+
+        for k in range(len(self.actors)):
+            for _ in range(QUEUED_PER_ACTOR):
+                feed(k)
+        while inflight:
+            (ref,), _ = ray.wait(list(inflight), num_returns=1)
+            k, generation, shard = inflight.pop(ref)
+            try:
+                record = ray.get(ref)
+            except ray.exceptions.RayActorError as e:
+                # the actor died more often than Ray restarts it: a new one takes its place; each
+                # of its shards gets one more try there, then counts as failed
+                if generation == self.generation[k]:
+                    self._replace(k)
+                lost[shard.name] += 1
+                if lost[shard.name] == 1:
+                    queue.appendleft(shard)
+                    feed(k)
+                    continue
+                record = {"shard": shard.name, "error": f"its scoring actor kept dying: {_first_line(e)}"}
+            except ray.exceptions.RayTaskError as e:
+                record = {"shard": shard.name, "error": _first_line(e)}
+            on_record(shard, record)
+            feed(k)
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+
+
+# ---------------------------------------------------------------- the driver
+
+
+class Tally:
+    """What the driver keeps of the shards of one invocation: their states and small counters."""
+
+    def __init__(self, pending: int, progress: Callable[[str], None]):
+        self.pending, self.progress = pending, progress
+        self.states: dict[str, str] = {}
+        self.errors: dict[str, str] = {}
+        self.counts: Counter = Counter()
+        self.nodes: set[str] = set()
+        self.t0 = time.perf_counter()
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()  # rates from when the actors are ready
+
+    def record(self, shard: Shard, record: dict) -> None:
+        if record.get("error"):
+            self.states[shard.name], self.errors[shard.name] = "failed", record["error"]
+            self.progress(f"shard {shard.name} failed: {record['error']}")
+            return
+        self.states[shard.name] = "done"
+        c = record["counts"]
+        self.counts.update(scored=c["scored"], tokens=record["tokens"], shards=1)
+        self.nodes.add(record["scored_on"])
+        rate = self.counts["tokens"] / (time.perf_counter() - self.t0)
+        self.progress(f"[{self.counts['shards']}/{self.pending}] {shard.name}: {c['scored']} scored, "
+                      f"{c['quarantined']} quarantined; {rate:,.0f} tokens/s")
+
+
+def plan(files: list[InputFile], folder: RunFolder, shard_size: int,
+         progress: Callable[[str], None]) -> tuple[list[Shard], dict[str, str]]:
+    """(shards of every file, in input order; {file: error} for files that cannot be planned)."""
+    import ray
+
+    task = ray.remote(num_cpus=0.5)(plan_task)
+    results = ray.get([task.remote(f.to_dict(), shard_size, folder.uri) for f in files])
+    for r in results:
+        if r.get("changed"):
+            progress(f"{r['uri']} changed since this run planned it: all its shards are scored again")
+    shards = [Shard(**s) for r in results if "shards" in r for s in r["shards"]]
+    return shards, {r["uri"]: r["error"] for r in results if "error" in r}
+
+
+def run_shards(inputs: list[str], out: str, cfg: ScanConfig, kind: RunKind,
+               progress: Callable[[str], None] = print) -> dict:
+    """Runs (or resumes) the run in `out` and returns its manifest, which it also writes."""
+    import ray
+
+    t0 = time.perf_counter()
+    check_backend_installed(cfg.backend)
+    check_model_path(cfg.model)
+    files = list_inputs(inputs)
+    folder = RunFolder(out)
+    identity = {"kind": kind.name, "scoring_hash": cfg.scoring_hash()}
+    if kind.detector:
+        identity["detector"] = kind.detector["fingerprint"]
+    run, new = folder.identify(identity, asdict(cfg))
+    if not ray.is_initialized():
+        ray.init()
+    shards, file_errors = plan(files, folder, cfg.shard_size, progress)
+    if file_errors and kind.strict:
+        more = f" (and {len(file_errors) - 1} more)" if len(file_errors) > 1 else ""
+        raise InputError(next(iter(file_errors.values())) + more)
+    finished = folder.done()
+    pending = [s for s in shards if s.name not in finished]
+    progress(f"{len(files)} input file(s) in {len(shards)} shard(s): {len(shards) - len(pending)} done before, "
+             f"{len(pending)} to score")
+    tally = Tally(len(pending), progress)
+    tally.states.update({s.name: "skipped" for s in shards if s.name in finished})
+    pool = None
+    if pending:
+        constants = {"model": cfg.model, "revision": cfg.revision or "local", "run_id": run["run_id"]}
+        pool = ScoringPool(cfg, (asdict(cfg), folder.uri, constants, kind.detector, kind.keep_text), progress)
+    if new:  # only now: a model that cannot be loaded leaves no run behind that a corrected command would refuse
+        folder.save_run(run)
+    if pool is not None:
+        reader = ray.remote(num_cpus=READ_CPUS)(read_task)
+        columns, neighbor_cfg = columns_of(cfg), cfg.neighbor_config()
+        tally.start()
+        try:
+            pool.run(pending, lambda s: reader.remote(s.to_dict(), columns, neighbor_cfg, folder.uri), tally.record)
+        finally:
+            pool.shutdown()
+    duplicates = 0
+    if kind.dedupe and tally.counts["shards"]:
+        duplicates = ray.get(ray.remote(num_cpus=1)(find_duplicates).remote(folder.uri, [f.uri for f in files]))["n"]
+        if duplicates:
+            progress(f"{duplicates} row(s) repeat an id that another shard holds: quarantined")
+    manifest = summarize(folder, run, cfg, files, shards, tally, file_errors, duplicates,
+                         pool.capabilities if pool else None, time.perf_counter() - t0)
+    folder.write_manifest(manifest)
+    return manifest
+
+
+def summarize(folder: RunFolder, run: dict, cfg: ScanConfig, files: list[InputFile], shards: list[Shard],
+              tally: "Tally", file_errors: dict, duplicates: int, capabilities: dict | None, wall: float) -> dict:
+    """Totals over every finished shard of these inputs, from their records alone (no feature is
+    read again, whatever the corpus size): read = scored + quarantined, in total as per shard."""
+    counts = Counter()
+    reasons: Counter = Counter()
+    per_source: dict[str, list[int]] = {}
+    scored_on, read_on = set(), set()
+    entries = []
+    for s in shards:
+        state = tally.states.get(s.name, "failed")
+        entry = {"shard": s.name, "uri": s.uri, "first_row": s.first_row, "state": state}
+        if state == "failed":
+            entry["error"] = tally.errors.get(s.name, "not finished")
+        else:
+            record = folder.record(s.name)
+            c = record["counts"]
+            counts.update(read=c["read"], scored=c["scored"], quarantined=c["quarantined"])
+            reasons.update(c["quarantined_by_reason"])
+            for source, (n, flagged) in record["per_source"].items():
+                per_source[source] = [a + b for a, b in zip(per_source.get(source, [0, 0]), (n, flagged))]
+            scored_on.add(record["scored_on"])
+            read_on.add(record["read_on"])
+        entries.append(entry)
+    entries += [{"shard": None, "uri": uri, "state": "failed", "error": e} for uri, e in file_errors.items()]
+    if duplicates:
+        counts.update(scored=-duplicates, quarantined=duplicates)
+        reasons.update({"duplicate id": duplicates})
+    if capabilities is None and folder.store.exists("manifest.json"):
+        capabilities = folder.manifest.get("capabilities")
+    by_state = Counter(e["state"] for e in entries)
+    return {
+        "run_id": run["run_id"], "kind": run["kind"], "config": asdict(cfg), "scoring_hash": run["scoring_hash"],
+        "inputs": [f.uri for f in files],
+        "counts": {"read": counts["read"], "scored": counts["scored"], "quarantined": counts["quarantined"],
+                   "quarantined_by_reason": dict(sorted(reasons.items())), "shards": len(shards),
+                   "shards_done": by_state["done"], "shards_skipped": by_state["skipped"],
+                   "shards_failed": by_state["failed"], "scored_this_invocation": tally.counts["scored"]},
+        "per_source": per_source,
+        "shards": entries,
+        "capabilities": capabilities,
+        "min_k_pp_available": None if capabilities is None else capabilities["vocab_stats"],
+        "feature_schema": [f"{f.name}: {f.type}" for f in FEATURE_SCHEMA],
+        "read_on_nodes": sorted(read_on), "scored_on_nodes": sorted(scored_on),
+        "scored_on_nodes_this_invocation": sorted(tally.nodes),
+        "wall_seconds": round(wall, 2),
+        "tokens_scored_this_invocation": tally.counts["tokens"],
+        "tokens_per_second": round(tally.counts["tokens"] / wall, 1) if tally.counts["tokens"] else None,
+        "versions": package_versions(),
+    }

@@ -1,0 +1,169 @@
+"""The raw records of one shard, per format: (row, record, problem) with the file's own row
+numbers, a dict of column -> value, or None and the reason the row could not even be parsed."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from itertools import islice
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.ipc
+import pyarrow.parquet as pq
+
+from scanner.inputs import CorpusError, is_compressed
+from scanner.shards import (
+    Prefixed,
+    Shard,
+    csv_delimiter,
+    csv_text_stream,
+    gunzip,
+    is_json_array,
+    lines_with_offsets,
+)
+from scanner.storage import filesystem, open_input
+
+Record = tuple[int, dict | None, str | None]
+CSV_EXTRA = "\0extra"  # DictReader key for cells beyond the header
+
+
+def _open_arrow(uri: str):
+    """An Arrow IPC reader: the stream format save_to_disk writes, or the file format. Local
+    files are memory-mapped, so skipping to a shard costs no reading."""
+    fs, path = filesystem(uri)
+    source = pa.memory_map(path) if isinstance(fs, pafs.LocalFileSystem) else fs.open_input_file(path)
+    try:
+        return pa.ipc.open_stream(source)
+    except pa.ArrowInvalid:
+        source.seek(0)
+        return pa.ipc.open_file(source)
+
+
+def arrow_batches(uri: str) -> Iterator[pa.RecordBatch]:
+    reader = _open_arrow(uri)
+    if isinstance(reader, pa.ipc.RecordBatchFileReader):
+        return (reader.get_batch(k) for k in range(reader.num_record_batches))
+    return iter(reader)
+
+
+def _json_line(raw: bytes) -> tuple[dict | None, str | None]:
+    raw = raw.rstrip(b"\r\n")
+    if not raw.strip():
+        return None, "blank line"
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, f"invalid UTF-8: byte {e.start} of the line"
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        return None, f"invalid JSON: {e.msg} at column {e.colno}"
+    return (obj, None) if isinstance(obj, dict) else (None, "not a JSON object")
+
+
+def _read_range(uri: str, start: int, end: int) -> bytes:
+    with open_input(uri) as f:
+        return f.read_at(end - start, start)
+
+
+def _jsonl(shard: Shard) -> Iterator[Record]:
+    if shard.byte_start is not None:
+        lines = _read_range(shard.uri, shard.byte_start, shard.byte_end).split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()  # the range ends with a newline
+        _check_count(shard, len(lines))
+        for i, raw in enumerate(lines):
+            yield (shard.first_row + i, *_json_line(raw))
+        return
+    with open_input(shard.uri) as raw_file:
+        f = gunzip(raw_file) if is_compressed(shard.uri) else raw_file
+        head = f.read(1 << 16)
+        if is_json_array(head):  # one JSON array of objects
+            try:
+                items = json.loads((head + f.read()).decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise CorpusError(f"{shard.uri}: not valid JSON ({e})") from None
+            for i, item in enumerate(items[shard.first_row - 1: shard.first_row - 1 + shard.rows], shard.first_row):
+                yield (i, item, None) if isinstance(item, dict) else (i, None, "not a JSON object")
+            return
+        lines = (line for _, line in lines_with_offsets(Prefixed(head, f)))
+        for i, raw in enumerate(islice(lines, shard.first_row - 1, shard.first_row - 1 + shard.rows), shard.first_row):
+            yield (i, *_json_line(raw))
+
+
+def _csv_header(shard: Shard) -> list[str]:
+    with open_input(shard.uri) as raw:
+        return next(csv.reader(csv_text_stream(raw), delimiter=csv_delimiter(shard.uri)))
+
+
+def _csv(shard: Shard) -> Iterator[Record]:
+    delimiter = csv_delimiter(shard.uri)
+    if shard.byte_start is not None:
+        text = _read_range(shard.uri, shard.byte_start, shard.byte_end).decode("utf-8", errors="surrogateescape")
+        reader = csv.DictReader(io.StringIO(text, newline=""), fieldnames=_csv_header(shard), delimiter=delimiter,
+                                restkey=CSV_EXTRA)
+        records = list(reader)
+        _check_count(shard, len(records))
+        yield from _csv_rows(reader, enumerate(records, shard.first_row))
+        return
+    with open_input(shard.uri) as raw:
+        reader = csv.DictReader(csv_text_stream(gunzip(raw) if is_compressed(shard.uri) else raw), delimiter=delimiter,
+                                restkey=CSV_EXTRA)
+        yield from _csv_rows(reader, enumerate(islice(reader, shard.first_row - 1, shard.first_row - 1 + shard.rows),
+                                               shard.first_row))
+
+
+def _csv_rows(reader: csv.DictReader, rows) -> Iterator[Record]:
+    for i, rec in rows:
+        if CSV_EXTRA in rec:
+            n_fields = len(reader.fieldnames) + len(rec[CSV_EXTRA])
+            yield i, None, f"malformed CSV: {n_fields} fields, header has {len(reader.fieldnames)}"
+            continue
+        yield i, rec, None
+
+
+def _columnar(shard: Shard) -> Iterator[Record]:
+    offset, stop = shard.first_row - 1, shard.first_row - 1 + shard.rows
+    if shard.fmt == "parquet":
+        pf = pq.ParquetFile(open_input(shard.uri))
+        groups, first, at = [], 0, 0
+        for g in range(pf.metadata.num_row_groups):  # only the row groups that hold this shard
+            n = pf.metadata.row_group(g).num_rows
+            if at < stop and at + n > offset:
+                first = first if groups else at
+                groups.append(g)
+            at += n
+        batches, at = pf.iter_batches(batch_size=8192, row_groups=groups), first
+    else:
+        batches, at = arrow_batches(shard.uri), 0
+    for batch in batches:
+        lo, hi = max(offset - at, 0), min(stop - at, batch.num_rows)
+        if lo < hi:
+            for i, rec in enumerate(batch.slice(lo, hi - lo).to_pylist(), at + lo + 1):
+                yield i, rec, None
+        at += batch.num_rows
+        if at >= stop:
+            return
+
+
+def _check_count(shard: Shard, n: int) -> None:
+    if n != shard.rows:
+        raise CorpusError(f"{shard.uri}: the file changed since it was planned, or its records cannot be split "
+                          f"at line boundaries (rows {shard.first_row}..: planned {shard.rows}, found {n}); "
+                          "use a larger --shard-size or Parquet")
+
+
+def records(shard: Shard) -> Iterator[Record]:
+    return {"jsonl": _jsonl, "csv": _csv}.get(shard.fmt, _columnar)(shard)
+
+
+def columns_of(shard: Shard) -> list[str] | None:
+    """Column names known before reading rows (columnar formats only)."""
+    if shard.fmt == "parquet":
+        return pq.ParquetFile(open_input(shard.uri)).schema_arrow.names
+    if shard.fmt == "arrow":
+        return _open_arrow(shard.uri).schema.names
+    return None

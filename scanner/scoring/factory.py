@@ -1,0 +1,46 @@
+"""The configured scorer, and the checks that can fail before any actor starts."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from scanner.errors import InputError
+from scanner.scoring.interface import Scorer
+
+EXTRAS = {"vllm": "vllm"}  # backend -> the optional extra that installs it
+
+
+def check_backend_installed(backend: str) -> None:
+    """A missing optional package names the extra to install, before any work."""
+    if backend in EXTRAS and importlib.util.find_spec(backend) is None:
+        raise InputError(f"the {backend} backend needs the optional extra: pip install 'scanner[{EXTRAS[backend]}]'")
+
+
+def looks_like_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().exists()
+
+
+def check_model_path(model: str) -> None:
+    """A local model folder that cannot be a checkpoint is refused at once; hub ids and
+    unloadable checkpoints are caught when the scoring actors load them."""
+    if not looks_like_path(model):
+        return
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise InputError(f"cannot load model {model}: no such folder")
+    if not (path / "config.json").is_file():
+        raise InputError(f"cannot load model {model}: no config.json in it (not a Hugging Face checkpoint folder)")
+
+
+def make_scorer(cfg) -> Scorer:
+    """The configured backend; both return TextScores for the same token ids."""
+    common = dict(revision=cfg.revision, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                  max_length=cfg.max_length)
+    if cfg.backend == "vllm":
+        from scanner.scoring.vllm import VLLMScorer
+
+        return VLLMScorer(cfg.model, engine=cfg.engine_options(), **common)
+    from scanner.scoring.hf import HFScorer
+
+    return HFScorer(cfg.model, device=cfg.device, **common)

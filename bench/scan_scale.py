@@ -4,10 +4,12 @@ shards; then that sweep is killed after some shards and run again, which must re
 the shards that finished.
 
     python bench/scan_scale.py [--sizes 2000,20000,100000] [--neighbors 2] [--shard-size 1000]
+                               [--sweep-rows N] [--kill-after 20]
 
 One local Ray (started here, like a cluster that is up before the jobs arrive); each scan or
-sweep is a separate driver process connected to it (`scanner ...` with RAY_ADDRESS), whose peak
-RSS is its own (wait4's ru_maxrss), not Ray's. Model: a tiny GPT-2 trained here on half of the
+sweep is a separate driver process connected to it (the `scanner` CLI with RAY_ADDRESS), whose
+peak RSS is its own VmHWM, written at exit (ru_maxrss would not do: Linux carries the forking
+parent's high-water mark, this bench's ~1 GB, into the child's), not Ray's. Model: a tiny GPT-2 trained here on half of the
 pydoc passages (~1 minute), so that the sweep's detector really separates members.
 Target (issue 10): driver peak RSS grows by at most 50 MB from 2k to 100k documents.
 """
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -25,9 +28,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-BIN = Path(sys.executable).parent
-
 
 def documents(n: int, path: Path, seed: int = 0) -> None:
     """n short documents (12-30 words) drawn from the pydoc passages' vocabulary."""
@@ -40,23 +40,43 @@ def documents(n: int, path: Path, seed: int = 0) -> None:
             f.write(json.dumps({"id": f"doc{i}", "text": " ".join(rnd.choices(words, k=rnd.randint(12, 30)))}) + "\n")
 
 
+# the CLI, writing its own VmHWM (this process's mm only) to argv[1] when it exits
+CLI = """import atexit, re, sys
+def hwm():
+    kb = re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)
+    open(sys.argv[1], "w").write(kb)
+atexit.register(hwm)
+from scanner.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def vm_hwm_mb(pid: int) -> float | None:
+    try:
+        return int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1)) / 1024
+    except (OSError, AttributeError):
+        return None
+
+
 def driver(args: list[str], env: dict, kill_when=None) -> tuple[int, float, float]:
     """(exit code, peak RSS in MB, seconds) of one `scanner` driver process; kill_when() -> True
-    SIGKILLs it (checked every 0.2 s)."""
+    SIGKILLs it (checked every 0.2 s; its peak is then the last one read before the kill)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([str(BIN / "scanner"), *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    while kill_when is not None and proc.poll() is None:
-        if kill_when():
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.2)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read()
+    with tempfile.NamedTemporaryFile(suffix=".hwm") as f:
+        proc = subprocess.Popen([sys.executable, "-c", CLI, f.name, *args], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        peak = 0.0
+        while kill_when is not None and proc.poll() is None:
+            peak = max(peak, vm_hwm_mb(proc.pid) or 0.0)
+            if kill_when():
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.2)
+        err = proc.communicate()[1]
+        written = Path(f.name).read_text()
     if proc.returncode not in (0, -9):
         print(err[-3000:])
-    return proc.returncode, usage.ru_maxrss / 1024, time.perf_counter() - t0
+    return proc.returncode, int(written) / 1024 if written else peak, time.perf_counter() - t0
 
 
 def main() -> None:
@@ -64,11 +84,11 @@ def main() -> None:
     ap.add_argument("--sizes", default="2000,20000,100000")
     ap.add_argument("--neighbors", type=int, default=2)
     ap.add_argument("--shard-size", type=int, default=1000)
+    ap.add_argument("--sweep-rows", type=int, help="rows of the swept file (default: the largest size)")
     ap.add_argument("--kill-after", type=int, default=20, help="shards finished before the sweep is killed")
     args = ap.parse_args()
 
     import ray
-    from ray.util.state import list_actors
 
     from scanner.toy import english_passages, member_split, train_tiny_gpt2
 
@@ -100,7 +120,9 @@ def main() -> None:
     code, _, _ = driver(["scan", str(labelled), "--out", str(work / "scan-labelled"), *common], env)
     code = code or driver(["train", str(work / "scan-labelled"), "--out", str(work / "detector")], env)[0]
     assert code == 0
-    big = sizes[-1]
+    big = args.sweep_rows or sizes[-1]
+    if not (work / f"docs-{big}.jsonl").exists():
+        documents(big, work / f"docs-{big}.jsonl")
     sweep = ["sweep", str(work / f"docs-{big}.jsonl"), "--detector", str(work / "detector"), "--out", str(work / "sweep"),
              "--shard-size", str(args.shard_size)]
     done = work / "sweep" / "done"
@@ -109,7 +131,8 @@ def main() -> None:
         return {p.name for p in done.glob("*.json")} if done.exists() else set()
 
     code, peak, secs = driver(sweep, env, kill_when=lambda: len(finished()) >= args.kill_after)
-    while list_actors(filters=[("class_name", "=", "ScoreActor"), ("state", "=", "ALIVE")]):
+    while any(a["ActorClassName"] == "ScoreActor" and a["State"] != "DEAD"
+              for a in ray._private.state.actors().values()):  # the GCS's table: no dashboard needed
         time.sleep(0.5)  # the dead driver's actors are stopped by Ray; a shard they were writing may still finish
     before = finished()
     mtimes = {p.name: p.stat().st_mtime_ns for p in (work / "sweep" / "features").glob("*.parquet")}

@@ -49,7 +49,7 @@ class RunKind:
     detector: dict | None = None  # {"folder", "kind", "fingerprint"}: applied by the actors
 
 
-def columns_of(cfg: ScanConfig) -> Columns:
+def columns_from_config(cfg: ScanConfig) -> Columns:
     return Columns(text=cfg.text_col, label=cfg.label_col, id=cfg.id_col, source=cfg.source_col)
 
 
@@ -113,7 +113,8 @@ def find_duplicates(folder_uri: str, file_order: list[str]) -> dict:
 # ---------------------------------------------------------------- the scoring pool
 
 
-def _first_line(e: BaseException) -> str:
+def _last_line(e: BaseException) -> str:
+    """A Ray error in one line: the type and the last line of the remote exception."""
     cause = getattr(e, "cause", None) or e
     lines = [ln for ln in str(cause).strip().splitlines() if ln.strip()]
     return f"{type(cause).__name__}: {lines[-1] if lines else ''}"
@@ -189,7 +190,7 @@ class ScoringPool:
             infos = ray.get(refs)
         except ray.exceptions.RayError as e:
             self.shutdown()
-            raise InputError(f"a scoring actor failed to start: {_first_line(e)}") from None
+            raise InputError(f"a scoring actor failed to start: {_last_line(e)}") from None
         errors = [i["error"] for i in infos if i["error"]]
         if errors:
             self.shutdown()
@@ -236,9 +237,9 @@ class ScoringPool:
                     queue.appendleft(shard)
                     feed(k)
                     continue
-                record = {"shard": shard.name, "error": f"its scoring actor kept dying: {_first_line(e)}"}
+                record = {"shard": shard.name, "error": f"its scoring actor kept dying: {_last_line(e)}"}
             except ray.exceptions.RayTaskError as e:
-                record = {"shard": shard.name, "error": _first_line(e)}
+                record = {"shard": shard.name, "error": _last_line(e)}
             on_record(shard, record)
             feed(k)
 
@@ -328,7 +329,7 @@ def run_shards(inputs: list[str], out: str, cfg: ScanConfig, kind: RunKind,
         folder.save_run(run)
     if pool is not None:
         reader = ray.remote(num_cpus=READ_CPUS)(read_task)
-        columns, neighbor_cfg = columns_of(cfg), cfg.neighbor_config()
+        columns, neighbor_cfg = columns_from_config(cfg), cfg.neighbor_config()
         tally.start()
         try:
             pool.run(pending, lambda s: reader.remote(s.to_dict(), columns, neighbor_cfg, folder.uri), tally.record)

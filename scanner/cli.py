@@ -171,6 +171,35 @@ def cmd_sweep(args) -> int:
     return _failed_shards(RunFolder(args.out).manifest)
 
 
+def _int_list(value: str) -> list[int]:
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of whole numbers") from None
+
+
+def cmd_calibrate(args) -> int:
+    from scanner.calibrate.finetune import FinetuneSpec
+    from scanner.calibrate.run import run_calibration
+    from scanner.config import load_config
+
+    cfg = load_config(args.config, {"model": args.model, "seed": args.seed, "actors": args.actors})
+    spec = FinetuneSpec(model=cfg.model, method=args.method, epochs=args.epochs, lr=args.lr,
+                        batch_size=args.batch_size, seed=args.seed, revision=cfg.revision,
+                        trust_remote_code=cfg.trust_remote_code).validate()
+    m = run_calibration(args.data, args.out, cfg, spec, args.exposures, args.members_fraction, args.seed,
+                        columns_from_args(args), progress=Progress())
+    b = m["blind_baseline"]
+    print(f"blind baseline on the random split: AUC {b['auc']:.3f} [{b['auc_ci'][0]:.3f}, {b['auc_ci'][1]:.3f}]")
+    for group, scores in m["by_exposure"].items():
+        dets = ", ".join(f"{n} AUC {s['auc']:.3f} TPR@1%FPR {s['tpr_at_fpr']['0.01']:.3f}"
+                         f"{'' if s['tpr_at_fpr_estimable']['0.01'] else '*'}"
+                         for n, s in scores.items() if n.endswith("detector"))
+        print(f"{group:<12} {dets}")
+    print(f"detector folder for sweep / nightly: {args.out}/detector  report: {args.out}/report.html")
+    return 0
+
+
 def cmd_nightly(args) -> int:
     from scanner.nightly import run_nightly, summary_lines
 
@@ -239,6 +268,23 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--shard-size", type=int, help=SHARD_HELP)
     w.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass")
     w.set_defaults(func=cmd_sweep)
+
+    c = sub.add_parser("calibrate", help="fine-tune a copy of the model on a random half of held-out text (known "
+                                         "members), and measure and calibrate the attack on it")
+    _add_corpus_args(c, labels_by_default=False)
+    c.add_argument("--model", help="hub id or local path of the causal LM to calibrate for")
+    c.add_argument("--out", required=True, help="output folder (re-running resumes it): detector/, report.html")
+    c.add_argument("--config", help="YAML or TOML scan options, the ones the sweep will use")
+    c.add_argument("--method", default="lora", help="lora (default; peft) or full fine-tuning (small models)")
+    c.add_argument("--epochs", type=int, default=1, help="passes over the exposure schedule (default 1)")
+    c.add_argument("--lr", type=float, help="learning rate (default 5e-4 for lora, 5e-5 for full)")
+    c.add_argument("--batch-size", type=int, default=8, help="texts per fine-tuning step (default 8)")
+    c.add_argument("--exposures", type=_int_list, default=[1, 4, 16],
+                   help="times each group of members is seen per epoch (default 1,4,16)")
+    c.add_argument("--members-fraction", type=float, default=0.5, help="share of the texts made members (default 0.5)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--actors", type=int, help=ACTORS_HELP)
+    c.set_defaults(func=cmd_calibrate)
 
     n = sub.add_parser("nightly", help="check a checkpoint's eval sets for contamination; compare with the last run "
                                        "(exit 0 clean, 1 contaminated or worse, 2 errors)")

@@ -41,6 +41,7 @@ class ScanConfig:
     revision: str | None = _opt(None, MODEL)
     trust_remote_code: bool = _opt(False, MODEL)
     dtype: str | None = _opt(None, MODEL)  # default: bfloat16 on GPU, float32 on CPU
+    adapter: str | None = _opt(None, MODEL)  # a peft (LoRA) adapter folder merged into the model (hf backend)
     # what a text's features are made of
     backend: str = _opt("hf", FEATURES)  # "vllm" needs the extra scanner[vllm] and a GPU; it has no Min-K%++
     max_length: int | None = _opt(None, FEATURES)  # default: the model's window
@@ -97,6 +98,8 @@ class ScanConfig:
         if self.backend not in BACKENDS:
             raise InputError(f"backend {self.backend!r} is not one of {BACKENDS}")
         self.engine_options().validate()
+        if self.adapter and self.backend != "hf":
+            raise InputError("an adapter is scored with the hf backend only: merge it into the model for vllm")
         if "mlm" in self.neighbor_kinds and not self.mlm_model:
             raise InputError('the "mlm" neighbor kind needs a fill-mask model: set mlm_model (e.g. a BERT path)')
         try:

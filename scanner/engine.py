@@ -30,7 +30,7 @@ from scanner.features import FEATURE_SCHEMA, ScoreActor, perturb_batch
 from scanner.inputs import InputFile, list_inputs
 from scanner.provenance import package_versions
 from scanner.runfolder import RunFolder
-from scanner.scoring.factory import check_backend_installed, check_model_path
+from scanner.scoring.factory import check_adapter_path, check_backend_installed, check_model_path
 from scanner.shards import Shard, plan_file
 
 QUEUED_PER_ACTOR = 2  # shards handed to an actor at once: the next one is read while one is scored
@@ -303,6 +303,7 @@ def run_shards(inputs: list[str], out: str, cfg: ScanConfig, kind: RunKind,
     t0 = time.perf_counter()
     check_backend_installed(cfg.backend)
     check_model_path(cfg.model)
+    check_adapter_path(cfg.adapter)
     files = list_inputs(inputs)
     folder = RunFolder(out)
     identity = {"kind": kind.name, "scoring_hash": cfg.scoring_hash()}

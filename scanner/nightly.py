@@ -31,7 +31,7 @@ from pathlib import Path
 
 from scanner.config import load_config, read_config_file
 from scanner.contamination import contaminated_fraction
-from scanner.detector.trained import TrainedDetector, load_trained
+from scanner.detector.trained import TrainedDetector, calibration_note, load_trained
 from scanner.engine import RunKind, run_shards
 from scanner.errors import InputError
 from scanner.provenance import package_versions
@@ -158,7 +158,7 @@ def run_nightly(config: str, out: str, run_name: str | None = None, previous: st
     code = exit_code([r["status"] for r in results.values()])
     metrics = {"run": run_name, "model": model or scan_options.get("model") or detector.scan_config["model"],
                "detector": {"path": settings["detector"], "kind": detector.kind,
-                            "operating_point": vars(detector.operating_point)},
+                            "operating_point": vars(detector.operating_point), "calibration": detector.calibration},
                "settings": settings, "previous": prev_path, "sets": results, "exit_code": code,
                "wall_seconds": round(time.perf_counter() - t0, 1), "versions": package_versions()}
     write_report(run_dir, f"Nightly contamination check: {run_name}", nightly_blocks(metrics), metrics)
@@ -179,6 +179,8 @@ def nightly_blocks(m: dict) -> list:
                     f"{s['contamination_threshold']}; worse: the estimate rose more than {s['max_increase']} since "
                     f"{m['previous'] or 'the previous run (none found)'}."),
               ("table", ["eval set", "status", "samples", "seen fraction [95% CI]", "change", "leakage baseline"], rows)]
+    if m["detector"].get("calibration"):
+        blocks.insert(1, ("p", calibration_note(m["detector"]["calibration"])))
     for name, r in m["sets"].items():
         if "error" in r:
             blocks.append(("p", f"{name}: error: {r['error']}"))

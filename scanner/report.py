@@ -75,6 +75,21 @@ def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], loglog: bool) -> b
     return buf.getvalue()
 
 
+def line_png(series: dict[str, list[float]], xlabel: str, ylabel: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for name, ys in series.items():
+        ax.plot(range(1, len(ys) + 1), ys, linewidth=1.2, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def _md(blocks) -> str:
     out = []
     for b in blocks:

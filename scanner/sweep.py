@@ -20,7 +20,7 @@ from dataclasses import asdict
 
 from scanner.config import ScanConfig
 from scanner.contamination import contaminated_fraction
-from scanner.detector.trained import TrainedDetector
+from scanner.detector.trained import TrainedDetector, calibration_note
 from scanner.engine import RunKind, run_shards
 from scanner.report import fmt, fmt_fraction, render_report
 from scanner.runfolder import RunFolder
@@ -45,7 +45,7 @@ def sweep_metrics(manifest: dict, detector: TrainedDetector, cfg: ScanConfig) ->
     return {
         "detector": {"kind": detector.kind, "fingerprint": detector.fingerprint, "threshold": detector.threshold,
                      "operating_point": asdict(op) | {"tpr": op.tpr, "fpr": op.fpr},
-                     "trained_on_model": detector.scan_config["model"]},
+                     "trained_on_model": detector.scan_config["model"], "calibration": detector.calibration},
         "model": cfg.model,
         "model_differs_from_training": cfg.model != detector.scan_config["model"],
         "overall": contaminated_fraction(total_flagged, total_n, op) if total_n else None,
@@ -62,6 +62,8 @@ def sweep_blocks(m: dict, shards: list[dict]) -> list:
     blocks = [("p", f"Model {m['model']}; {m['detector']['kind']} detector, threshold {fmt(m['detector']['threshold'])}. "
                     f"On its held-out samples it flagged {op['tp']}/{op['n_pos']} members (TPR {fmt(op['tpr'])}) "
                     f"and {op['fp']}/{op['n_neg']} non-members (FPR {fmt(op['fpr'])}).")]
+    if m["detector"]["calibration"]:
+        blocks.append(("p", calibration_note(m["detector"]["calibration"])))
     if m["model_differs_from_training"]:
         blocks.append(("p", f"Caveat: the detector was trained on features of {m['detector']['trained_on_model']}; "
                             "its TPR and FPR are assumed to carry over to this model."))

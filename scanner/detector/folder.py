@@ -6,6 +6,10 @@
                                    fractions and the test sample ids
   scan_config.json                 the settings of that scan (a sweep computes the same features)
   baseline_scores.parquet          the blind baseline's out-of-fold scores of the same samples
+  crossfit_scores.parquet          optional: every sample's score from detectors that never saw it
+                                   (cross-fitting; `scanner calibrate` reports on these)
+  calibration.json                 only from `scanner calibrate`: the operating point comes from
+                                   controlled contamination (method, exposures)
 
 Loading never unpickles: safetensors and JSON only.
 """
@@ -81,9 +85,23 @@ class DetectorFolder:
     def scan_config(self) -> dict:
         return self._read("scan_config.json")
 
+    def write_calibration(self, calibration: dict) -> None:
+        self._write("calibration.json", json.dumps(calibration, indent=2))
+
+    @property
+    def calibration(self) -> dict | None:
+        return self._read("calibration.json") if (self.path / "calibration.json").is_file() else None
+
     def write_baseline_scores(self, scores: pl.DataFrame) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         scores.write_parquet(self.path / "baseline_scores.parquet")
+
+    def write_crossfit_scores(self, scores: pl.DataFrame) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        scores.write_parquet(self.path / "crossfit_scores.parquet")
+
+    def crossfit_scores(self) -> pl.DataFrame:
+        return pl.read_parquet(self.path / "crossfit_scores.parquet")
 
     def baseline_scores(self) -> pl.DataFrame | None:
         p = self.path / "baseline_scores.parquet"

@@ -19,7 +19,7 @@ import polars as pl
 
 from scanner.baseline.run import run_baseline
 from scanner.contamination import OperatingPoint
-from scanner.detector.data import grouped_split
+from scanner.detector.data import grouped_split, split_of
 from scanner.detector.folder import KINDS, DetectorFolder
 from scanner.detector.mlp import MLPDetector
 from scanner.errors import InputError
@@ -44,7 +44,25 @@ def blind_baseline(df: pl.DataFrame, seed: int, n_jobs: int | None = None, progr
                         progress=progress)
 
 
-def train_detectors(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float = 0.01) -> dict:
+def cross_fitted_scores(df: pl.DataFrame, seed: int, folds: int) -> pl.DataFrame:
+    """Member probabilities of every sample from detectors that never saw it: the samples are cut
+    into `folds` parts by id; each part is scored by detectors fitted on the others (80% to fit,
+    20% to stop early). Uses all samples where the saved detectors' test part is a fifth."""
+    fold = np.array([int(split_of(f"crossfit\0{s}", seed) * folds) for s in df["sample_id"]])
+    stop = np.array([split_of(f"crossfit-stop\0{s}", seed) < 0.2 for s in df["sample_id"]])
+    scores = {kind: np.full(df.height, np.nan) for kind in KINDS}
+    for k in range(folds):
+        rest = df.filter(pl.Series((fold != k) & ~stop))
+        val = df.filter(pl.Series((fold != k) & stop))
+        held = fold == k
+        for kind in KINDS:
+            det = MLPDetector(kind=kind, seed=seed).fit(rest, val)
+            scores[kind][held] = det.predict_proba(df.filter(pl.Series(held)))
+    return pl.DataFrame({"sample_id": df["sample_id"]} | scores)
+
+
+def train_detectors(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float = 0.01,
+                    cross_fit_folds: int = 0) -> dict:
     run = RunFolder.existing(run_dir)
     df = labelled_features(run)
     parts = grouped_split(df, seed)
@@ -62,6 +80,8 @@ def train_detectors(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float
         det.info["operating_point"] = asdict(OperatingPoint.measure(det.flag(test), test["label"].to_numpy()))
         out.save_detector(kind, *det.state())
         summary[kind] = det.info | {"threshold": det.threshold}
+    if cross_fit_folds:
+        out.write_crossfit_scores(cross_fitted_scores(df, seed, cross_fit_folds))
     baseline = blind_baseline(df, seed, n_jobs=TASK_CPUS)
     out.write_baseline_scores(baseline.scores.select("sample_id", "score"))
     split = {"run_id": run.run_id, "seed": seed, "target_fpr": target_fpr,
@@ -72,7 +92,8 @@ def train_detectors(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float
             "split": split["counts"]}
 
 
-def train_on_ray(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float = 0.01) -> dict:
+def train_on_ray(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float = 0.01,
+                 cross_fit_folds: int = 0) -> dict:
     """The central training task: one Ray task next to the data, whatever node the driver is on."""
     import ray
 
@@ -81,7 +102,7 @@ def train_on_ray(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float = 
     RunFolder.existing(run_dir)  # a clear error here, not from inside the task
     task = ray.remote(num_cpus=TASK_CPUS, max_retries=0)(train_detectors)
     try:
-        return ray.get(task.remote(_absolute(run_dir), _absolute(out_dir), seed, target_fpr))
+        return ray.get(task.remote(_absolute(run_dir), _absolute(out_dir), seed, target_fpr, cross_fit_folds))
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, InputError):  # bad input: one clear line, not a remote traceback
             raise InputError(str(e.cause)) from None

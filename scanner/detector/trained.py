@@ -24,6 +24,7 @@ class TrainedDetector:
     operating_point: OperatingPoint
     scan_config: dict
     fingerprint: str  # of the detector's files: a resumed sweep must use the same detector
+    calibration: dict | None = None  # from `scanner calibrate`: how the operating point was measured
 
     @property
     def threshold(self) -> float:
@@ -58,6 +59,15 @@ class TrainedDetector:
                              "cannot estimate how much was seen; train it on a scan with a membership signal")
 
 
+def calibration_note(cal: dict) -> str:
+    """What a report says about an operating point measured by `scanner calibrate`."""
+    seen = "/".join(map(str, cal["seen_times"]))
+    return (f"The detector's TPR and FPR come from controlled contamination (`scanner calibrate`): a {cal['method']} "
+            f"fine-tune of the model on {cal['members']} random members of held-out text, seen {seen} times. "
+            "Pretraining exposure is rarer, so the TPR on pretraining members is likely lower, and the estimated "
+            "fraction then too low.")
+
+
 def load_trained(folder: str | Path, kind: str = "auto") -> TrainedDetector:
     """kind "auto": the detector with the best validation AUC (chosen without the test samples
     that measured the operating point)."""
@@ -74,4 +84,4 @@ def load_trained(folder: str | Path, kind: str = "auto") -> TrainedDetector:
         raise InputError(f"{folder}/{kind}.json has no operating point; train it again with this version")
     return TrainedDetector(detector=det, kind=kind, folder=Path(folder).resolve(),
                            operating_point=OperatingPoint(**det.info["operating_point"]),
-                           scan_config=df.scan_config, fingerprint=df.fingerprint(kind))
+                           scan_config=df.scan_config, fingerprint=df.fingerprint(kind), calibration=df.calibration)

@@ -33,6 +33,11 @@ def check_model_path(model: str) -> None:
         raise InputError(f"cannot load model {model}: no config.json in it (not a Hugging Face checkpoint folder)")
 
 
+def check_adapter_path(adapter: str | None) -> None:
+    if adapter and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
+        raise InputError(f"cannot load adapter {adapter}: no adapter_config.json in it (not a peft adapter folder)")
+
+
 def make_scorer(cfg) -> Scorer:
     """The configured backend; both return TextScores for the same token ids."""
     common = dict(revision=cfg.revision, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
@@ -43,4 +48,4 @@ def make_scorer(cfg) -> Scorer:
         return VLLMScorer(cfg.model, engine=cfg.engine_options(), **common)
     from scanner.scoring.hf import HFScorer
 
-    return HFScorer(cfg.model, device=cfg.device, **common)
+    return HFScorer(cfg.model, device=cfg.device, adapter=cfg.adapter, **common)

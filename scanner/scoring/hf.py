@@ -1,7 +1,8 @@
 """Hugging Face backend: token log-probs, Min-K%++ statistics and embeddings from one forward pass.
 
 - Model and tokenizer come from a hub id or a local path (`from_pretrained`); `trust_remote_code`
-  is off unless asked for. Device and dtype are automatic: bf16 on a GPU, fp32 on the CPU.
+  is off unless asked for. A peft adapter (LoRA) is merged into the weights once at load, so it
+  costs nothing per token. Device and dtype are automatic: bf16 on a GPU, fp32 on the CPU.
 - Tokens come from TextTokenizer (shared with the vLLM backend): every token of a text is
   scored, a BOS (or EOS) token in front. Texts longer than the model's window are truncated to
   it and flagged (`truncated`); windowed scoring would mix contexts across windows, truncation
@@ -43,7 +44,8 @@ class HFScorer:
     capabilities = Capabilities(vocab_stats=True, hidden_states=True)
 
     def __init__(self, model: str, revision: str | None = None, device: str | None = None,
-                 dtype: str | None = None, trust_remote_code: bool = False, max_length: int | None = None):
+                 dtype: str | None = None, trust_remote_code: bool = False, max_length: int | None = None,
+                 adapter: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = device or auto_device()
@@ -52,6 +54,10 @@ class HFScorer:
         self.model = AutoModelForCausalLM.from_pretrained(
             model, revision=revision, dtype=self.dtype, trust_remote_code=trust_remote_code
         ).to(self.device).eval()
+        if adapter:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, adapter).merge_and_unload().eval()
         self.model_id = model
         self.revision = revision or getattr(self.model.config, "_commit_hash", None) or "local"
         window = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)

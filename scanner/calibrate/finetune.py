@@ -1,0 +1,226 @@
+"""Fine-tune a copy of a causal LM on the members, as one Ray task (a GPU when the cluster has
+one): LoRA through peft (the adapter is saved as safetensors; scans merge it into the base) or
+full fine-tuning. Checkpointed every `checkpoint_every` steps with the optimizer and RNG state,
+so a killed run continues where its last checkpoint left off and ends where an uninterrupted run
+would. Texts are tokenized as the scan tokenizes them (scanner.scoring.interface.TextTokenizer).
+
+  <dir>/checkpoint/   weights (adapter or full model), the optimizer's and RNG's state
+                      (optimizer.safetensors + optimizer.json: no pickle), state.json (step, losses)
+  <dir>/model/        the result: adapter or full checkpoint with its tokenizer
+  <dir>/log.json      the spec, the loss per step, tokens/s, where it resumed; written last
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from scanner.errors import InputError
+from scanner.faults import maybe_fail
+
+METHODS = ("lora", "full")
+DEFAULT_LR = {"lora": 5e-4, "full": 5e-5}
+
+
+@dataclass
+class FinetuneSpec:
+    model: str
+    method: str = "lora"
+    epochs: int = 1
+    lr: float | None = None  # default by method (DEFAULT_LR)
+    batch_size: int = 8
+    max_length: int = 512  # tokens of a text that are trained on (the scan scores its whole window)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    seed: int = 0
+    checkpoint_every: int = 25  # steps
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    def validate(self) -> "FinetuneSpec":
+        if self.method not in METHODS:
+            raise InputError(f"--method {self.method!r} is not one of {METHODS}")
+        for name in ("epochs", "batch_size", "max_length", "lora_r", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} = {getattr(self, name)} must be at least 1")
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.method]
+        if not self.lr > 0:
+            raise InputError(f"--lr {self.lr} must be positive")
+        return self
+
+
+def _atomic_dir(target: Path, write) -> None:
+    """write(tmp) then swap it in: a kill leaves either the old folder or the new one."""
+    tmp, old = target.with_name(target.name + ".tmp"), target.with_name(target.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _existing(target: Path) -> Path | None:
+    old = target.with_name(target.name + ".old")
+    return target if target.exists() else (old if old.exists() else None)  # killed between the renames
+
+
+def _save_optimizer(optimizer, folder: Path) -> None:
+    """The optimizer's state and the torch RNG as safetensors, its settings as JSON."""
+    import torch
+    from safetensors.torch import save_file
+
+    sd = optimizer.state_dict()
+    tensors = {f"{i}.{name}": t.contiguous() for i, st in sd["state"].items() for name, t in st.items()}
+    save_file(tensors | {"rng": torch.get_rng_state()}, str(folder / "optimizer.safetensors"))
+    (folder / "optimizer.json").write_text(json.dumps(sd["param_groups"]))
+
+
+def _load_optimizer(optimizer, folder: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    state: dict = {}
+    for key, t in load_file(str(folder / "optimizer.safetensors")).items():
+        if key == "rng":
+            torch.set_rng_state(t)
+        else:
+            i, name = key.split(".", 1)
+            state.setdefault(int(i), {})[name] = t
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads((folder / "optimizer.json").read_text())})
+
+
+class Finetune:
+    """Everything one fine-tune needs, built where it runs (the Ray task)."""
+
+    def __init__(self, spec: FinetuneSpec, folder: Path, log=print):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from scanner.scoring.hf import auto_device, auto_dtype
+        from scanner.scoring.interface import TextTokenizer
+
+        self.spec, self.folder, self.log = spec, Path(folder), log
+        self.device = auto_device()
+        if self.device == "cpu":  # Ray gives a 1-CPU task one thread; the fine-tune is the node's only work
+            torch.set_num_threads(len(os.sched_getaffinity(0)))
+        ckpt = _existing(self.folder / "checkpoint")
+        torch.manual_seed(spec.seed)  # the LoRA initialisation, then the RNG state of a checkpoint
+        common = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(spec.model, **common)
+        # LoRA: a frozen base in the scan's dtype; full: fp32 weights, so small updates are not rounded away
+        dtype = auto_dtype(self.device) if spec.method == "lora" else torch.float32
+        if spec.method == "full" and ckpt is not None:
+            model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(spec.model, dtype=dtype, **common)
+        if spec.method == "lora":
+            from peft import LoraConfig, PeftModel, get_peft_model
+
+            if ckpt is not None:
+                model = PeftModel.from_pretrained(model, ckpt, is_trainable=True)
+            else:
+                model = get_peft_model(model, LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=0.0,
+                                                         target_modules="all-linear", task_type="CAUSAL_LM"))
+        self.model = model.to(self.device)
+        window = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+        self.tokenize = TextTokenizer(self.tokenizer, min(x for x in (spec.max_length, window) if x))
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.lr,
+                                           weight_decay=0.0)
+        self.state = {"step": 0, "losses": [], "tokens": 0, "seconds": 0.0, "resumed_from": None}
+        if ckpt is not None:
+            _load_optimizer(self.optimizer, ckpt)
+            self.state = json.loads((ckpt / "state.json").read_text())
+            self.state["resumed_from"] = self.state["step"]
+            log(f"fine-tune: continuing from the checkpoint at step {self.state['step']}")
+
+    def _batch(self, ids: list[list[int]]):
+        import torch
+
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.tokenize.prefix_id or 0)
+        T = max(map(len, ids))
+        x = torch.full((len(ids), T), pad)
+        labels = torch.full((len(ids), T), -100)
+        for i, r in enumerate(ids):
+            x[i, :len(r)] = torch.tensor(r)
+            labels[i, :len(r)] = torch.tensor(r)
+        return x.to(self.device), (labels != -100).long().to(self.device), labels.to(self.device)
+
+    def _save(self, target: Path, with_optimizer: bool) -> None:
+
+        def write(tmp: Path) -> None:
+            self.model.save_pretrained(tmp)
+            if with_optimizer:
+                _save_optimizer(self.optimizer, tmp)
+                (tmp / "state.json").write_text(json.dumps(self.state))
+            else:
+                self.tokenizer.save_pretrained(tmp)
+
+        _atomic_dir(target, write)
+
+    def run(self, texts: list[str], stream: list[int]) -> dict:
+        ids, _ = self.tokenize(texts)
+        size = self.spec.batch_size
+        batches = [stream[i:i + size] for i in range(0, len(stream), size)]
+        self.model.train()
+        t0 = time.perf_counter() - self.state["seconds"]
+        for step in range(self.state["step"], len(batches)):
+            x, mask, labels = self._batch([ids[i] for i in batches[step]])
+            loss = self.model(input_ids=x, attention_mask=mask, labels=labels).loss
+            value = float(loss.detach())
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            self.state["step"] = step + 1
+            self.state["losses"].append(round(value, 5))
+            self.state["tokens"] += int(mask.sum())
+            self.state["seconds"] = time.perf_counter() - t0
+            self.log(f"fine-tune step {step + 1}/{len(batches)}: loss {value:.3f}, "
+                     f"{self.state['tokens'] / self.state['seconds']:,.0f} tokens/s")
+            if (step + 1) % self.spec.checkpoint_every == 0 and step + 1 < len(batches):
+                self._save(self.folder / "checkpoint", with_optimizer=True)
+                maybe_fail("finetune_checkpoint")
+        self._save(self.folder / "model", with_optimizer=False)
+        result = {"spec": asdict(self.spec), "steps": len(batches), "losses": self.state["losses"],
+                  "tokens": self.state["tokens"], "seconds": round(self.state["seconds"], 1),
+                  "tokens_per_second": self.state["tokens"] / max(self.state["seconds"], 1e-9),
+                  "resumed_from": self.state["resumed_from"], "device": self.device}
+        (self.folder / "log.json").write_text(json.dumps(result))
+        shutil.rmtree(self.folder / "checkpoint", ignore_errors=True)
+        return result
+
+
+def finetune(spec: dict, texts: list[str], stream: list[int], folder: str) -> dict:
+    """The task body: resumes a checkpoint of the same spec, refuses one of another."""
+    spec_ = FinetuneSpec(**spec)
+    folder_ = Path(folder)
+    log_file = folder_ / "log.json"
+    if log_file.is_file():
+        done = json.loads(log_file.read_text())
+        if done["spec"] != spec:
+            raise InputError(f"{folder}: fine-tuned with other settings ({done['spec']}); use a new --out")
+        return done | {"skipped": True}
+    folder_.mkdir(parents=True, exist_ok=True)
+    spec_file = folder_ / "spec.json"
+    if spec_file.is_file() and json.loads(spec_file.read_text()) != spec:
+        raise InputError(f"{folder}: a fine-tune with other settings was started here; use a new --out")
+    spec_file.write_text(json.dumps(spec))
+    return Finetune(spec_, folder_, log=lambda m: print(m, flush=True)).run(texts, stream)
+
+
+def finetune_on_ray(spec: FinetuneSpec, texts: list[str], stream: list[int], folder: Path) -> dict:
+    import ray
+
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(finetune)
+    try:
+        return ray.get(task.remote(asdict(spec), texts, stream, str(Path(folder).resolve())))
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, InputError):
+            raise InputError(str(e.cause)) from None
+        raise

@@ -1,0 +1,223 @@
+"""`scanner calibrate` as a library call: split -> blind baseline -> fine-tune -> scan -> train
+-> measure per exposure group -> report. Every step resumes: the split is a function of the ids
+and the seed, the baseline is kept per split, the fine-tune continues from its checkpoint, the
+scan is an ordinary run folder.
+
+  <out>/set.parquet       sample_id, text, source, label (1 = member), exposure (0 = non-member)
+  <out>/baseline.json     the blind baseline on that split (text only), keyed by the split's hash
+  <out>/finetune/         scanner.calibrate.finetune
+  <out>/scan/             the scan of the set under the tuned copy (scanner.runfolder)
+  <out>/detector/         a `scanner train` folder, its scan settings those of the ORIGINAL model,
+                          plus calibration.json: how its operating point was measured
+  <out>/metrics.json, report.md, report.html
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from scanner.baseline.run import run_baseline, verdict
+from scanner.calibrate.finetune import FinetuneSpec, finetune_on_ray
+from scanner.calibrate.split import calibration_split, training_stream
+from scanner.config import ScanConfig
+from scanner.corpus import Columns, read_corpus
+from scanner.detector.data import available_classic, member_score
+from scanner.detector.folder import KINDS, DetectorFolder
+from scanner.detector.train import train_on_ray
+from scanner.errors import InputError
+from scanner.evaluate import BASELINE
+from scanner.metrics import summarize
+from scanner.report import TPR_NOTE, fmt, fmt_auc, fmt_tpr, line_png, write_report
+from scanner.runfolder import RunFolder
+from scanner.scan import run_scan
+from scanner.scoring.factory import check_model_path
+
+CROSS_FIT_FOLDS = 5
+SCAN_SHARD_ROWS = 100
+EVALUATED_ON = (f"every sample of the set: the detectors' scores cross-fitted ({CROSS_FIT_FOLDS} folds, each sample "
+                "scored by detectors that never saw it), the blind baseline's out of fold")
+CAVEAT = ("The operating point was measured on members that a fine-tune of this model saw a known number of times. "
+          "That approximates, but is not, pretraining exposure: pretraining sees a text among far more data, "
+          "at other learning rates, and usually fewer times, so the detector's TPR on pretraining members is "
+          "likely lower than measured here. The FPR, measured on text the model never saw, carries over.")
+
+
+def _baseline(split: pl.DataFrame, out: Path, seed: int, progress) -> dict:
+    """The blind baseline on the split, computed once per split."""
+    key = hashlib.sha256(json.dumps([split["sample_id"].to_list(), split["label"].to_list(), seed]).encode()).hexdigest()
+    path = out / "baseline.json"
+    if path.is_file() and json.loads(path.read_text()).get("split_hash") == key:
+        return json.loads(path.read_text())
+    progress(f"blind baseline on the random split ({split.height} texts, nested CV, text only)")
+    m = run_baseline(split.select("sample_id", "label", "source", "text"), seed=seed, n_boot=1000,
+                     progress=progress).metrics
+    result = {"split_hash": key, "auc": m["auc"], "auc_ci": m["auc_ci"], "best_model": m["best_model"],
+              "verdict": verdict(m["auc_ci"])}
+    path.write_text(json.dumps(result))
+    return result
+
+
+def _scan_config(cfg: ScanConfig, spec: FinetuneSpec, tuned: Path) -> ScanConfig:
+    """The tuned copy: base + adapter (LoRA) or the saved checkpoint (full); the set's columns;
+    small shards, so that a scan of a few hundred texts under a big model shows progress and
+    resumes after a kill without redoing most of it."""
+    columns = dict(text_col="text", label_col="label", id_col="sample_id", source_col="source",
+                   shard_size=min(cfg.shard_size, SCAN_SHARD_ROWS))
+    if spec.method == "lora":
+        return replace(cfg, adapter=str(tuned), **columns)
+    return replace(cfg, model=str(tuned), revision=None, adapter=None, **columns)
+
+
+def all_scores(scan: Path, detectors: DetectorFolder, split: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+    """Every sample of the set with its exposure, and every member score (higher = member) of
+    every sample: the classic ones, both detectors cross-fitted, the blind baseline out of fold."""
+    df = RunFolder.existing(scan).features().join(split.select("sample_id", "exposure"), on="sample_id")
+    df = df.join(detectors.crossfit_scores(), on="sample_id").join(
+        detectors.baseline_scores().rename({"score": "_baseline"}), on="sample_id")
+    if df.height != split.height:
+        raise InputError(f"{scan}: {df.height} of the {split.height} samples of the set have every score")
+    scores = {name: member_score(df, name) for name in available_classic(df)}
+    scores |= {f"{kind} detector": df[kind].to_numpy() for kind in KINDS}
+    scores[BASELINE] = df["_baseline"].to_numpy()
+    return df.select("sample_id", "label", "exposure"), scores
+
+
+def by_exposure(samples: pl.DataFrame, scores: dict, epochs: int, n_boot: int, seed: int) -> dict:
+    """Every score per exposure group (its members against all non-members, named by the times
+    its members were seen in all epochs) and overall."""
+    exposure = samples["exposure"].to_numpy()
+    y = samples["label"].to_numpy().astype(int)
+    groups = {"overall": np.ones(len(y), bool)}
+    for e in sorted(set(exposure[exposure > 0].tolist())):
+        groups[f"seen {e * epochs}x"] = (exposure == e) | (exposure == 0)
+    return {group: {name: summarize(y[m], s[m], n_boot=n_boot, seed=seed) for name, s in scores.items()}
+            for group, m in groups.items()}
+
+
+def _split(heldout: list[str], columns: Columns, members_fraction: float, exposures: list[int], seed: int,
+           out: Path, progress) -> tuple[pl.DataFrame, dict]:
+    corpus = read_corpus(heldout, replace(columns, label=None), progress=progress)
+    split, repeated = calibration_split(corpus.samples, members_fraction, exposures, seed)
+    split.write_parquet(out / "set.parquet")
+    counts = {"read": corpus.counts["read"], "quarantined": corpus.counts["quarantined"], "repeated_texts": repeated,
+              "members": int(split["label"].sum()), "non_members": int((split["label"] == 0).sum()),
+              "per_exposure": {str(e): int((split["exposure"] == e).sum()) for e in exposures}}
+    progress(f"split: {counts['members']} members in {len(exposures)} exposure groups, {counts['non_members']} "
+             f"non-members ({repeated} rows repeating an earlier text left out)")
+    return split, counts
+
+
+def _checked_baseline(split: pl.DataFrame, out: Path, seed: int, progress) -> dict:
+    """The blind baseline must be at chance on a random split; else the run stops here."""
+    baseline = _baseline(split, out, seed, progress)
+    lo, hi = baseline["auc_ci"]
+    progress(f"blind baseline on the split: AUC {baseline['auc']:.3f} [{lo:.3f}, {hi:.3f}]")
+    if lo > 0.5:
+        raise InputError(f"the blind baseline tells the random members from non-members by their text alone (AUC "
+                         f"{baseline['auc']:.3f}, 95% CI [{lo:.3f}, {hi:.3f}]): the held-out set holds near-duplicates "
+                         f"or a reader mixes columns. An honest random split trips this nominally 1 time in 40: if the "
+                         f"data is clean, try another --seed")
+    return baseline
+
+
+def _finetune(split: pl.DataFrame, spec: FinetuneSpec, out: Path, progress) -> dict:
+    members = split.filter(pl.col("label") == 1)
+    stream = training_stream(members["exposure"].to_list(), spec.epochs, spec.seed)
+    progress(f"fine-tuning ({spec.method}) {spec.model} on {members.height} members: {len(stream)} texts, "
+             f"{-(-len(stream) // spec.batch_size)} steps")
+    tuned = finetune_on_ray(spec, members["text"].to_list(), stream, out / "finetune")
+    progress(f"fine-tune done: {tuned['steps']} steps, final loss {tuned['losses'][-1]:.3f}, "
+             f"{tuned['tokens_per_second']:,.0f} tokens/s" + (" (done before)" if tuned.get("skipped") else ""))
+    return tuned
+
+
+def _detectors(out: Path, scan_cfg: ScanConfig, target: ScanConfig, calibration: dict, seed: int,
+               progress) -> DetectorFolder:
+    """Trained on the tuned copy's scan (unless done for this very scan run), then labelled for
+    use on the target model: a sweep or nightly run with it scores the target, same features."""
+    folder = DetectorFolder(out / "detector")
+    run_id = RunFolder.existing(out / "scan").run_id
+    if folder.calibration == calibration and folder.split.get("run_id") == run_id:
+        progress("detectors: trained before on this scan")
+        return folder
+    progress("training the detectors on the tuned copy's features (and cross-fitted scores of every sample)")
+    train_on_ray(str(out / "scan"), str(folder.path), seed=seed, cross_fit_folds=CROSS_FIT_FOLDS)
+    folder.write_scan_config(asdict(replace(scan_cfg, model=target.model, revision=target.revision,
+                                            adapter=target.adapter)))
+    folder.write_calibration(calibration)  # last: marks the folder complete
+    return folder
+
+
+def run_calibration(heldout: list[str], out: str, cfg: ScanConfig, spec: FinetuneSpec, exposures: list[int],
+                    members_fraction: float = 0.5, seed: int = 0, columns: Columns = Columns(label=None),
+                    progress: Callable[[str], None] = print) -> dict:
+    import ray
+
+    check_model_path(cfg.model)  # before any work, not when the scan's actors load it
+    out_ = Path(out)
+    out_.mkdir(parents=True, exist_ok=True)
+    split, counts = _split(heldout, columns, members_fraction, exposures, seed, out_, progress)
+    baseline = _checked_baseline(split, out_, seed, progress)
+    if not ray.is_initialized():
+        ray.init()
+    tuned = _finetune(split, spec, out_, progress)
+    scan_cfg = _scan_config(cfg, spec, out_ / "finetune" / "model")
+    scanned = run_scan([str(out_ / "set.parquet")], out_ / "scan", scan_cfg, progress=progress)
+    failed = [e for e in scanned["shards"] if e["state"] == "failed"]
+    if failed:
+        raise InputError(f"the scan under the tuned copy failed: {failed[0]['error']}; run the command again")
+    calibration = {"operating_point_from": "controlled contamination", "method": spec.method,
+                   "exposures": exposures, "epochs": spec.epochs, "seen_times": [e * spec.epochs for e in exposures],
+                   "tuned_model": str(out_ / "finetune" / "model"), "members": counts["members"],
+                   "non_members": counts["non_members"]}
+    detectors = _detectors(out_, scan_cfg, cfg, calibration, seed, progress)
+    samples, scores = all_scores(out_ / "scan", detectors, split)
+    groups = by_exposure(samples, scores, spec.epochs, n_boot=1000, seed=seed)
+    metrics = {"task": "calibrate", "model": cfg.model, "counts": counts, "blind_baseline": baseline,
+               "finetune": {k: v for k, v in tuned.items() if k != "losses"} | {"final_loss": tuned["losses"][-1]},
+               "evaluated_on": EVALUATED_ON, "by_exposure": groups,
+               "detectors": {k: {"threshold": detectors.detector_meta(k)["threshold"],
+                                 "operating_point": detectors.detector_meta(k)["info"]["operating_point"]}
+                             for k in detectors.kinds()},
+               "calibration": calibration, "caveat": CAVEAT}
+    write_report(out_, "Calibration by controlled contamination", _blocks(metrics, tuned["losses"]), metrics)
+    return metrics
+
+
+def _blocks(m: dict, losses: list[float]) -> list:
+    c, b, f = m["counts"], m["blind_baseline"], m["finetune"]
+    groups = m["by_exposure"]
+    top = max((g for g in groups if g != "overall"), key=lambda g: int(g.split()[1][:-1]), default="overall")
+    detector_auc = {k: groups[top][f"{k} detector"]["auc"] for k in m["detectors"] if f"{k} detector" in groups[top]}
+    classic = max((n for n in groups[top] if "detector" not in n and n != BASELINE), key=lambda n: groups[top][n]["auc"])
+    blocks = [("p", f"Model {m['model']}. At the highest exposure ({top}) the detectors reach AUC "
+                    + ", ".join(f"{k} {fmt(a)}" for k, a in detector_auc.items())
+                    + f" (best single score: {classic}, {fmt(groups[top][classic]['auc'])}); the blind baseline on "
+                      f"the same random split: AUC {fmt(b['auc'])} "
+                      f"[{fmt(b['auc_ci'][0])}, {fmt(b['auc_ci'][1])}] (at chance, as it must be)."),
+              ("p", "Caveat: " + m["caveat"]),
+              ("h2", "Split"),
+              ("p", f"{c['read']} held-out rows read, {c['quarantined']} quarantined, {c['repeated_texts']} repeating an "
+                    f"earlier text left out; {c['members']} members ("
+                    + ", ".join(f"{n} seen {int(e) * f['spec']['epochs']}x" for e, n in c["per_exposure"].items())
+                    + f"), {c['non_members']} non-members, at random by sample id."),
+              ("h2", "Fine-tune"),
+              ("p", f"{f['spec']['method']}, {f['spec']['epochs']} epoch(s), learning rate {f['spec']['lr']:g}, batch "
+                    f"{f['spec']['batch_size']}: {f['steps']} steps, final loss {fmt(f['final_loss'])}, "
+                    f"{f['tokens_per_second']:,.0f} tokens/s on {f['device']}."),
+              ("img", "finetune_loss.png", line_png({"training loss": losses}, "step", "loss")),
+              ("h2", "Membership signal by exposure"),
+              ("p", f"Each group's members against all non-members, on {m['evaluated_on']}. " + TPR_NOTE)]
+    for group, scores in groups.items():
+        blocks.append(("h2", group))
+        blocks.append(("table", ["score", "AUC [95% CI]", "TPR@0.1%FPR", "TPR@1%FPR", "TPR@5%FPR"],
+                       [[name + (" (text only)" if name == BASELINE else ""), fmt_auc(s), fmt_tpr(s, "0.001"),
+                         fmt_tpr(s, "0.01"), fmt_tpr(s, "0.05")] for name, s in scores.items()]))
+    return blocks

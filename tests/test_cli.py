@@ -81,6 +81,7 @@ def test_unlabelled_data_and_bad_options_exit_2(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.timeout(2400)
 def test_demo_runs_the_embedded_default(tmp_path):
     """Known membership: the detectors, on held-out samples, are as good as the best classic score;

@@ -56,6 +56,8 @@ def train_tiny_gpt2(members: list[str], all_texts: list[str], out_dir: Path, tar
     epoch count). Saves a standard HF checkpoint in out_dir, loadable by from_pretrained."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from scanner.scoring.hf import right_padded
+
     torch.manual_seed(seed)
     hf_tok = bpe_tokenizer(all_texts, vocab)
     config = GPT2Config(vocab_size=len(hf_tok), n_positions=256, n_embd=width, n_layer=layers, n_head=4,
@@ -71,14 +73,8 @@ def train_tiny_gpt2(members: list[str], all_texts: list[str], out_dir: Path, tar
         losses = []
         order = rng.permutation(len(seqs))
         for start in range(0, len(seqs), 16):
-            rows = [seqs[i] for i in order[start:start + 16]]
-            T = max(map(len, rows))
-            ids = torch.full((len(rows), T), bos)
-            labels = torch.full((len(rows), T), -100)
-            for i, r in enumerate(rows):
-                ids[i, :len(r)] = torch.tensor(r)
-                labels[i, :len(r)] = torch.tensor(r)
-            loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+            ids, mask = right_padded([seqs[i] for i in order[start:start + 16]], bos)
+            loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -139,17 +139,12 @@ class Finetune:
             self.state["resumed_from"] = self.state["step"]
             log(f"fine-tune: continuing from the checkpoint at step {self.state['step']}")
 
-    def _batch(self, ids: list[list[int]]):
-        import torch
+    def _batch(self, rows: list[list[int]]):
+        from scanner.scoring.hf import right_padded
 
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.tokenize.prefix_id or 0)
-        T = max(map(len, ids))
-        x = torch.full((len(ids), T), pad)
-        labels = torch.full((len(ids), T), -100)
-        for i, r in enumerate(ids):
-            x[i, :len(r)] = torch.tensor(r)
-            labels[i, :len(r)] = torch.tensor(r)
-        return x.to(self.device), (labels != -100).long().to(self.device), labels.to(self.device)
+        ids, mask = right_padded(rows, self.tokenize.pad_id)
+        labels = ids.masked_fill(mask == 0, -100)  # no loss on padding
+        return ids.to(self.device), mask.to(self.device), labels.to(self.device)
 
     def _save(self, target: Path, with_optimizer: bool) -> None:
 

@@ -30,6 +30,17 @@ LOGITS_CHUNK_BYTES = {"cpu": 8 << 20, "cuda": 512 << 20}
 DEFAULT_BATCH_TOKENS = {"cpu": 1024, "cuda": 16384}
 
 
+def right_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows padded on the right to the longest one, and the mask of the real tokens."""
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
 def auto_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -63,8 +74,6 @@ class HFScorer:
         window = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
         self.max_length = min(x for x in (max_length, window, 1 << 20) if x)
         self.tokenize = TextTokenizer(self.tokenizer, self.max_length)
-        tok = self.tokenizer
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (self.tokenize.prefix_id or 0)
         self.base = getattr(self.model, self.model.base_model_prefix)
         self.head = self.model.get_output_embeddings()
         self.split_head = self._split_head_matches()
@@ -89,12 +98,8 @@ class HFScorer:
 
     @torch.no_grad()
     def _score_batch(self, batch: list[list[int]]) -> list[tuple]:
-        B, T = len(batch), max(len(r) for r in batch)
-        ids = torch.full((B, T), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((B, T), dtype=torch.long)
-        for i, r in enumerate(batch):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
+        ids, mask = right_padded(batch, self.tokenize.pad_id)
+        B, T = ids.shape
         ids, mask = ids.to(self.device), mask.to(self.device)
         hidden, logits_of = self._hidden_and_logits_fn(ids, mask)
         m = mask.unsqueeze(-1).to(hidden.dtype)

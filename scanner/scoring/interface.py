@@ -36,6 +36,8 @@ class TextTokenizer:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        # padding is masked everywhere, so any id does; the tokenizer's own when it has one
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.prefix_id or 0)
 
     def __call__(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
         enc = self.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]

@@ -56,7 +56,8 @@ def cmd_train(args) -> int:
 
     info = train_on_ray(args.features, args.out, seed=args.seed, target_fpr=args.target_fpr)
     for kind, d in info["detectors"].items():
-        print(f"{kind} detector: validation AUC {d['best_val_auc']:.3f} after {d['epochs']} epochs, "
+        form = f" ({d['form']})" if "form" in d else ""
+        print(f"{kind} detector{form}: validation AUC {d['best_val_auc']:.3f} after {d['epochs']} epochs, "
               f"threshold {d['threshold']:.4f} at {args.target_fpr:.1%} FPR")
     print(f"blind baseline (nested CV over the same texts): AUC {info['baseline']['auc']:.3f}, "
           f"{info['baseline']['best_model']}")
@@ -200,6 +201,28 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_infer(args) -> int:
+    from scanner.config import load_config
+    from scanner.detector.trained import load_trained
+    from scanner.infer.run import run_inference
+
+    if args.label_col:
+        raise InputError("infer reads no labels: the suspect set is what is tested, the reference is unseen")
+    detector = load_trained(args.detector, args.kind) if args.detector else None
+    overrides = {"model": args.model, "neighbors": args.neighbors, "seed": args.seed, "actors": args.actors,
+                 "text_col": args.text_col, "id_col": args.id_col, "source_col": args.source_col}
+    cfg = load_config(args.config, overrides, base=detector.base_config() if detector else None)
+    m = run_inference(args.data, args.reference, args.out, cfg, alpha=args.alpha, splits=args.splits, seed=args.seed,
+                      detector=detector, progress=Progress())
+    b = m["blind_baseline"]
+    print(f"blind baseline (suspect vs reference, text only): AUC {b['auc']:.3f} [{b['auc_ci'][0]:.3f}, "
+          f"{b['auc_ci'][1]:.3f}]")
+    if m["p_value"] is not None:
+        print(f"p = {m['p_value']:.3g} over {args.splits} splits; effect size {m['test']['effect_size']:.3f}")
+    print(f"verdict: {m['verdict']}; report: {args.out}/report.html")
+    return m["exit_code"]
+
+
 def cmd_nightly(args) -> int:
     from scanner.nightly import run_nightly, summary_lines
 
@@ -285,6 +308,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--actors", type=int, help=ACTORS_HELP)
     c.set_defaults(func=cmd_calibrate)
+
+    i = sub.add_parser("infer", help="dataset inference: a p-value for 'the model was trained on this set', "
+                                     "against a reference set known unseen (exit 0 not shown, 1 seen, 2 invalid)")
+    _add_corpus_args(i, labels_by_default=False)
+    i.add_argument("--reference", nargs="+", required=True,
+                   help="files of the same distribution as the suspect set that the model cannot have seen")
+    i.add_argument("--model", help="hub id or local path of a causal LM")
+    i.add_argument("--out", required=True, help="output folder (re-running resumes the scans)")
+    i.add_argument("--config", help="YAML or TOML file with scan options")
+    i.add_argument("--detector", help="a `scanner train` / `calibrate` folder: adds its probability as a feature "
+                                      "and estimates the seen fraction")
+    i.add_argument("--kind", default="auto", choices=["auto", "fimmia", "tabular"])
+    i.add_argument("--alpha", type=float, default=0.01, help="significance level of the verdict (default 0.01)")
+    i.add_argument("--splits", type=int, default=10, help="random half-splits combined into the p-value (default 10)")
+    i.add_argument("--neighbors", type=int, help="neighbors per text (default 24)")
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--actors", type=int, help=ACTORS_HELP)
+    i.set_defaults(func=cmd_infer)
 
     n = sub.add_parser("nightly", help="check a checkpoint's eval sets for contamination; compare with the last run "
                                        "(exit 0 clean, 1 contaminated or worse, 2 errors)")

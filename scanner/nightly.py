@@ -7,12 +7,20 @@ One config file, the same YAML/TOML as `scanner scan --config` plus these keys:
     eval_sets:                           # each: name, data (files, folders, globs), optional columns
       - {name: wikimia_128, data: [/evals/wikimia/128.jsonl], text_col: input}
       - {name: mmlu, data: ["/evals/mmlu/*.parquet"]}
+      - {name: qa, data: [/evals/qa.jsonl], reference: [/evals/qa_after_cutoff.jsonl]}
     contamination_threshold: 0.05        # contaminated: the 95% CI of the seen fraction lies above it
     max_increase: 0.05                   # worse: the estimate rose more than this since the last run
+    alpha: 0.01                          # sets with a reference: contaminated when the set test's
+                                         # p-value, Holm-adjusted over the run's sets, is below it
 
 Per set: a membership scan whose scoring actors also apply the detector (the engine, as a sweep
-does), the flags turned into an estimated seen fraction (scanner.contamination), and, where the set has member/non-member labels, the leakage baseline
-and every MIA score next to it (scanner.evaluate). Each night writes OUT/<run name>/ and is
+does), the flags turned into an estimated seen fraction (scanner.contamination), and, where the
+set has member/non-member labels, the leakage baseline and every MIA score next to it
+(scanner.evaluate). A set that names a `reference` (text of the same distribution the model
+cannot have seen) also gets dataset inference (scanner.infer): the blind baseline checks that
+the two sets are comparable (if not, the set's status is "invalid": exit 2), the reference is
+scanned the same way, and the set test's p-value, Holm-adjusted over the sets of the run, makes
+the set contaminated when it is below `alpha`. Each night writes OUT/<run name>/ and is
 compared with the newest earlier run in OUT that has a metrics.json (or --previous).
 
 Exit codes: 0 every set clean; 1 some set contaminated or worse than the previous run; 2 some
@@ -26,21 +34,25 @@ import json
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from scanner.config import load_config, read_config_file
 from scanner.contamination import contaminated_fraction
+from scanner.corpus import Columns
 from scanner.detector.trained import TrainedDetector, calibration_note, load_trained
 from scanner.engine import RunKind, run_shards
 from scanner.errors import InputError
+from scanner.infer.run import INVALID, NOT_SHOWN, SEEN, compare_runs, shift_check
+from scanner.infer.stats import DEFAULT_SPLITS
 from scanner.provenance import package_versions
-from scanner.report import fmt, fmt_fraction, write_report
+from scanner.report import fmt, fmt_auc, fmt_fraction, write_report
 from scanner.runfolder import RunFolder
 
-NIGHTLY_KEYS = ("detector", "eval_sets", "contamination_threshold", "max_increase")
-SET_KEYS = ("name", "data", "text_col", "label_col", "id_col", "source_col")
-EXIT = {"clean": 0, "contaminated": 1, "worse": 1, "error": 2}
+NIGHTLY_KEYS = ("detector", "eval_sets", "contamination_threshold", "max_increase", "alpha")
+SET_KEYS = ("name", "data", "reference", "text_col", "label_col", "id_col", "source_col")
+EXIT = {"clean": 0, "contaminated": 1, "worse": 1, "invalid": 2, "error": 2}
 
 
 def load_nightly(path: str) -> tuple[dict, list[dict], dict]:
@@ -58,9 +70,13 @@ def load_nightly(path: str) -> tuple[dict, list[dict], dict]:
         if s["name"] in names or "/" in str(s["name"]):
             raise InputError(f"{path}: eval_sets[{i}]: name {s['name']!r} is repeated or contains '/'")
         names.add(s["name"])
-        s["data"] = [s["data"]] if isinstance(s["data"], str) else list(s["data"])
+        for key in ("data", "reference"):
+            if key in s:
+                s[key] = [s[key]] if isinstance(s[key], str) else list(s[key])
     settings = {"detector": raw["detector"], "contamination_threshold": float(raw.get("contamination_threshold", 0.05)),
-                "max_increase": float(raw.get("max_increase", 0.05))}
+                "max_increase": float(raw.get("max_increase", 0.05)), "alpha": float(raw.get("alpha", 0.01))}
+    if not 0 < settings["alpha"] < 1:
+        raise InputError(f"{path}: alpha must lie in (0, 1), not {settings['alpha']}")
     scan_options = {k: v for k, v in raw.items() if k not in NIGHTLY_KEYS}
     return settings, sets, scan_options
 
@@ -101,10 +117,7 @@ def check_set(spec: dict, run_dir: Path, detector: TrainedDetector, scan_options
     columns = {k: spec[k] for k in ("text_col", "label_col", "id_col", "source_col") if k in spec}
     cfg = load_config(None, overrides | columns, base=detector.base_config() | scan_options)
     detector.check_usable_with(cfg)
-    manifest = run_shards(spec["data"], str(set_dir / "scan"), cfg, RunKind("scan", detector=detector.spec), progress)
-    if manifest["counts"]["shards_failed"]:
-        failed = next(e for e in manifest["shards"] if e["state"] == "failed")
-        raise InputError(f"{failed['uri']}: {failed['error']}")
+    manifest = _scan(spec["data"], set_dir / "scan", cfg, detector, progress)
     feats = RunFolder(set_dir / "scan").features(columns=["sample_id", "label", "flagged"])
     result = {"data": spec["data"], "counts": manifest["counts"],
               "contamination": contaminated_fraction(int(feats["flagged"].sum()), feats.height, detector.operating_point)}
@@ -120,6 +133,8 @@ def check_set(spec: dict, run_dir: Path, detector: TrainedDetector, scan_options
                               "best_mia_auc": m["scores"][m["best_mia"]]["auc"],
                               "mia_beats_baseline": m["mia_beats_baseline"], "conclusion": m["conclusion"],
                               "report": str(set_dir / "evaluate" / "report.html")}
+    if "reference" in spec:
+        result["inference"] = _inference(spec, set_dir, cfg, detector, seed, progress)
     if not result["contamination"]["estimable"]:
         raise InputError("the detector's operating point is too uncertain to estimate a seen fraction")
     before = ((previous or {}).get("sets", {}).get(spec["name"], {}).get("contamination") or {}).get("estimate")
@@ -127,7 +142,55 @@ def check_set(spec: dict, run_dir: Path, detector: TrainedDetector, scan_options
     result["change"] = None if before is None else result["contamination"]["estimate"] - before
     result["status"] = set_status(result["contamination"], before, settings["contamination_threshold"],
                                   settings["max_increase"])
+    if result.get("inference", {}).get("verdict") == INVALID:
+        result["status"] = "invalid"
     return result
+
+
+def _scan(data: list[str], folder: Path, cfg, detector: TrainedDetector, progress) -> dict:
+    manifest = run_shards(data, str(folder), cfg, RunKind("scan", detector=detector.spec), progress)
+    if manifest["counts"]["shards_failed"]:
+        failed = next(e for e in manifest["shards"] if e["state"] == "failed")
+        raise InputError(f"{failed['uri']}: {failed['error']}")
+    return manifest
+
+
+def _inference(spec: dict, set_dir: Path, cfg, detector: TrainedDetector, seed: int, progress) -> dict:
+    """Dataset inference against the set's reference (scanner.infer); the p-value is adjusted
+    over the run's sets afterwards (holm)."""
+    columns = Columns(text=cfg.text_col, label=None, id=cfg.id_col, source=cfg.source_col)
+    shift = shift_check(spec["data"], spec["reference"], columns, seed, progress)
+    if not shift["verdict"]["usable_for_mia"]:
+        return {"verdict": INVALID, "p_value": None, "blind_baseline": shift}
+    progress(f"{spec['name']}: scanning its reference {' '.join(spec['reference'])}")
+    _scan(spec["reference"], set_dir / "reference", replace(cfg, label_col=None), detector, progress)
+    result = compare_runs(RunFolder(set_dir / "scan"), RunFolder(set_dir / "reference"), detector, DEFAULT_SPLITS, seed)
+    progress(f"{spec['name']}: set test p = {result['p_value']:.3g}")
+    return {"p_value": result["p_value"], "effect_size": result["test"]["effect_size"],
+            "seen_fraction": result["seen_fraction"], "n": result["n"], "blind_baseline": shift}
+
+
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down adjustment: controls the family-wise error over the sets of one run."""
+    names = sorted(p_values, key=p_values.get)
+    adjusted, running = {}, 0.0
+    for i, name in enumerate(names):
+        running = max(running, min(1.0, (len(names) - i) * p_values[name]))
+        adjusted[name] = running
+    return adjusted
+
+
+def apply_set_tests(results: dict, alpha: float) -> None:
+    """Holm over the sets whose set test ran; a clean set with an adjusted p below alpha is
+    contaminated (worse, invalid and error stay as they are)."""
+    tested = {name: r["inference"]["p_value"] for name, r in results.items()
+              if (r.get("inference") or {}).get("p_value") is not None}
+    for name, p in holm(tested).items():
+        inference = results[name]["inference"]
+        inference["p_holm"] = p
+        inference["verdict"] = SEEN if p < alpha else NOT_SHOWN
+        if inference["verdict"] == SEEN and results[name]["status"] == "clean":
+            results[name]["status"] = "contaminated"
 
 
 def run_nightly(config: str, out: str, run_name: str | None = None, previous: str | None = None,
@@ -155,9 +218,10 @@ def run_nightly(config: str, out: str, run_name: str | None = None, previous: st
                                      "traceback": traceback.format_exc()}
         r = results[spec["name"]]
         progress(f"eval set {spec['name']}: {r['status']}" + (f" ({r['error']})" if "error" in r else ""))
+    apply_set_tests(results, settings["alpha"])
     code = exit_code([r["status"] for r in results.values()])
     metrics = {"run": run_name, "model": model or scan_options.get("model") or detector.scan_config["model"],
-               "detector": {"path": settings["detector"], "kind": detector.kind,
+               "detector": {"path": settings["detector"], "kind": detector.kind, "name": detector.name,
                             "operating_point": vars(detector.operating_point), "calibration": detector.calibration},
                "settings": settings, "previous": prev_path, "sets": results, "exit_code": code,
                "wall_seconds": round(time.perf_counter() - t0, 1), "versions": package_versions()}
@@ -172,13 +236,14 @@ def nightly_blocks(m: dict) -> list:
         c = r.get("contamination")
         lab = r.get("labelled")
         rows.append([name, r["status"], r.get("counts", {}).get("scored", "-"), fmt_fraction(c, "-"),
-                     "-" if r.get("change") is None else f"{r['change']:+.3f}",
+                     "-" if r.get("change") is None else f"{r['change']:+.3f}", _set_test_cell(r.get("inference")),
                      f"{lab['baseline_verdict']} (AUC {fmt(lab['baseline_auc'])})" if lab else "no labels"])
-    blocks = [("p", f"Model {m['model']}; detector {m['detector']['path']} ({m['detector']['kind']}). Exit code "
+    blocks = [("p", f"Model {m['model']}; detector {m['detector']['path']} ({m['detector']['name']}). Exit code "
                     f"{m['exit_code']}. Contaminated: the 95% CI of the seen fraction lies above "
                     f"{s['contamination_threshold']}; worse: the estimate rose more than {s['max_increase']} since "
                     f"{m['previous'] or 'the previous run (none found)'}."),
-              ("table", ["eval set", "status", "samples", "seen fraction [95% CI]", "change", "leakage baseline"], rows)]
+              ("table", ["eval set", "status", "samples", "seen fraction [95% CI]", "change",
+                         f"set test p, Holm (alpha {s['alpha']})", "leakage baseline"], rows)]
     if m["detector"].get("calibration"):
         blocks.insert(1, ("p", calibration_note(m["detector"]["calibration"])))
     for name, r in m["sets"].items():
@@ -189,9 +254,19 @@ def nightly_blocks(m: dict) -> list:
     return blocks
 
 
+def _set_test_cell(inference: dict | None) -> str:
+    if not inference:
+        return "no reference"
+    if inference["verdict"] == INVALID:
+        return f"invalid: the texts alone differ (AUC {fmt_auc(inference['blind_baseline'])})"
+    return f"{inference['p_holm']:.3g} ({inference['verdict']})"
+
+
 def summary_lines(m: dict) -> list[str]:
     lines = []
     for name, r in m["sets"].items():
         detail = r["error"] if "error" in r else f"seen fraction {fmt_fraction(r['contamination'], '-')}"
+        if r.get("inference"):
+            detail += f"; set test: {_set_test_cell(r['inference'])}"
         lines.append(f"{name:<24} {r['status']:<13} {detail}")
     return lines

@@ -46,6 +46,14 @@ def fmt_tpr(m: dict, fpr: str) -> str:
     return value if m["tpr_at_fpr_estimable"][fpr] else f"{value}*"
 
 
+def _png(fig) -> bytes:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], loglog: bool) -> bytes:
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for i, (name, (y, s)) in enumerate(curves.items()):
@@ -68,11 +76,7 @@ def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], loglog: bool) -> b
     ax.set_ylabel("true positive rate (members flagged)")
     ax.set_title("ROC, log-log axes" if loglog else "ROC")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def line_png(series: dict[str, list[float]], xlabel: str, ylabel: str) -> bytes:
@@ -83,11 +87,19 @@ def line_png(series: dict[str, list[float]], xlabel: str, ylabel: str) -> bytes:
     ax.set_ylabel(ylabel)
     if len(series) > 1:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
+
+
+def two_histograms_png(series: dict[str, list[float]], xlabel: str) -> bytes:
+    """Overlaid histograms of a few samples on shared bins."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    bins = np.histogram_bin_edges(np.concatenate([np.asarray(v, float) for v in series.values()]), bins=30)
+    for name, values in series.items():
+        ax.hist(values, bins=bins, alpha=0.55, label=f"{name} ({len(values)})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("samples")
+    ax.legend(fontsize=8)
+    return _png(fig)
 
 
 def _md(blocks) -> str:

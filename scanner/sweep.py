@@ -43,7 +43,7 @@ def sweep_metrics(manifest: dict, detector: TrainedDetector, cfg: ScanConfig) ->
     total_n, total_flagged = (sum(v[i] for v in sources.values()) for i in (0, 1))
     c = manifest["counts"]
     return {
-        "detector": {"kind": detector.kind, "fingerprint": detector.fingerprint, "threshold": detector.threshold,
+        "detector": {"kind": detector.kind, "name": detector.name, "fingerprint": detector.fingerprint, "threshold": detector.threshold,
                      "operating_point": asdict(op) | {"tpr": op.tpr, "fpr": op.fpr},
                      "trained_on_model": detector.scan_config["model"], "calibration": detector.calibration},
         "model": cfg.model,
@@ -59,7 +59,7 @@ def sweep_metrics(manifest: dict, detector: TrainedDetector, cfg: ScanConfig) ->
 
 def sweep_blocks(m: dict, shards: list[dict]) -> list:
     op = m["detector"]["operating_point"]
-    blocks = [("p", f"Model {m['model']}; {m['detector']['kind']} detector, threshold {fmt(m['detector']['threshold'])}. "
+    blocks = [("p", f"Model {m['model']}; {m['detector']['name']} detector, threshold {fmt(m['detector']['threshold'])}. "
                     f"On its held-out samples it flagged {op['tp']}/{op['n_pos']} members (TPR {fmt(op['tpr'])}) "
                     f"and {op['fp']}/{op['n_neg']} non-members (FPR {fmt(op['fpr'])}).")]
     if m["detector"]["calibration"]:

@@ -143,3 +143,54 @@ def test_train_and_evaluate_commands_on_local_ray(tmp_path):
     assert main(["evaluate", str(run), "--detector", str(tmp_path / "model"), "--out", str(tmp_path / "rep")]) == 0
     assert (tmp_path / "rep" / "report.html").exists()
     assert main(["evaluate", str(tmp_path / "nothing"), "--out", str(tmp_path / "rep2")]) == 2
+
+
+def _auc_of_best_single(train, test):
+    from scanner.detector.data import available_classic, member_score
+
+    best = max(available_classic(train), key=lambda c: roc_auc(train["label"].to_numpy(), member_score(train, c)))
+    return best, roc_auc(test["label"].to_numpy(), member_score(test, best))
+
+
+def test_tabular_form_is_a_learned_combination_when_signals_add_up(tmp_path):
+    from scanner.detector.select import fit_detector
+
+    y = write_fake_run(tmp_path, n=1200, signal=0.5)  # the neighbor gaps carry the signal
+    loss = 3.5 - 0.3 * y + np.random.default_rng(1).normal(0, 0.3, len(y))  # and, independently, the loss
+    df = RunFolder(tmp_path).features().with_columns(loss=pl.Series(loss))
+    parts = {k: df.filter(pl.Series(v)) for k, v in grouped_split(df, seed=0).items()}
+    det = fit_detector("tabular", parts["train"], parts["val"])
+    assert det.info["form"] in ("mlp", "linear"), det.info["form_estimates"]
+    _, single = _auc_of_best_single(parts["train"], parts["test"])
+    auc = roc_auc(parts["test"]["label"].to_numpy(), det.predict_proba(parts["test"]))
+    assert auc > single + 0.03, (auc, single)
+
+
+def test_tabular_form_falls_back_to_the_best_single_score_on_few_samples(tmp_path):
+    from scanner.detector.select import fit_detector
+
+    write_fake_run(tmp_path, n=300, seed=5, signal=2.0)
+    rng = np.random.default_rng(0)
+    perm = pl.Series(rng.permutation(300))
+    df = RunFolder(tmp_path).features()
+    # only loss (and the Min-K% scores drawn from it) carry signal; the neighbor features are noise
+    df = df.with_columns(*(pl.col(c).gather(perm) for c in ("nb_dL", "nb_cos_dist", "nb_l2", "neighborhood")))
+    parts = {k: df.filter(pl.Series(v)) for k, v in grouped_split(df, seed=0).items()}
+    det = fit_detector("tabular", parts["train"], parts["val"])
+    estimates = det.info["form_estimates"]
+    assert {"mlp", "linear", "loss", "neighborhood"} <= set(estimates)
+    assert estimates[det.info["form"]] == max(estimates.values())
+    assert det.info["form"] not in ("mlp", "linear"), estimates
+    best, single = _auc_of_best_single(parts["train"], parts["test"])
+    auc = roc_auc(parts["test"]["label"].to_numpy(), det.predict_proba(parts["test"]))
+    assert auc == pytest.approx(roc_auc(parts["test"]["label"].to_numpy(),
+                                        member_score_of(parts["test"], det.info["form"])))
+    assert auc >= single - 0.02, (auc, best, single)
+    loaded = MLPDetector.from_state(*det.state())  # the one-score form round-trips
+    np.testing.assert_array_equal(loaded.predict_proba(parts["test"]), det.predict_proba(parts["test"]))
+
+
+def member_score_of(df, name):
+    from scanner.detector.data import member_score
+
+    return member_score(df, name)

@@ -61,6 +61,31 @@ def test_clean_then_worse_then_contaminated_then_error(setup):
     assert "missing.jsonl" in (setup["root"] / "nights" / "n4" / "report.md").read_text()
 
 
+def test_a_set_with_a_reference_gets_a_p_value_and_a_shifted_pair_is_invalid(setup, tiny_lm):
+    root = setup["root"]
+    reference = root / "reference.jsonl"
+    reference.write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny_lm["non_members"][130:160]))
+    rows = [json.loads(line) for line in (resources.files("scanner") / "data" / "wikimia_128.jsonl").read_text().splitlines()]
+    for name, label in (("old", 1), ("new", 0)):
+        (root / f"wikimia_{name}.jsonl").write_text("".join(json.dumps({"text": r["input"]}) + "\n" for r in rows
+                                                            if r["label"] == label))
+    # the seen fraction alone would not call it (threshold 0.99): the set test does
+    code, m = nightly(setup, "r1", [{"name": "seen", "data": setup["seen"], "reference": str(reference)},
+                                    {"name": "unseen", "data": setup["unseen"], "reference": str(reference)},
+                                    {"name": "shifted", "data": str(root / "wikimia_old.jsonl"),
+                                     "reference": str(root / "wikimia_new.jsonl")}], contamination_threshold=0.99)
+    seen, unseen, shifted = (m["sets"][k] for k in ("seen", "unseen", "shifted"))
+    assert seen["status"] == "contaminated" and seen["inference"]["p_holm"] < 0.01, seen
+    assert unseen["status"] == "clean" and unseen["inference"]["p_holm"] > 0.05, unseen
+    # the detector's TPR with the FPR measured on the reference: all seen, none seen
+    assert seen["inference"]["seen_fraction"]["ci"][1] >= 0.95 and seen["inference"]["seen_fraction"]["estimate"] > 0.6
+    assert unseen["inference"]["seen_fraction"]["ci"][0] <= 0.05
+    assert shifted["status"] == "invalid" and shifted["inference"]["p_value"] is None
+    assert code == 2  # an invalid set is not a verdict
+    report = (root / "nights" / "r1" / "report.md").read_text()
+    assert "set test p, Holm" in report and "invalid: the texts alone differ" in report
+
+
 def test_bad_config_exits_2_naming_the_problem(setup, capsys):
     config = setup["root"] / "bad.yaml"
     config.write_text(yaml.safe_dump({"eval_sets": [{"name": "x", "data": setup["unseen"]}]}))

@@ -26,3 +26,24 @@ def test_exit_code_is_the_worst_status_and_an_error_wins():
     assert exit_code(["clean", "worse"]) == 1 and exit_code(["contaminated"]) == 1
     assert exit_code(["contaminated", "error", "clean"]) == 2
     assert exit_code([]) == 0
+
+
+def test_holm_adjusts_step_down_and_stays_monotone():
+    from scanner.nightly import holm
+
+    adjusted = holm({"a": 0.01, "b": 0.04, "c": 0.03})
+    assert adjusted == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})  # 3x, 2x, then max(1x, previous)
+    assert holm({"only": 0.2}) == {"only": 0.2} and holm({}) == {}
+
+
+def test_a_set_test_below_alpha_after_holm_makes_a_clean_set_contaminated():
+    from scanner.nightly import apply_set_tests
+
+    results = {"a": {"status": "clean", "inference": {"p_value": 0.004}},
+               "b": {"status": "clean", "inference": {"p_value": 0.02}},  # 1 x 0.02 > 0.01
+               "c": {"status": "error"},
+               "d": {"status": "invalid", "inference": {"verdict": "invalid: distribution shift", "p_value": None}}}
+    apply_set_tests(results, alpha=0.01)
+    assert results["a"]["status"] == "contaminated" and results["a"]["inference"]["p_holm"] == pytest.approx(0.008)
+    assert results["b"]["status"] == "clean" and results["b"]["inference"]["verdict"] == "not shown"
+    assert results["d"]["status"] == "invalid" and exit_code([r["status"] for r in results.values()]) == 2

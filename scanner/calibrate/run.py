@@ -4,7 +4,8 @@ and the seed, the baseline is kept per split, the fine-tune continues from its c
 scan is an ordinary run folder.
 
   <out>/set.parquet       sample_id, text, source, label (1 = member), exposure (0 = non-member)
-  <out>/baseline.json     the blind baseline on that split (text only), keyed by the split's hash
+  <out>/baseline.json     the blind baseline on that split (text only), keyed by the split's hash,
+  <out>/baseline_scores.parquet  and its out-of-fold scores (the detector folder takes them)
   <out>/finetune/         scanner.calibrate.finetune
   <out>/scan/             the scan of the set under the tuned copy (scanner.runfolder)
   <out>/detector/         a `scanner train` folder, its scan settings those of the ORIGINAL model,
@@ -40,6 +41,7 @@ from scanner.scan import run_scan
 from scanner.scoring.factory import check_model_path
 
 CROSS_FIT_FOLDS = 5
+BASELINE_SCORES = "baseline_scores.parquet"
 SCAN_SHARD_ROWS = 100
 EVALUATED_ON = (f"every sample of the set: the detectors' scores cross-fitted ({CROSS_FIT_FOLDS} folds, each sample "
                 "scored by detectors that never saw it), the blind baseline's out of fold")
@@ -50,17 +52,19 @@ CAVEAT = ("The operating point was measured on members that a fine-tune of this 
 
 
 def _baseline(split: pl.DataFrame, out: Path, seed: int, progress) -> dict:
-    """The blind baseline on the split, computed once per split."""
+    """The blind baseline on the split, computed once per split; its out-of-fold scores are kept
+    for the detector folder, so that training does not compute it again."""
     key = hashlib.sha256(json.dumps([split["sample_id"].to_list(), split["label"].to_list(), seed]).encode()).hexdigest()
     path = out / "baseline.json"
-    if path.is_file() and json.loads(path.read_text()).get("split_hash") == key:
+    if path.is_file() and (out / BASELINE_SCORES).is_file() and json.loads(path.read_text()).get("split_hash") == key:
         return json.loads(path.read_text())
     progress(f"blind baseline on the random split ({split.height} texts, nested CV, text only)")
-    m = run_baseline(split.select("sample_id", "label", "source", "text"), seed=seed, n_boot=1000,
-                     progress=progress).metrics
+    b = run_baseline(split.select("sample_id", "label", "source", "text"), seed=seed, n_boot=1000, progress=progress)
+    b.scores.select("sample_id", "score").write_parquet(out / BASELINE_SCORES)
+    m = b.metrics
     result = {"split_hash": key, "auc": m["auc"], "auc_ci": m["auc_ci"], "best_model": m["best_model"],
               "verdict": verdict(m["auc_ci"])}
-    path.write_text(json.dumps(result))
+    path.write_text(json.dumps(result))  # last: marks the baseline complete
     return result
 
 
@@ -148,7 +152,8 @@ def _detectors(out: Path, scan_cfg: ScanConfig, target: ScanConfig, calibration:
         progress("detectors: trained before on this scan")
         return folder
     progress("training the detectors on the tuned copy's features (and cross-fitted scores of every sample)")
-    train_on_ray(str(out / "scan"), str(folder.path), seed=seed, cross_fit_folds=CROSS_FIT_FOLDS)
+    train_on_ray(str(out / "scan"), str(folder.path), seed=seed, cross_fit_folds=CROSS_FIT_FOLDS,
+                 baseline_scores=str(out / BASELINE_SCORES))
     folder.write_scan_config(asdict(replace(scan_cfg, model=target.model, revision=target.revision,
                                             adapter=target.adapter)))
     folder.write_calibration(calibration)  # last: marks the folder complete
@@ -183,12 +188,16 @@ def run_calibration(heldout: list[str], out: str, cfg: ScanConfig, spec: Finetun
     metrics = {"task": "calibrate", "model": cfg.model, "counts": counts, "blind_baseline": baseline,
                "finetune": {k: v for k, v in tuned.items() if k != "losses"} | {"final_loss": tuned["losses"][-1]},
                "evaluated_on": EVALUATED_ON, "by_exposure": groups,
-               "detectors": {k: {"threshold": detectors.detector_meta(k)["threshold"],
-                                 "operating_point": detectors.detector_meta(k)["info"]["operating_point"]}
-                             for k in detectors.kinds()},
+               "detectors": {k: _saved(detectors.detector_meta(k)) for k in detectors.kinds()},
                "calibration": calibration, "caveat": CAVEAT}
     write_report(out_, "Calibration by controlled contamination", _blocks(metrics, tuned["losses"]), metrics)
     return metrics
+
+
+def _saved(meta: dict) -> dict:
+    info = meta["info"]
+    return {"threshold": meta["threshold"], "operating_point": info["operating_point"]} | (
+        {"form": info["form"], "form_estimates": info["form_estimates"]} if "form" in info else {})
 
 
 def _blocks(m: dict, losses: list[float]) -> list:
@@ -197,6 +206,7 @@ def _blocks(m: dict, losses: list[float]) -> list:
     top = max((g for g in groups if g != "overall"), key=lambda g: int(g.split()[1][:-1]), default="overall")
     detector_auc = {k: groups[top][f"{k} detector"]["auc"] for k in m["detectors"] if f"{k} detector" in groups[top]}
     classic = max((n for n in groups[top] if "detector" not in n and n != BASELINE), key=lambda n: groups[top][n]["auc"])
+    form = m["detectors"].get("tabular", {}).get("form")
     blocks = [("p", f"Model {m['model']}. At the highest exposure ({top}) the detectors reach AUC "
                     + ", ".join(f"{k} {fmt(a)}" for k, a in detector_auc.items())
                     + f" (best single score: {classic}, {fmt(groups[top][classic]['auc'])}); the blind baseline on "
@@ -215,6 +225,13 @@ def _blocks(m: dict, losses: list[float]) -> list:
               ("img", "finetune_loss.png", line_png({"training loss": losses}, "step", "loss")),
               ("h2", "Membership signal by exposure"),
               ("p", f"Each group's members against all non-members, on {m['evaluated_on']}. " + TPR_NOTE)]
+    if form:
+        blocks.insert(1, ("p", f"The saved tabular detector's form is {form}, chosen by out-of-fold AUC on its training "
+                               "samples among an MLP, a logistic regression and each classic score alone."
+                          + ("" if form in ("mlp", "linear") else
+                             " No learned combination beat that score on this many samples, so the detector is that "
+                             "score with a calibrated threshold; its cross-fitted AUC differs from the score's only by "
+                             "each fold's own probability scaling.")))
     for group, scores in groups.items():
         blocks.append(("h2", group))
         blocks.append(("table", ["score", "AUC [95% CI]", "TPR@0.1%FPR", "TPR@1%FPR", "TPR@5%FPR"],

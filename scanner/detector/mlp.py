@@ -4,12 +4,16 @@
   original loss) and its projected embedding difference, each standardised by the training
   mean and true standard deviation; a sample's score is the mean member probability over its
   neighbors.
-- "tabular": an MLP over per-sample aggregates (classic scores plus mean/std/min/max of dL and
-  embedding distances over all neighbors), so it sees the whole neighborhood at once.
+- "tabular": a model over per-sample aggregates (classic scores plus mean/std/min/max of dL and
+  embedding distances over all neighbors), so it sees the whole neighborhood at once. Its form
+  (an MLP, a logistic regression, or one classic score) is chosen in scanner.detector.select;
+  `inputs` restricts it to some aggregates, `hidden=()` makes it a logistic regression.
 
-Training: seeded, early stopping on the validation samples' AUC, then a decision threshold at
-`target_fpr` calibrated on held-out non-members. Saved as safetensors (weights and
-normalisation) + JSON (everything else): loading never unpickles anything.
+Training: an MLP is seeded and stopped early on the validation samples' AUC; a logistic
+regression (no hidden layer) is fitted to convergence by scikit-learn (L2) and its coefficients
+become the net's one layer. Then a decision threshold at `target_fpr` calibrated on held-out
+non-members. Saved as safetensors (weights and normalisation) + JSON (everything else): loading
+never unpickles anything.
 """
 
 from __future__ import annotations
@@ -35,12 +39,15 @@ def _net(n_in: int, hidden: list[int]) -> torch.nn.Sequential:
 class MLPDetector:
     def __init__(self, kind: str = "fimmia", hidden: tuple[int, ...] = (64, 32), lr: float = 1e-3,
                  weight_decay: float = 1e-4, max_epochs: int = 300, patience: int = 20, batch_size: int = 512,
-                 seed: int = 0, target_fpr: float = 0.01):
+                 seed: int = 0, target_fpr: float = 0.01, inputs: list[str] | None = None):
         if kind not in KINDS:
             raise ValueError(f"unknown detector kind {kind!r}; known: {KINDS}")
         self.kind, self.hidden, self.lr, self.weight_decay = kind, list(hidden), lr, weight_decay
         self.max_epochs, self.patience, self.batch_size, self.seed = max_epochs, patience, batch_size, seed
         self.target_fpr = target_fpr
+        if inputs is not None and kind != "tabular":
+            raise ValueError("only the tabular detector takes a subset of inputs")
+        self.inputs = list(inputs) if inputs is not None else None
         self.threshold: float | None = None
         self.info: dict = {}
 
@@ -54,6 +61,8 @@ class MLPDetector:
         if getattr(self, "feature_names", None) is not None and names != self.feature_names:
             raise ValueError(f"features differ from training: {names} vs {self.feature_names}")
         self.feature_names = names
+        if self.inputs is not None:
+            X = X[:, [names.index(c) for c in self.inputs]]
         return X, np.arange(df.height)
 
     def _scores(self, X: np.ndarray, group: np.ndarray, n: int) -> np.ndarray:
@@ -73,6 +82,8 @@ class MLPDetector:
         self.std = np.where(X.std(0) > 0, X.std(0), 1.0)  # the true std, not the variance
         torch.manual_seed(self.seed)
         self.net = _net(X.shape[1], self.hidden)
+        if not self.hidden:
+            return self._fit_linear(X, y, Xv, gv, yv, train.height, val.height)
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         Xt = torch.as_tensor((X - self.mean) / self.std, dtype=torch.float32)
         yt = torch.as_tensor(y)
@@ -97,6 +108,18 @@ class MLPDetector:
         self.net.load_state_dict(best_state)
         self.info = {"epochs": epoch, "best_val_auc": best, "n_train": train.height, "n_val": val.height,
                      "n_inputs": int(X.shape[1])}
+        return self
+
+    def _fit_linear(self, X, y, Xv, gv, yv, n_train: int, n_val: int) -> "MLPDetector":
+        from sklearn.linear_model import LogisticRegression
+
+        lr = LogisticRegression(C=1.0, max_iter=5000).fit((X - self.mean) / self.std, y)
+        with torch.no_grad():
+            self.net[0].weight.copy_(torch.as_tensor(lr.coef_, dtype=torch.float32))
+            self.net[0].bias.copy_(torch.as_tensor(lr.intercept_, dtype=torch.float32))
+        self.net.eval()
+        self.info = {"epochs": 0, "best_val_auc": roc_auc(yv, self._scores(Xv, gv, n_val)), "n_train": n_train,
+                     "n_val": n_val, "n_inputs": int(X.shape[1])}
         return self
 
     def predict_proba(self, df: pl.DataFrame) -> np.ndarray:
@@ -126,13 +149,14 @@ class MLPDetector:
         tensors["norm.std"] = torch.as_tensor(self.std, dtype=torch.float64)
         meta = {"kind": self.kind, "hidden": self.hidden, "seed": self.seed, "target_fpr": self.target_fpr,
                 "threshold": self.threshold, "feature_names": getattr(self, "feature_names", None), "info": self.info,
-                "n_inputs": int(len(self.mean))}
+                "n_inputs": int(len(self.mean)), "inputs": self.inputs}
         return tensors, meta
 
     @classmethod
     def from_state(cls, tensors: dict, meta: dict) -> "MLPDetector":
         tensors = dict(tensors)
-        det = cls(kind=meta["kind"], hidden=tuple(meta["hidden"]), seed=meta["seed"], target_fpr=meta["target_fpr"])
+        det = cls(kind=meta["kind"], hidden=tuple(meta["hidden"]), seed=meta["seed"], target_fpr=meta["target_fpr"],
+                  inputs=meta.get("inputs"))
         det.threshold, det.info, det.feature_names = meta["threshold"], meta["info"], meta["feature_names"]
         det.mean, det.std = tensors.pop("norm.mean").numpy(), tensors.pop("norm.std").numpy()
         det.net = _net(meta["n_inputs"], det.hidden)

@@ -19,10 +19,11 @@ import polars as pl
 
 from scanner.baseline.run import run_baseline
 from scanner.contamination import OperatingPoint
-from scanner.detector.data import grouped_split, split_of
+from scanner.detector.data import grouped_split
 from scanner.detector.folder import KINDS, DetectorFolder
-from scanner.detector.mlp import MLPDetector
+from scanner.detector.select import fit_detector, out_of_fold
 from scanner.errors import InputError
+from scanner.metrics import roc_auc
 from scanner.runfolder import RunFolder
 
 TASK_CPUS = 2  # the baseline's outer folds run in parallel inside the task
@@ -45,24 +46,31 @@ def blind_baseline(df: pl.DataFrame, seed: int, n_jobs: int | None = None, progr
 
 
 def cross_fitted_scores(df: pl.DataFrame, seed: int, folds: int) -> pl.DataFrame:
-    """Member probabilities of every sample from detectors that never saw it: the samples are cut
-    into `folds` parts by id; each part is scored by detectors fitted on the others (80% to fit,
-    20% to stop early). Uses all samples where the saved detectors' test part is a fifth."""
-    fold = np.array([int(split_of(f"crossfit\0{s}", seed) * folds) for s in df["sample_id"]])
-    stop = np.array([split_of(f"crossfit-stop\0{s}", seed) < 0.2 for s in df["sample_id"]])
-    scores = {kind: np.full(df.height, np.nan) for kind in KINDS}
-    for k in range(folds):
-        rest = df.filter(pl.Series((fold != k) & ~stop))
-        val = df.filter(pl.Series((fold != k) & stop))
-        held = fold == k
-        for kind in KINDS:
-            det = MLPDetector(kind=kind, seed=seed).fit(rest, val)
-            scores[kind][held] = det.predict_proba(df.filter(pl.Series(held)))
-    return pl.DataFrame({"sample_id": df["sample_id"]} | scores)
+    """Member probabilities of every sample from detectors that never saw it (out_of_fold). Uses
+    all samples where the saved detectors' test part is a fifth."""
+    return pl.DataFrame({"sample_id": df["sample_id"]} | {
+        kind: out_of_fold(df, lambda rest, stop, kind=kind: fit_detector(kind, rest, stop, seed), seed, folds,
+                          salt="crossfit")
+        for kind in KINDS})
+
+
+def given_baseline(df: pl.DataFrame, path: str) -> tuple[pl.DataFrame, dict]:
+    """The blind baseline's out-of-fold scores of these samples, computed before (by `scanner
+    calibrate`, on the same texts and seed): every sample must have one."""
+    scores = df.select("sample_id", "label").join(pl.read_parquet(path).select("sample_id", "score"), on="sample_id",
+                                                   how="left")
+    missing = scores.filter(pl.col("score").is_null())
+    if missing.height:
+        raise InputError(f"{path}: no blind-baseline score for {missing.height} of the {df.height} samples "
+                         f"(e.g. {missing['sample_id'][0]!r})")
+    return scores.select("sample_id", "score"), {"auc": roc_auc(scores["label"].to_numpy(), scores["score"].to_numpy()),
+                                                 "best_model": f"given ({path})"}
 
 
 def train_detectors(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float = 0.01,
-                    cross_fit_folds: int = 0) -> dict:
+                    cross_fit_folds: int = 0, baseline_scores: str | None = None) -> dict:
+    """baseline_scores: a Parquet file of the blind baseline's out-of-fold scores of these very
+    samples (sample_id, score), when the caller has them; else the baseline runs here."""
     run = RunFolder.existing(run_dir)
     df = labelled_features(run)
     parts = grouped_split(df, seed)
@@ -74,26 +82,29 @@ def train_detectors(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float
     summary = {}
     test = df.filter(pl.Series(parts["test"]))
     for kind in KINDS:
-        det = MLPDetector(kind=kind, seed=seed, target_fpr=target_fpr)
-        det.fit(df.filter(pl.Series(parts["train"])), df.filter(pl.Series(parts["val"])))
+        det = fit_detector(kind, df.filter(pl.Series(parts["train"])), df.filter(pl.Series(parts["val"])), seed,
+                           target_fpr)
         det.calibrate(df.filter(pl.Series(parts["calib"])))
         det.info["operating_point"] = asdict(OperatingPoint.measure(det.flag(test), test["label"].to_numpy()))
         out.save_detector(kind, *det.state())
         summary[kind] = det.info | {"threshold": det.threshold}
     if cross_fit_folds:
         out.write_crossfit_scores(cross_fitted_scores(df, seed, cross_fit_folds))
-    baseline = blind_baseline(df, seed, n_jobs=TASK_CPUS)
-    out.write_baseline_scores(baseline.scores.select("sample_id", "score"))
+    if baseline_scores:
+        scores, baseline = given_baseline(df, baseline_scores)
+    else:
+        b = blind_baseline(df, seed, n_jobs=TASK_CPUS)
+        scores, baseline = b.scores.select("sample_id", "score"), {k: b.metrics[k] for k in ("auc", "best_model")}
+    out.write_baseline_scores(scores)
     split = {"run_id": run.run_id, "seed": seed, "target_fpr": target_fpr,
              "counts": {k: int(np.sum(v)) for k, v in parts.items()}, "test_ids": test["sample_id"].to_list()}
     out.write_split(split)
     out.write_scan_config(run.config)
-    return {"detectors": summary, "baseline": {"auc": baseline.metrics["auc"], "best_model": baseline.metrics["best_model"]},
-            "split": split["counts"]}
+    return {"detectors": summary, "baseline": baseline, "split": split["counts"]}
 
 
 def train_on_ray(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float = 0.01,
-                 cross_fit_folds: int = 0) -> dict:
+                 cross_fit_folds: int = 0, baseline_scores: str | None = None) -> dict:
     """The central training task: one Ray task next to the data, whatever node the driver is on."""
     import ray
 
@@ -102,7 +113,8 @@ def train_on_ray(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float = 
     RunFolder.existing(run_dir)  # a clear error here, not from inside the task
     task = ray.remote(num_cpus=TASK_CPUS, max_retries=0)(train_detectors)
     try:
-        return ray.get(task.remote(_absolute(run_dir), _absolute(out_dir), seed, target_fpr, cross_fit_folds))
+        return ray.get(task.remote(_absolute(run_dir), _absolute(out_dir), seed, target_fpr, cross_fit_folds,
+                                   baseline_scores and _absolute(baseline_scores)))
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, InputError):  # bad input: one clear line, not a remote traceback
             raise InputError(str(e.cause)) from None

@@ -31,6 +31,12 @@ class TrainedDetector:
         return self.detector.threshold
 
     @property
+    def name(self) -> str:
+        """The kind, and for a tabular detector its form (scanner.detector.select)."""
+        form = self.detector.info.get("form")
+        return f"{self.kind} ({form})" if form else self.kind
+
+    @property
     def spec(self) -> dict:
         """What the scoring actors need to load it themselves."""
         return {"folder": str(self.folder), "kind": self.kind, "fingerprint": self.fingerprint}

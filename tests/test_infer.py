@@ -1,0 +1,114 @@
+"""Dataset inference (`scanner infer`): the set test is calibrated under the null, has power where
+single scores are near chance, and refuses distribution-shifted sets."""
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from scanner.detector.data import aggregates, available_classic, member_score
+from scanner.infer.stats import cauchy_combination, set_test
+from scanner.metrics import roc_auc
+from scanner.runfolder import RunFolder
+from scanner.toy import english_passages, train_tiny_gpt2
+
+
+def test_cauchy_combination_of_equal_p_values_is_that_p_value_and_handles_tiny_ones():
+    for p in (0.5, 0.05, 1e-4):
+        assert cauchy_combination([p] * 7) == pytest.approx(p, rel=1e-9)
+    assert 0 < cauchy_combination([1e-300, 0.5, 0.9]) < 1e-290
+    assert cauchy_combination([0.2, 0.9]) > 0.2  # one weak split does not make a discovery
+
+
+def test_set_test_rejects_at_the_nominal_rate_on_gaussian_null_sets():
+    rng = np.random.default_rng(3)
+    p = np.array([set_test(*rng.normal(size=(2, 120, 10)), seed=i).p_value for i in range(300)])
+    assert 0.02 <= (p < 0.05).mean() <= 0.08, (p < 0.05).mean()
+
+
+@pytest.fixture(scope="module")
+def inferred(tmp_path_factory):
+    """A tiny GPT-2 trained on 60 of 300 suspect passages (20%) and on 190 other passages; the
+    reference is 300 more passages it never saw, i.i.d. with the suspect set; `scanner infer`."""
+    from tests.test_cli import scanner
+
+    root = tmp_path_factory.mktemp("infer")
+    passages = english_passages(20, 150)
+    order = np.random.default_rng(0).permutation(len(passages))
+    suspect, reference = [passages[i] for i in order[:300]], [passages[i] for i in order[300:600]]
+    other = [passages[i] for i in order[600:]]
+    members = suspect[:60]  # a list: a set's order changes with the process's hash seed, and the model with it
+    train_tiny_gpt2(members + other, passages, root / "model", target_loss=5.0, log=lambda m: None)
+    for name, texts in (("suspect", suspect), ("reference", reference)):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps({"id": f"{name[0]}{i}", "text": t}) + "\n"
+                                                    for i, t in enumerate(texts)))
+    res = scanner("infer", str(root / "suspect.jsonl"), "--reference", str(root / "reference.jsonl"), "--model",
+                  str(root / "model"), "--out", str(root / "out"), "--neighbors", "4", timeout=1200)
+    return {"root": root, "res": res, "members": members}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_infer_finds_a_set_with_20_percent_members_where_single_scores_are_near_chance(inferred):
+    res, out = inferred["res"], inferred["root"] / "out"
+    assert res.returncode == 1, res.stderr[-3000:]  # 1 = seen
+    m = json.loads((out / "metrics.json").read_text())
+    lo, hi = m["blind_baseline"]["auc_ci"]
+    assert lo <= 0.55 and m["verdict"] == "seen"
+    suspect, reference = (RunFolder(out / name).features() for name in ("suspect", "reference"))
+    both = pl.concat([suspect.with_columns(y=pl.lit(1)), reference.with_columns(y=pl.lit(0))], how="diagonal_relaxed")
+    single = {c: roc_auc(both["y"].to_numpy(), member_score(both, c)) for c in available_classic(both)}
+    best = max(single, key=single.get)
+    print(f"p = {m['p_value']:.2e}; best single score {best}: AUC {single[best]:.3f} (suspect vs reference)")
+    assert m["p_value"] < 0.01
+    # With 20% members no single score can pass about 0.5 + 0.2 x 0.5 = 0.6 (members perfectly
+    # told apart), and 300 vs 300 unseen texts alone move an AUC by about +-0.02: near chance.
+    assert single[best] < 0.62
+    for name in ("report.md", "report.html", "held_out_scores.png"):
+        assert (out / name).is_file()
+    assert f"{m['p_value']:.3g}" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_the_set_test_is_calibrated_on_unseen_text_scored_by_the_model(inferred):
+    """Score once, redraw: the unseen suspect samples and the reference form one pool of text the
+    model never saw; 400 random suspect/reference draws from it are rejected at about 5%."""
+    out = inferred["root"] / "out"
+    pool = pl.concat([RunFolder(out / "suspect").features(), RunFolder(out / "reference").features()],
+                     how="diagonal_relaxed")
+    pool = pool.filter(~pl.col("text").is_in(list(inferred["members"])))
+    X, _ = aggregates(pool)
+    assert len(X) == 540
+    rng = np.random.default_rng(0)
+    p = []
+    for i in range(400):
+        order = rng.permutation(len(X))
+        p.append(set_test(X[order[:150]], X[order[150:300]], seed=i).p_value)
+    rate = float((np.array(p) < 0.05).mean())
+    print(f"rejection rate at alpha 0.05 under the null: {rate:.3f}")
+    assert 0.02 <= rate <= 0.08
+
+
+@pytest.mark.slow
+def test_infer_refuses_a_distribution_shifted_pair_and_runs_no_model(tmp_path):
+    from tests.test_cli import scanner
+
+    from importlib.resources import files
+
+    from tests.conftest import tiny_gpt2
+
+    rows = [json.loads(line) for line in (files("scanner") / "data" / "wikimia_128.jsonl").read_text().splitlines()]
+    for name, label in (("members", 1), ("non_members", 0)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": r["input"]}) + "\n" for r in rows
+                                                        if r["label"] == label))
+    tiny_gpt2(tmp_path / "model")
+    res = scanner("infer", str(tmp_path / "members.jsonl"), "--reference", str(tmp_path / "non_members.jsonl"),
+                  "--model", str(tmp_path / "model"), "--out", str(tmp_path / "out"))
+    assert res.returncode == 2, res.stderr[-2000:]
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["verdict"] == "invalid: distribution shift" and m["p_value"] is None
+    assert m["blind_baseline"]["auc_ci"][0] > 0.55
+    assert not (tmp_path / "out" / "suspect").exists()  # no model was run
+    assert "n-gram pointing to the suspect set" in (tmp_path / "out" / "report.md").read_text()

@@ -2,6 +2,7 @@
 uninterrupted run ends), and the whole path on a tiny GPT-2 that was "pretrained" here on other text."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -158,6 +159,22 @@ def test_calibrate_end_to_end_gives_an_honest_detector_that_a_sweep_uses(tmp_pat
     res = scanner("calibrate", str(heldout_file), "--model", str(pretrained), "--out", str(out), "--method", "full",
                   "--lr", "2e-3", "--config", str(tmp_path / "scan.yaml"), timeout=1200)
     assert res.returncode == 0 and "(done before)" in res.stderr, res.stderr[-3000:]
+    assert "0 to score" in res.stderr and "scored again" not in res.stderr
+
+
+def test_the_split_file_is_written_once_so_that_a_rerun_resumes_the_scan(tmp_path):
+    from scanner.calibrate.run import _split
+    from scanner.corpus import Columns
+
+    data = tmp_path / "h.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in english_passages()[:30]))
+    args = ([str(data)], Columns(label=None), 0.5, [1, 4], 0)
+    _split(*args, tmp_path, progress=lambda m: None)
+    before = (tmp_path / "set.parquet").stat().st_mtime_ns
+    os.utime(tmp_path / "set.parquet", ns=(before - 10**9, before - 10**9))  # as if written a second earlier
+    _split(*args, tmp_path, progress=lambda m: None)
+    # the engine takes a changed input file for new data and scores all its shards again
+    assert (tmp_path / "set.parquet").stat().st_mtime_ns == before - 10**9
 
 
 def test_a_split_the_text_alone_separates_stops_the_run(tmp_path):

@@ -109,7 +109,9 @@ def _split(heldout: list[str], columns: Columns, members_fraction: float, exposu
            out: Path, progress) -> tuple[pl.DataFrame, dict]:
     corpus = read_corpus(heldout, replace(columns, label=None), progress=progress)
     split, repeated = calibration_split(corpus.samples, members_fraction, exposures, seed)
-    split.write_parquet(out / "set.parquet")
+    path = out / "set.parquet"
+    if not (path.is_file() and pl.read_parquet(path).equals(split)):  # rewritten, the scan would start over
+        split.write_parquet(path)
     counts = {"read": corpus.counts["read"], "quarantined": corpus.counts["quarantined"], "repeated_texts": repeated,
               "members": int(split["label"].sum()), "non_members": int((split["label"] == 0).sum()),
               "per_exposure": {str(e): int((split["exposure"] == e).sum()) for e in exposures}}

@@ -17,10 +17,12 @@ ACTORS_HELP = "scoring actors (default: one per GPU, or one per node without GPU
 SHARD_HELP = "at most this many rows per resumable shard; big files are cut (default 1000)"
 
 
-def _add_corpus_args(p: argparse.ArgumentParser, labels_by_default: bool = True) -> None:
+def _add_corpus_args(p: argparse.ArgumentParser, labels_by_default: bool = True, labels: bool = True) -> None:
     p.add_argument("data", nargs="+", help="files, folders or globs: jsonl, parquet, csv/tsv, HF save_to_disk folders")
     p.add_argument("--text-col", default=None, help="text column (default: 'text', else 'input')")
-    if labels_by_default:
+    if not labels:
+        p.set_defaults(label_col=None)
+    elif labels_by_default:
         p.add_argument("--label-col", default="label", help="label column, 1 = member, 0 = non-member (default: label)")
     else:
         p.add_argument("--label-col", default=None, help="membership label column to carry into the output "
@@ -206,8 +208,6 @@ def cmd_infer(args) -> int:
     from scanner.detector.trained import load_trained
     from scanner.infer.run import run_inference
 
-    if args.label_col:
-        raise InputError("infer reads no labels: the suspect set is what is tested, the reference is unseen")
     detector = load_trained(args.detector, args.kind) if args.detector else None
     overrides = {"model": args.model, "neighbors": args.neighbors, "seed": args.seed, "actors": args.actors,
                  "text_col": args.text_col, "id_col": args.id_col, "source_col": args.source_col}
@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("infer", help="dataset inference: a p-value for 'the model was trained on this set', "
                                      "against a reference set known unseen (exit 0 not shown, 1 seen, 2 invalid)")
-    _add_corpus_args(i, labels_by_default=False)
+    _add_corpus_args(i, labels=False)  # no labels: the suspect set is what is tested, the reference is unseen
     i.add_argument("--reference", nargs="+", required=True,
                    help="files of the same distribution as the suspect set that the model cannot have seen")
     i.add_argument("--model", help="hub id or local path of a causal LM")

@@ -347,6 +347,14 @@ def run_shards(inputs: list[str], out: str, cfg: ScanConfig, kind: RunKind,
     return manifest
 
 
+def require_complete(manifest: dict, what: str) -> None:
+    """For a caller that needs every row scored (calibrate, infer, nightly): the first failed
+    shard, in one line. Finished shards are kept, so running again retries only the failed ones."""
+    failed = next((e for e in manifest["shards"] if e["state"] == "failed"), None)
+    if failed:
+        raise InputError(f"{what}: {failed['uri']}: {failed['error']}; run the command again to retry it")
+
+
 def summarize(folder: RunFolder, run: dict, cfg: ScanConfig, files: list[InputFile], shards: list[Shard],
               tally: "Tally", file_errors: dict, duplicates: int, capabilities: dict | None, wall: float) -> dict:
     """Totals over every finished shard of these inputs, from their records alone (no feature is

@@ -42,7 +42,7 @@ from scanner.config import load_config, read_config_file
 from scanner.contamination import contaminated_fraction
 from scanner.corpus import Columns
 from scanner.detector.trained import TrainedDetector, calibration_note, load_trained
-from scanner.engine import RunKind, run_shards
+from scanner.engine import RunKind, require_complete, run_shards
 from scanner.errors import InputError
 from scanner.infer.run import INVALID, NOT_SHOWN, SEEN, compare_runs, shift_check
 from scanner.infer.stats import DEFAULT_SPLITS
@@ -117,7 +117,7 @@ def check_set(spec: dict, run_dir: Path, detector: TrainedDetector, scan_options
     columns = {k: spec[k] for k in ("text_col", "label_col", "id_col", "source_col") if k in spec}
     cfg = load_config(None, overrides | columns, base=detector.base_config() | scan_options)
     detector.check_usable_with(cfg)
-    manifest = _scan(spec["data"], set_dir / "scan", cfg, detector, progress)
+    manifest = _scan(spec["data"], set_dir / "scan", cfg, detector, "the set", progress)
     feats = RunFolder(set_dir / "scan").features(columns=["sample_id", "label", "flagged"])
     result = {"data": spec["data"], "counts": manifest["counts"],
               "contamination": contaminated_fraction(int(feats["flagged"].sum()), feats.height, detector.operating_point)}
@@ -147,11 +147,9 @@ def check_set(spec: dict, run_dir: Path, detector: TrainedDetector, scan_options
     return result
 
 
-def _scan(data: list[str], folder: Path, cfg, detector: TrainedDetector, progress) -> dict:
+def _scan(data: list[str], folder: Path, cfg, detector: TrainedDetector, what: str, progress) -> dict:
     manifest = run_shards(data, str(folder), cfg, RunKind("scan", detector=detector.spec), progress)
-    if manifest["counts"]["shards_failed"]:
-        failed = next(e for e in manifest["shards"] if e["state"] == "failed")
-        raise InputError(f"{failed['uri']}: {failed['error']}")
+    require_complete(manifest, f"the scan of {what} failed")
     return manifest
 
 
@@ -163,7 +161,7 @@ def _inference(spec: dict, set_dir: Path, cfg, detector: TrainedDetector, seed: 
     if not shift["verdict"]["usable_for_mia"]:
         return {"verdict": INVALID, "p_value": None, "blind_baseline": shift}
     progress(f"{spec['name']}: scanning its reference {' '.join(spec['reference'])}")
-    _scan(spec["reference"], set_dir / "reference", replace(cfg, label_col=None), detector, progress)
+    _scan(spec["reference"], set_dir / "reference", replace(cfg, label_col=None), detector, "its reference", progress)
     result = compare_runs(RunFolder(set_dir / "scan"), RunFolder(set_dir / "reference"), detector, DEFAULT_SPLITS, seed)
     progress(f"{spec['name']}: set test p = {result['p_value']:.3g}")
     return {"p_value": result["p_value"], "effect_size": result["test"]["effect_size"],

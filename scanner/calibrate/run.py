@@ -32,6 +32,7 @@ from scanner.corpus import Columns, read_corpus
 from scanner.detector.data import available_classic, member_score
 from scanner.detector.folder import KINDS, DetectorFolder
 from scanner.detector.train import train_on_ray
+from scanner.engine import require_complete
 from scanner.errors import InputError
 from scanner.evaluate import BASELINE
 from scanner.metrics import summarize
@@ -177,9 +178,7 @@ def run_calibration(heldout: list[str], out: str, cfg: ScanConfig, spec: Finetun
     tuned = _finetune(split, spec, out_, progress)
     scan_cfg = _scan_config(cfg, spec, out_ / "finetune" / "model")
     scanned = run_scan([str(out_ / "set.parquet")], out_ / "scan", scan_cfg, progress=progress)
-    failed = [e for e in scanned["shards"] if e["state"] == "failed"]
-    if failed:
-        raise InputError(f"the scan under the tuned copy failed: {failed[0]['error']}; run the command again")
+    require_complete(scanned, "the scan under the tuned copy failed")
     calibration = {"operating_point_from": "controlled contamination", "method": spec.method,
                    "exposures": exposures, "epochs": spec.epochs, "seen_times": [e * spec.epochs for e in exposures],
                    "tuned_model": str(out_ / "finetune" / "model"), "members": counts["members"],

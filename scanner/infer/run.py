@@ -32,6 +32,7 @@ from scanner.contamination import OperatingPoint, contaminated_fraction
 from scanner.corpus import Columns, read_corpus
 from scanner.detector.data import aggregates
 from scanner.detector.trained import TrainedDetector
+from scanner.engine import require_complete
 from scanner.errors import InputError
 from scanner.infer.stats import DEFAULT_SPLITS, set_test
 from scanner.report import fmt, fmt_auc, fmt_fraction, two_histograms_png, write_report
@@ -63,7 +64,10 @@ def sample_features(run: RunFolder, detector: TrainedDetector | None) -> tuple[n
     X, names = aggregates(df)
     flags = None
     if detector is not None:
-        prob, flags = detector.score(df)
+        # a run whose actors applied the detector (nightly; its identity holds the detector's
+        # fingerprint) has its probabilities already
+        prob, flags = ((df["member_prob"].to_numpy(), df["flagged"].to_numpy()) if "member_prob" in df.columns
+                       else detector.score(df))
         X, names = np.column_stack([X, prob]), names + [f"{detector.name} detector"]
     return X, names, flags
 
@@ -92,10 +96,7 @@ def run_inference(suspect: list[str], reference: list[str], out: str, cfg: ScanC
 def _test(suspect, reference, out: Path, cfg: ScanConfig, alpha, splits, seed, detector, progress) -> dict:
     for name, paths in (("suspect", suspect), ("reference", reference)):
         progress(f"scanning the {name} set under {cfg.model}")
-        manifest = run_scan(paths, out / name, cfg, progress=progress)
-        failed = [e for e in manifest["shards"] if e["state"] == "failed"]
-        if failed:
-            raise InputError(f"the scan of the {name} set failed: {failed[0]['error']}; run the command again")
+        require_complete(run_scan(paths, out / name, cfg, progress=progress), f"the scan of the {name} set failed")
     result = compare_runs(RunFolder.existing(out / "suspect"), RunFolder.existing(out / "reference"), detector, splits,
                        seed)
     progress(f"set test over {splits} splits: p = {result['p_value']:.3g}, effect size (Cohen's d) "

@@ -112,3 +112,16 @@ def test_infer_refuses_a_distribution_shifted_pair_and_runs_no_model(tmp_path):
     assert m["blind_baseline"]["auc_ci"][0] > 0.55
     assert not (tmp_path / "out" / "suspect").exists()  # no model was run
     assert "n-gram pointing to the suspect set" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_infer_rejects_bad_options_in_one_line_before_any_work(tmp_path):
+    from tests.conftest import tiny_gpt2
+    from tests.test_cli import scanner
+
+    tiny_gpt2(tmp_path / "model")
+    (tmp_path / "a.jsonl").write_text('{"text": "x y z"}\n')
+    for option, message in ((["--splits", "0"], "--splits must be at least 1"), (["--alpha", "1.5"], "alpha must lie")):
+        res = scanner("infer", str(tmp_path / "a.jsonl"), "--reference", str(tmp_path / "a.jsonl"), "--model",
+                      str(tmp_path / "model"), "--out", str(tmp_path / "out"), *option)
+        assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert not (tmp_path / "out").exists()

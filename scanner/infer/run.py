@@ -77,6 +77,8 @@ def run_inference(suspect: list[str], reference: list[str], out: str, cfg: ScanC
                   progress: Callable[[str], None] = print) -> dict:
     if not 0 < alpha < 1:
         raise InputError(f"alpha must lie in (0, 1), not {alpha}")
+    if splits < 1:
+        raise InputError(f"--splits must be at least 1, not {splits}")
     check_model_path(cfg.model)
     if detector is not None:
         detector.check_usable_with(cfg)

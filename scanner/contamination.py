@@ -5,10 +5,14 @@
     pi = (p - FPR) / (TPR - FPR)        clipped to [0, 1]
 
 TPR and FPR are the detector's operating point measured on held-out labelled samples, so they
-are uncertain too. The CI propagates all three uncertainties: p, TPR and FPR are drawn from their
-Jeffreys posteriors, Beta(k + 1/2, n - k + 1/2), which stay sensible when a count is 0 (a
-resampling bootstrap would pretend an observed FPR of 0/40 is exactly 0), and the 2.5/97.5
-percentiles of the corrected draws are the interval.
+are uncertain too. The interval is a profile-likelihood interval from the three counts together:
+flagged ~ Bin(n, pi TPR + (1 - pi) FPR), tp ~ Bin(n_pos, TPR), fp ~ Bin(n_neg, FPR). For each pi
+on a grid, TPR and FPR are set to maximise the likelihood (it is concave in them, so Newton's
+method finds them), and the interval is every pi whose likelihood ratio to the best stays within
+the chi-square(1) quantile. Jeffreys half-counts on tp and fp keep an observed 0/40 FPR from
+being taken as exactly 0. It respects [0, 1] by construction (a clean set's interval starts at 0)
+and covers the truth in >= 93% of simulated sets from 0 to 100% contamination with 40-500 labelled
+samples (tests/test_contamination.py), where percentiles of independently drawn rates fell to 89%.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import chi2
+
+GRID = 401  # fractions 0, 0.0025, ..., 1; the interval's ends are interpolated between them
 
 
 @dataclass(frozen=True)
@@ -50,25 +57,64 @@ def rogan_gladen(p: np.ndarray | float, tpr: np.ndarray | float, fpr: np.ndarray
     return np.clip(pi, 0.0, 1.0)
 
 
-def _jeffreys(rng: np.random.Generator, k: int, n: int, size: int) -> np.ndarray:
-    return rng.beta(k + 0.5, n - k + 0.5, size)
+def profile_log_likelihood(pis: np.ndarray, flagged: int, n: int, op: OperatingPoint) -> np.ndarray:
+    """max over TPR, FPR of the log-likelihood of the three counts, at each fraction in pis."""
+    a_t, b_t, a_f, b_f = op.tp + 0.5, op.n_pos - op.tp + 0.5, op.fp + 0.5, op.n_neg - op.fp + 0.5
+    k, m = flagged, n - flagged
+    t, f = np.full(len(pis), a_t / (a_t + b_t)), np.full(len(pis), a_f / (a_f + b_f))
+    for _ in range(100):
+        q = pis * t + (1 - pis) * f
+        s, h = k / q - m / (1 - q), -k / q**2 - m / (1 - q) ** 2
+        g_t, g_f = pis * s + a_t / t - b_t / (1 - t), (1 - pis) * s + a_f / f - b_f / (1 - f)
+        h_tt = pis**2 * h - a_t / t**2 - b_t / (1 - t) ** 2
+        h_ff = (1 - pis) ** 2 * h - a_f / f**2 - b_f / (1 - f) ** 2
+        h_tf = pis * (1 - pis) * h
+        det = h_tt * h_ff - h_tf**2
+        d_t, d_f = (h_tf * g_f - h_ff * g_t) / det, (h_tf * g_t - h_tt * g_f) / det
+        # a Newton step, shortened so both rates stay inside (0, 1)
+        room = np.minimum(_room(t, d_t), _room(f, d_f))
+        step = np.minimum(1.0, 0.9 * room)
+        t, f = t + step * d_t, f + step * d_f
+        if np.max(np.abs(step * d_t) + np.abs(step * d_f)) < 1e-12:
+            break
+    q = pis * t + (1 - pis) * f
+    return (k * np.log(q) + m * np.log1p(-q) + a_t * np.log(t) + b_t * np.log1p(-t) + a_f * np.log(f)
+            + b_f * np.log1p(-f))
 
 
-def contaminated_fraction(flagged: int, n: int, op: OperatingPoint, draws: int = 4000, seed: int = 0) -> dict:
+def _room(x: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """How far along d x can move before it leaves (0, 1)."""
+    with np.errstate(divide="ignore"):
+        return np.where(d > 0, (1 - x) / d, np.where(d < 0, -x / d, np.inf))
+
+
+def profile_interval(flagged: int, n: int, op: OperatingPoint, level: float = 0.95) -> tuple[float, float]:
+    pis = np.linspace(0.0, 1.0, GRID)
+    ll = profile_log_likelihood(pis, flagged, n, op)
+    excess = 2 * (ll.max() - ll) - chi2.ppf(level, 1)  # <= 0 inside the interval
+    inside = np.flatnonzero(excess <= 0)
+    lo, hi = inside[0], inside[-1]
+    return (_crossing(pis, excess, lo - 1, lo) if lo > 0 else 0.0,
+            _crossing(pis, excess, hi, hi + 1) if hi < GRID - 1 else 1.0)
+
+
+def _crossing(x: np.ndarray, y: np.ndarray, i: int, j: int) -> float:
+    """Where y, linear between grid points i and j, crosses 0."""
+    return float(x[i] + (x[j] - x[i]) * y[i] / (y[i] - y[j]))
+
+
+def contaminated_fraction(flagged: int, n: int, op: OperatingPoint) -> dict:
     """Estimated fraction of members among n documents of which `flagged` were flagged."""
     if n == 0:
         raise ValueError("no documents")
     if op.n_pos == 0 or op.n_neg == 0:
         raise ValueError("the operating point needs held-out members and non-members")
-    rng = np.random.default_rng(seed)
-    estimate = float(rogan_gladen(flagged / n, op.tpr, op.fpr))
-    sims = rogan_gladen(_jeffreys(rng, flagged, n, draws), _jeffreys(rng, op.tp, op.n_pos, draws),
-                        _jeffreys(rng, op.fp, op.n_neg, draws))
-    sims = sims[~np.isnan(sims)]
     # without separation (TPR <= FPR) a flag says nothing about membership: no estimate
-    estimable = op.tpr > op.fpr and len(sims) > 0.95 * draws
-    lo, hi = (np.percentile(sims, [2.5, 97.5]) if estimable else (np.nan, np.nan))
-    return {"n": n, "flagged": flagged, "flag_rate": flagged / n,
-            "estimate": estimate if estimable else None,
-            "ci": [float(lo), float(hi)] if estimable else None,
+    estimable = op.tpr > op.fpr
+    estimate = float(rogan_gladen(flagged / n, op.tpr, op.fpr)) if estimable else None
+    ci = None
+    if estimable:
+        lo, hi = profile_interval(flagged, n, op)
+        ci = [min(lo, estimate), max(hi, estimate)]  # the plug-in estimate, from raw counts, always inside
+    return {"n": n, "flagged": flagged, "flag_rate": flagged / n, "estimate": estimate, "ci": ci,
             "estimable": bool(estimable)}

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from scanner.detector.data import aggregates, available_classic, member_score
-from scanner.infer.stats import cauchy_combination, set_test
+from scanner.infer.stats import cauchy_combination, seen_lower_bound, set_test
 from scanner.metrics import roc_auc
 from scanner.runfolder import RunFolder
 from scanner.toy import english_passages, train_tiny_gpt2
@@ -25,6 +25,25 @@ def test_set_test_rejects_at_the_nominal_rate_on_gaussian_null_sets():
     rng = np.random.default_rng(3)
     p = np.array([set_test(*rng.normal(size=(2, 120, 10)), seed=i).p_value for i in range(300)])
     assert 0.02 <= (p < 0.05).mean() <= 0.08, (p < 0.05).mean()
+
+
+def test_the_seen_lower_bound_holds_at_every_fraction_and_grows_with_it():
+    """Without a detector: a lower confidence bound. 300 simulated suspect sets per true fraction
+    (members' scores shifted by 2 sd, the rest drawn like the reference): the bound stays at or
+    below the truth in >= 95% of them, and it is informative where much was seen."""
+    rng = np.random.default_rng(0)
+    mean_bound = {}
+    for truth in (0.0, 0.05, 0.2, 0.5, 1.0):
+        bounds = []
+        for _ in range(300):
+            seen = rng.random(200) < truth
+            bounds.append(seen_lower_bound(rng.normal(size=200) + 2 * seen, rng.normal(size=200), alpha=0.05))
+        assert np.mean(np.array(bounds) <= truth) >= 0.95, truth
+        mean_bound[truth] = float(np.mean(bounds))
+    assert mean_bound[0.0] < 0.01 and mean_bound[0.5] > 0.2 and mean_bound[1.0] > 0.6, mean_bound
+    # set_test reports the median of the splits' bounds (each at alpha/2)
+    X = np.c_[rng.normal(size=300) + 3 * (np.arange(300) < 150), rng.normal(size=300)]
+    assert 0.2 < set_test(X, rng.normal(size=(300, 2)), seed=0).seen_at_least <= 0.5
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +64,7 @@ def inferred(tmp_path_factory):
                                                     for i, t in enumerate(texts)))
     res = scanner("infer", str(root / "suspect.jsonl"), "--reference", str(root / "reference.jsonl"), "--model",
                   str(root / "model"), "--out", str(root / "out"), "--neighbors", "4", timeout=1200)
-    return {"root": root, "res": res, "members": members}
+    return {"root": root, "res": res, "members": members, "other": other, "passages": passages}
 
 
 @pytest.mark.slow
@@ -62,6 +81,7 @@ def test_infer_finds_a_set_with_20_percent_members_where_single_scores_are_near_
     best = max(single, key=single.get)
     print(f"p = {m['p_value']:.2e}; best single score {best}: AUC {single[best]:.3f} (suspect vs reference)")
     assert m["p_value"] < 0.01
+    assert 0 <= m["seen_at_least"] <= 0.2  # a valid lower bound; with 60 of 300 it is weak
     # With 20% members no single score can pass about 0.5 + 0.2 x 0.5 = 0.6 (members perfectly
     # told apart), and 300 vs 300 unseen texts alone move an AUC by about +-0.02: near chance.
     assert single[best] < 0.62
@@ -89,6 +109,35 @@ def test_the_set_test_is_calibrated_on_unseen_text_scored_by_the_model(inferred)
     rate = float((np.array(p) < 0.05).mean())
     print(f"rejection rate at alpha 0.05 under the null: {rate:.3f}")
     assert 0.02 <= rate <= 0.08
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_a_reference_model_adds_score_differences_that_tell_the_seen_passages_apart(inferred):
+    """MIMIR's Ref: a model of the same family trained on the other passages only. Its loss says
+    how hard a text is, so target minus reference isolates what the target learnt; the rerun
+    resumes the target's scans and adds the reference model's (no neighbors)."""
+    from tests.test_cli import scanner
+
+    root = inferred["root"]
+    train_tiny_gpt2(inferred["other"], inferred["passages"], root / "ref_model", target_loss=5.0, log=lambda m: None)
+    res = scanner("infer", str(root / "suspect.jsonl"), "--reference", str(root / "reference.jsonl"), "--model",
+                  str(root / "model"), "--out", str(root / "out"), "--neighbors", "4", "--reference-model",
+                  str(root / "ref_model"), timeout=1200)
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "0 to score" in res.stderr  # the target's scans resumed
+    m = json.loads((root / "out" / "metrics.json").read_text())
+    assert m["reference_model"] == str(root / "ref_model") and "loss minus reference model" in m["features"]
+    assert m["p_value"] < 0.01
+    target = RunFolder(root / "out" / "suspect").features()
+    under_ref = RunFolder(root / "out" / "suspect_under_reference_model").features()
+    assert under_ref["nb_dL"].list.len().max() == 0  # scored without neighbors
+    seen = target["text"].is_in(list(inferred["members"])).cast(int).to_numpy()
+    both = target.select("sample_id", "loss").join(under_ref.select("sample_id", ref=pl.col("loss")), on="sample_id")
+    auc_loss = roc_auc(seen, -both["loss"].to_numpy())
+    auc_ref = roc_auc(seen, (both["ref"] - both["loss"]).to_numpy())
+    print(f"seen vs unseen suspect passages: LOSS AUC {auc_loss:.3f}, reference minus target {auc_ref:.3f}")
+    assert auc_ref > auc_loss + 0.03
 
 
 @pytest.mark.slow

@@ -8,12 +8,19 @@ set of the same distribution known to be unseen (dataset inference, scanner.infe
   2. Both sets are scanned (ordinary scan runs, so they resume), and each sample becomes one row
      of features: every classic score, the neighbor aggregates, log length (the tabular
      detector's inputs), and with --detector its member probability.
+     With --reference-model (MIMIR's "Ref" attack: a smaller model of the same family, or in
+     nightly the previous checkpoint), both sets are also scanned under that model without
+     neighbors, and each sample gains every classic score's difference between the two models:
+     text that is merely easy is easy under both, text the target was trained on only under it.
   3. The set test: p-value, per-split statistics, effect size; "seen" when p < alpha.
-  4. With --detector, the seen fraction of the suspect set: its flag rate corrected by
-     Rogan-Gladen, with the detector's TPR (from its training or calibration) and the FPR
-     measured on the reference set itself (scanner.contamination).
+  4. How much of the suspect set was seen: always a lower confidence bound from the held-out
+     scores alone (scanner.infer.stats.seen_lower_bound); with --detector also an estimate with
+     an interval: the suspect set's flag rate corrected by Rogan-Gladen, with the detector's TPR
+     (from its training or calibration) and the FPR measured on the reference set itself
+     (scanner.contamination).
 
   <out>/suspect/, <out>/reference/   the two scan runs (scanner.runfolder)
+  <out>/suspect_under_reference_model/, <out>/reference_under_reference_model/   with --reference-model
   <out>/metrics.json, report.md, report.html
 """
 
@@ -30,7 +37,7 @@ from scanner.baseline.run import run_baseline, verdict
 from scanner.config import ScanConfig
 from scanner.contamination import OperatingPoint, contaminated_fraction
 from scanner.corpus import Columns, read_corpus
-from scanner.detector.data import aggregates
+from scanner.detector.data import aggregates, available_classic
 from scanner.detector.trained import TrainedDetector
 from scanner.engine import require_complete
 from scanner.errors import InputError
@@ -58,10 +65,23 @@ def shift_check(suspect: list[str], reference: list[str], columns: Columns, seed
             "top_ngrams": m["top_ngrams"], "n_suspect": sets[0].height, "n_reference": sets[1].height}
 
 
-def sample_features(run: RunFolder, detector: TrainedDetector | None) -> tuple[np.ndarray, list[str], np.ndarray | None]:
-    """One row per scored sample: the tabular detector's inputs, and the detector's probability."""
+UNDER_REFERENCE_MODEL = "{}_under_reference_model"
+
+
+def reference_model_config(cfg: ScanConfig, reference_model: str) -> ScanConfig:
+    """The scan of a set under the reference model: its sample-level scores only (no neighbors)."""
+    return replace(cfg, model=reference_model, revision=None, adapter=None, neighbors=0, label_col=None).validate()
+
+
+def sample_features(run: RunFolder, detector: TrainedDetector | None, under_reference_model: RunFolder | None = None
+                    ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """One row per scored sample: the tabular detector's inputs, with a reference model each
+    classic score's difference to it, and with a detector its probability."""
     df = run.features()
     X, names = aggregates(df)
+    if under_reference_model is not None:
+        diff, diff_names = reference_differences(df, under_reference_model.features())
+        X, names = np.column_stack([X, diff]), names + diff_names
     flags = None
     if detector is not None:
         # a run whose actors applied the detector (nightly; its identity holds the detector's
@@ -72,52 +92,93 @@ def sample_features(run: RunFolder, detector: TrainedDetector | None) -> tuple[n
     return X, names, flags
 
 
+def reference_differences(target: pl.DataFrame, reference: pl.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """target - reference model, per classic score both have (the neighborhood score needs
+    neighbors, which the reference model's scan does not make), matched by sample_id."""
+    scores = [c for c in available_classic(reference) if c in available_classic(target) and c != "neighborhood"]
+    joined = target.select("sample_id", *scores).join(reference.select("sample_id", *scores), on="sample_id",
+                                                       how="left", suffix="_ref", maintain_order="left")
+    missing = joined.filter(pl.col(f"{scores[0]}_ref").is_null())["sample_id"]
+    if len(missing):
+        raise InputError(f"{len(missing)} sample(s) were not scored under the reference model (e.g. {missing[0]}): "
+                         "its scan must cover the same files")
+    diffs = joined.select([(pl.col(c) - pl.col(f"{c}_ref")).cast(pl.Float64).alias(c) for c in scores])
+    return diffs.to_numpy(), [f"{c} minus reference model" for c in scores]
+
+
 def run_inference(suspect: list[str], reference: list[str], out: str, cfg: ScanConfig, alpha: float = 0.01,
                   splits: int = DEFAULT_SPLITS, seed: int = 0, detector: TrainedDetector | None = None,
-                  progress: Callable[[str], None] = print) -> dict:
+                  reference_model: str | None = None, progress: Callable[[str], None] = print) -> dict:
     if not 0 < alpha < 1:
         raise InputError(f"alpha must lie in (0, 1), not {alpha}")
     if splits < 1:
         raise InputError(f"--splits must be at least 1, not {splits}")
     check_model_path(cfg.model)
+    ref_cfg = None
+    if reference_model:
+        check_model_path(reference_model)
+        ref_cfg = reference_model_config(cfg, reference_model)
     if detector is not None:
         detector.check_usable_with(cfg)
     out_ = Path(out)
     columns = Columns(text=cfg.text_col, label=None, id=cfg.id_col, source=cfg.source_col)
     shift = shift_check(suspect, reference, columns, seed, progress)
     progress(f"blind baseline: AUC {shift['auc']:.3f} [{shift['auc_ci'][0]:.3f}, {shift['auc_ci'][1]:.3f}]")
-    m = {"task": "infer", "model": cfg.model, "suspect": suspect, "reference": reference, "alpha": alpha,
-         "blind_baseline": shift, "verdict": INVALID, "p_value": None, "seen_fraction": None}
+    m = {"task": "infer", "model": cfg.model, "reference_model": reference_model, "suspect": suspect,
+         "reference": reference, "alpha": alpha, "blind_baseline": shift, "verdict": INVALID, "p_value": None,
+         "seen_fraction": None, "seen_at_least": None}
     if shift["verdict"]["usable_for_mia"]:
-        m |= _test(suspect, reference, out_, replace(cfg, label_col=None), alpha, splits, seed, detector, progress)
+        m |= _test(suspect, reference, out_, replace(cfg, label_col=None), ref_cfg, alpha, splits, seed, detector,
+                   progress)
     m["exit_code"] = EXIT[m["verdict"]]
     write_report(out_, "Dataset inference: was the model trained on this set?", _blocks(m), m)
     return m
 
 
-def _test(suspect, reference, out: Path, cfg: ScanConfig, alpha, splits, seed, detector, progress) -> dict:
+def _test(suspect, reference, out: Path, cfg: ScanConfig, ref_cfg: ScanConfig | None, alpha, splits, seed, detector,
+          progress) -> dict:
     for name, paths in (("suspect", suspect), ("reference", reference)):
         progress(f"scanning the {name} set under {cfg.model}")
         require_complete(run_scan(paths, out / name, cfg, progress=progress), f"the scan of the {name} set failed")
+    under_ref = None
+    if ref_cfg is not None:
+        under_ref = scan_under_reference_model({"suspect": suspect, "reference": reference}, out, ref_cfg, progress)
     result = compare_runs(RunFolder.existing(out / "suspect"), RunFolder.existing(out / "reference"), detector, splits,
-                       seed)
+                          seed, under_ref)
     progress(f"set test over {splits} splits: p = {result['p_value']:.3g}, effect size (Cohen's d) "
              f"{result['test']['effect_size']:.3f}")
     return result | {"verdict": SEEN if result["p_value"] < alpha else NOT_SHOWN}
 
 
+def scan_under_reference_model(sets: dict[str, list[str]], folder: Path, ref_cfg: ScanConfig, progress
+                               ) -> tuple[RunFolder, RunFolder]:
+    """The suspect and reference sets (in that order) scanned under the reference model."""
+    runs = []
+    for name, paths in sets.items():
+        progress(f"scanning the {name} set under the reference model {ref_cfg.model}")
+        target = folder / UNDER_REFERENCE_MODEL.format(name)
+        require_complete(run_scan(paths, target, ref_cfg, progress=progress),
+                         f"the scan of the {name} set under the reference model failed")
+        runs.append(RunFolder.existing(target))
+    return tuple(runs)
+
+
 def compare_runs(suspect: RunFolder, reference: RunFolder, detector: TrainedDetector | None, splits: int,
-              seed: int) -> dict:
-    """The set test on two scanned runs, and with a detector the seen fraction (see the module)."""
-    (Xs, names, flags_s), (Xr, _, flags_r) = (sample_features(run, detector) for run in (suspect, reference))
+                 seed: int, under_reference_model: tuple[RunFolder, RunFolder] | None = None) -> dict:
+    """The set test on two scanned runs (with their scans under a reference model, if given), and
+    with a detector the seen fraction (see the module)."""
+    refs = under_reference_model or (None, None)
+    (Xs, names, flags_s), (Xr, _, flags_r) = (sample_features(run, detector, ref)
+                                              for run, ref in zip((suspect, reference), refs))
     test = set_test(Xs, Xr, seed=seed, splits=splits)
     fraction = None
     if detector is not None:
         op = detector.operating_point
         on_reference = OperatingPoint(tp=op.tp, n_pos=op.n_pos, fp=int(flags_r.sum()), n_neg=len(flags_r))
-        fraction = contaminated_fraction(int(flags_s.sum()), len(flags_s), on_reference, seed=seed)
+        fraction = contaminated_fraction(int(flags_s.sum()), len(flags_s), on_reference)
         fraction["operating_point"] = vars(on_reference)
     return {"p_value": test.p_value, "test": test.to_dict(), "held_out_scores": test.held_out, "features": names,
+            "seen_at_least": test.seen_at_least,
             "n": {"suspect": len(Xs), "reference": len(Xr)}, "seen_fraction": fraction,
             "detector": detector and {"folder": str(detector.folder), "name": detector.name}}
 
@@ -131,13 +192,16 @@ def headline(m: dict) -> str:
             f"set as no more familiar than the reference")
     if m["seen_fraction"]:
         said += f"; estimated seen fraction {fmt_fraction(m['seen_fraction'])}"
+    elif m["seen_at_least"]:
+        said += f"; at least {m['seen_at_least']:.0%} of it was seen (95% lower bound)"
     return said + f". The blind baseline is at chance ({fmt_auc(b)}), so the two sets are comparable."
 
 
 def _blocks(m: dict) -> list:
     b = m["blind_baseline"]
+    against = f", against the reference model {m['reference_model']}" if m.get("reference_model") else ""
     blocks = [("p", f"**{headline(m)}**"),
-              ("p", f"Model {m['model']}. Suspect: {', '.join(m['suspect'])}. Reference (known unseen): "
+              ("p", f"Model {m['model']}{against}. Suspect: {', '.join(m['suspect'])}. Reference (known unseen): "
                     f"{', '.join(m['reference'])}."),
               ("h2", "Are the two sets comparable? (blind baseline, text only)"),
               ("p", f"{b['n_suspect']} suspect and {b['n_reference']} reference texts; AUC {fmt_auc(b)}, "
@@ -162,10 +226,15 @@ def _blocks(m: dict) -> list:
                    {"suspect": m["held_out_scores"]["suspect"], "reference": m["held_out_scores"]["reference"]},
                    "combined score of the held-out halves (first split)"))]
     blocks.append(("h2", "How much of the suspect set was seen?"))
+    blocks.append(("p", f"At least {m['seen_at_least']:.1%} (95% lower confidence bound, median over the splits): "
+                        "the suspect set's held-out scores are a mixture of seen texts and texts scored like the "
+                        "reference, so the share of them above any threshold, beyond the reference's, bounds the seen "
+                        "share from below (with a DKW margin for the sample sizes). It needs no detector, and it says "
+                        "nothing about an upper limit."))
     f = m["seen_fraction"]
     if f is None:
-        blocks.append(("p", "Not estimated: a fraction needs a detector's TPR on known members; give --detector (a "
-                            "`scanner calibrate` or `scanner train` folder)."))
+        blocks.append(("p", "No estimate with an interval: that needs a detector's TPR on known members; give "
+                            "--detector (a `scanner calibrate` or `scanner train` folder)."))
     else:
         op = f["operating_point"]
         blocks.append(("p", f"{f['flagged']} of {f['n']} suspect samples flagged by {m['detector']['name']}; "

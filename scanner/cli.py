@@ -67,10 +67,10 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _evaluate(run_dir: Path, out: Path, detector_dir: Path | None, seed: int, progress) -> None:
+def _evaluate(run_dir: Path, out: Path, detector_dir: Path | None, seed: int, progress, overlap_dir=None) -> None:
     from scanner.evaluate import evaluate, write_evaluation_report
 
-    ev = evaluate(run_dir, detector_dir, seed=seed, progress=progress)
+    ev = evaluate(run_dir, detector_dir, seed=seed, overlap_dir=overlap_dir, progress=progress)
     write_evaluation_report(ev, out)
     m = ev.metrics
     print(f"{'score':<22} {'AUC':>6}  95% CI          TPR@1%FPR")
@@ -79,23 +79,30 @@ def _evaluate(run_dir: Path, out: Path, detector_dir: Path | None, seed: int, pr
         star = "" if s["tpr_at_fpr_estimable"]["0.01"] else "*"
         print(f"{name:<22} {s['auc']:6.3f}  [{lo:.3f}, {hi:.3f}]  {s['tpr_at_fpr']['0.01']:.3f}{star}")
     print(m["conclusion"])
+    if m["overlap"]:
+        o = m["overlap"]
+        print(f"overlap with the corpus: {o['whole_in_corpus']} of {o['n']} items occur whole ({o['members_whole']} "
+              f"members), {o['any_overlap']} share an n-gram; {len(o['non_members_with_overlap'])} non-members overlap")
     print(f"report: {out / 'report.html'}")
 
 
 def cmd_evaluate(args) -> int:
     _evaluate(Path(args.features), Path(args.out), Path(args.detector) if args.detector else None, args.seed,
-              Progress())
+              Progress(), overlap_dir=args.overlap)
     return 0
 
 
 def cmd_demo(args) -> int:
     """Embedded default, offline: a tiny GPT-2 trained here on half of CPython's pydoc passages
-    (known membership) -> scan -> train -> evaluate; then the same model and detectors on WikiMIA
-    (128 words, shipped in the package), a benchmark whose split the blind baseline exposes."""
+    (known membership) -> scan -> train -> exact overlap of the passages with the model's own
+    training text -> evaluate (model and data evidence side by side); then the same model and
+    detectors on WikiMIA (128 words, shipped in the package), a benchmark whose split the blind
+    baseline exposes."""
     import json
 
     from scanner.config import ScanConfig
     from scanner.detector.train import train_on_ray
+    from scanner.overlap.run import run_overlap
     from scanner.scan import run_scan
     from scanner.toy import english_passages, member_split, train_tiny_gpt2
 
@@ -113,8 +120,13 @@ def cmd_demo(args) -> int:
     cfg = ScanConfig(model=str(model), neighbors=args.neighbors, seed=args.seed).validate()
     run_scan([str(data)], out / "scan_known", cfg, progress=progress)
     train_on_ray(str(out / "scan_known"), str(out / "detectors"), seed=args.seed)
+    training_text = out / "training_text.jsonl"
+    training_text.write_text("".join(json.dumps({"id": f"train-{i}", "text": t}) + "\n" for i, t in enumerate(members)))
+    progress("exact 13-gram overlap of the passages with the model's training text")
+    run_overlap([str(data)], [str(training_text)], str(out / "overlap_known"), progress=progress)
     print("== known membership (tiny GPT-2 trained on half of the passages), held-out samples")
-    _evaluate(out / "scan_known", out / "eval_known", out / "detectors", args.seed, progress)
+    _evaluate(out / "scan_known", out / "eval_known", out / "detectors", args.seed, progress,
+              overlap_dir=out / "overlap_known")
     wikimia = str(resources.files("scanner") / "data" / "wikimia_128.jsonl")
     run_scan([wikimia], out / "scan_wikimia", cfg, progress=progress)
     print("== WikiMIA-128 under the same model (it never saw any of it)")
@@ -213,7 +225,7 @@ def cmd_infer(args) -> int:
                  "text_col": args.text_col, "id_col": args.id_col, "source_col": args.source_col}
     cfg = load_config(args.config, overrides, base=detector.base_config() if detector else None)
     m = run_inference(args.data, args.reference, args.out, cfg, alpha=args.alpha, splits=args.splits, seed=args.seed,
-                      detector=detector, progress=Progress())
+                      detector=detector, reference_model=args.reference_model, progress=Progress())
     b = m["blind_baseline"]
     print(f"blind baseline (suspect vs reference, text only): AUC {b['auc']:.3f} [{b['auc_ci'][0]:.3f}, "
           f"{b['auc_ci'][1]:.3f}]")
@@ -221,6 +233,20 @@ def cmd_infer(args) -> int:
         print(f"p = {m['p_value']:.3g} over {args.splits} splits; effect size {m['test']['effect_size']:.3f}")
     print(f"verdict: {m['verdict']}; report: {args.out}/report.html")
     return m["exit_code"]
+
+
+def cmd_overlap(args) -> int:
+    from scanner.overlap.run import run_overlap
+
+    m = run_overlap(args.data, args.corpus, args.out, n=args.n, eval_columns=columns_from_args(args),
+                    corpus_columns=Columns(text=args.corpus_text_col, label=None, id=args.corpus_id_col,
+                                           source=args.corpus_source_col),
+                    parallel=args.actors, shard_rows=args.shard_size, progress=Progress())
+    c = m["counts"]
+    print(f"{c['items_with_overlap']} of {c['items']} eval items share a {args.n}-gram with the corpus "
+          f"({c['corpus_rows_read']} documents, {c['corpus_documents_matching']} matching)")
+    print(f"per item: {args.out}/items.parquet  report: {args.out}/report.html")
+    return 2 if m["errors"] else 0
 
 
 def cmd_nightly(args) -> int:
@@ -274,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("features", help="a `scanner scan` run folder")
     e.add_argument("--detector", help="a `scanner train` model folder (its held-out samples are evaluated)")
     e.add_argument("--out", required=True)
+    e.add_argument("--overlap", help="a `scanner overlap` folder of the same items against the model's training "
+                                     "corpus: data evidence beside each score")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=cmd_evaluate)
 
@@ -320,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--detector", help="a `scanner train` / `calibrate` folder: adds its probability as a feature "
                                       "and estimates the seen fraction")
     i.add_argument("--kind", default="auto", choices=["auto", "fimmia", "tabular"])
+    i.add_argument("--reference-model", help="a second model (a smaller one of the same family, or the previous "
+                                             "checkpoint): each score's difference to it is a feature (MIMIR's Ref)")
     i.add_argument("--alpha", type=float, default=0.01, help="significance level of the verdict (default 0.01)")
     i.add_argument("--splits", type=int, default=10, help="random half-splits combined into the p-value (default 10)")
     i.add_argument("--neighbors", type=int, help="neighbors per text (default 24)")
@@ -337,6 +367,19 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--previous", help="metrics.json to compare with (default: the newest earlier run in --out)")
     n.add_argument("--seed", type=int, default=0)
     n.set_defaults(func=cmd_nightly)
+
+    o = sub.add_parser("overlap", help="exact n-gram overlap: which eval items occur verbatim in a corpus, and where")
+    _add_corpus_args(o, labels=False)
+    o.add_argument("--corpus", nargs="+", required=True, help="the corpus: files, folders, globs or URIs")
+    o.add_argument("--corpus-text-col", default=None, help="the corpus's text column (default: 'text', else 'input')")
+    o.add_argument("--corpus-id-col", default=None, help="the corpus's id column (default: 'id', else a hash)")
+    o.add_argument("--corpus-source-col", default=None, help="the corpus's source column (default: the file's path)")
+    o.add_argument("--out", required=True, help="output folder (re-running resumes: finished shards are skipped)")
+    o.add_argument("--n", type=int, default=13, help="words per n-gram (default 13, as lm-eval-harness and NeMo)")
+    o.add_argument("--actors", type=int, help="shards matched at once (default: the cluster's CPUs)")
+    o.add_argument("--shard-size", type=int, default=20_000, help="at most this many corpus rows per resumable shard "
+                                                                   "(default 20000)")
+    o.set_defaults(func=cmd_overlap)
 
     d = sub.add_parser("demo", help="run the embedded default end to end (offline, ~4 minutes on 2 cores)")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

@@ -6,6 +6,11 @@ out from their training, when it was trained on this run), and the model-free le
 over all labelled texts, computed by `scanner train` in the same central task, or here when
 there is no model folder for this run; restricted to the same samples). The seed paper's standard decides the
 headline: an MIA result counts only if it beats the blind baseline on the same split.
+
+With an overlap result of the same items against the model's training corpus (`scanner overlap`),
+the data evidence stands beside the model evidence: per item its coverage by the corpus's
+n-grams, and each score's AUC against "the whole item occurs in the corpus" next to its AUC
+against the labels.
 """
 
 from __future__ import annotations
@@ -105,7 +110,32 @@ def _held_out(df: pl.DataFrame, run: RunFolder, detectors: DetectorFolder | None
     return mask, f"the {len(test_ids)} test samples held out from detector training", True
 
 
-def evaluate(run_dir, detector_dir=None, seed: int = 0, n_boot: int = 1000,
+def overlap_evidence(dt: pl.DataFrame, y: np.ndarray, scores: dict, overlap_dir) -> dict:
+    """Each evaluated sample's overlap with the corpus, and every score's AUC against "the
+    whole item occurs in the corpus" (coverage 1) beside its AUC against the labels."""
+    from scanner.errors import InputError
+
+    path = Path(overlap_dir) / "items.parquet"
+    if not path.is_file():
+        raise InputError(f"{overlap_dir}: no items.parquet; run `scanner overlap` into it first")
+    items = pl.read_parquet(path).select("sample_id", "coverage", "longest_span", "n_docs", "doc_ids")
+    joined = dt.select("sample_id").join(items, on="sample_id", how="left", maintain_order="left")
+    missing = joined.filter(pl.col("coverage").is_null())["sample_id"]
+    if len(missing):
+        raise InputError(f"{overlap_dir}: {len(missing)} of {dt.height} evaluated samples are not among its items "
+                         f"(e.g. {missing[0]}): run `scanner overlap` on the same eval files")
+    whole = (joined["coverage"] >= 1.0).to_numpy()
+    aucs = {name: {"vs_labels": roc_auc(y, sc), "vs_whole_in_corpus": roc_auc(whole.astype(int), sc)
+                   if 0 < whole.sum() < len(whole) else None} for name, sc in scores.items()}
+    rows = joined.with_columns(label=pl.Series(y)).filter(pl.col("coverage") > 0).sort("coverage", descending=True)
+    return {"dir": str(overlap_dir), "n": int(len(y)), "whole_in_corpus": int(whole.sum()),
+            "any_overlap": int((joined["coverage"] > 0).sum()),
+            "members_whole": int((whole & (y == 1)).sum()), "non_members_with_overlap": rows.filter(
+                pl.col("label") == 0).to_dicts(), "auc": aucs,
+            "items_with_overlap": rows.head(50).to_dicts()}
+
+
+def evaluate(run_dir, detector_dir=None, seed: int = 0, n_boot: int = 1000, overlap_dir=None,
              progress: Callable[[str], None] = lambda m: None) -> Evaluation:
     run = RunFolder.existing(run_dir)
     df = labelled_features(run)
@@ -173,6 +203,7 @@ def evaluate(run_dir, detector_dir=None, seed: int = 0, n_boot: int = 1000,
         "run_id": run.run_id,
         "run_dir": run.uri,
         "detector_dir": str(detector_dir) if detector_dir else None,
+        "overlap": overlap_evidence(dt, y, scores, overlap_dir) if overlap_dir else None,
     }
     return Evaluation(metrics=result, labels=y, scores=scores)
 
@@ -208,6 +239,24 @@ def _blocks(m: dict, curves: dict, y, scores: dict) -> list:
                    ("table", ["group", "n", "members"] + bd_names,
                     [[r["group"], r["n"], r["members"]] + [fmt(r[n]) if r[n] is not None else "n/a" for n in bd_names]
                      for r in m[key]])]
+    if m.get("overlap"):
+        blocks += _overlap_blocks(m["overlap"])
     blocks.append(("p", "Scores are oriented so that higher = member (LOSS, zlib ratio and neighborhood are negated). "
                         + TPR_NOTE))
     return blocks
+
+
+def _overlap_blocks(o: dict) -> list:
+    def auc(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    return [("h2", "Data evidence beside model evidence (exact n-gram overlap with the corpus)"),
+            ("p", f"Overlap result {o['dir']}: of {o['n']} evaluated items, {o['whole_in_corpus']} occur whole in the "
+                  f"corpus (every n-gram found) and {o['any_overlap']} share at least one n-gram; "
+                  f"{o['members_whole']} of them are members. Each score's AUC against that data-side truth stands "
+                  "beside its AUC against the labels (n/a: everything or nothing occurs whole)."),
+            ("table", ["score", "AUC vs labels", "AUC vs whole item in corpus"],
+             [[name, auc(a["vs_labels"]), auc(a["vs_whole_in_corpus"])] for name, a in o["auc"].items()]),
+            ("table", ["non-member with overlap", "coverage", "longest span (words)", "documents", "e.g."],
+             [[r["sample_id"], fmt(r["coverage"]), r["longest_span"], r["n_docs"], ", ".join(r["doc_ids"])]
+              for r in o["non_members_with_overlap"][:30]] or [["(none)", "", "", "", ""]])]

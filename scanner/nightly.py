@@ -8,10 +8,15 @@ One config file, the same YAML/TOML as `scanner scan --config` plus these keys:
       - {name: wikimia_128, data: [/evals/wikimia/128.jsonl], text_col: input}
       - {name: mmlu, data: ["/evals/mmlu/*.parquet"]}
       - {name: qa, data: [/evals/qa.jsonl], reference: [/evals/qa_after_cutoff.jsonl]}
+      - {name: mmlu_vs_corpus, data: [/evals/mmlu.jsonl], corpus: ["s3://bucket/pretrain/*.parquet"]}
     contamination_threshold: 0.05        # contaminated: the 95% CI of the seen fraction lies above it
     max_increase: 0.05                   # worse: the estimate rose more than this since the last run
     alpha: 0.01                          # sets with a reference: contaminated when the set test's
                                          # p-value, Holm-adjusted over the run's sets, is below it
+    reference_model: previous            # optional, for sets with a reference: each score's difference
+                                         # to this model becomes a set-test feature (MIMIR's Ref);
+                                         # "previous" is the previous run's checkpoint, whose scans of
+                                         # the same sets are reused (contamination new since then)
 
 Per set: a membership scan whose scoring actors also apply the detector (the engine, as a sweep
 does), the flags turned into an estimated seen fraction (scanner.contamination), and, where the
@@ -20,8 +25,13 @@ set has member/non-member labels, the leakage baseline and every MIA score next 
 cannot have seen) also gets dataset inference (scanner.infer): the blind baseline checks that
 the two sets are comparable (if not, the set's status is "invalid": exit 2), the reference is
 scanned the same way, and the set test's p-value, Holm-adjusted over the sets of the run, makes
-the set contaminated when it is below `alpha`. Each night writes OUT/<run name>/ and is
-compared with the newest earlier run in OUT that has a metrics.json (or --previous).
+the set contaminated when it is below `alpha`. A set that names a `corpus` (the training data, or
+part of it) or an `overlap` folder also gets the exact n-gram overlap of its items with it
+(scanner.overlap; a corpus is matched once into OUT/overlap/<set>/<fingerprint of its items>/
+and reused by later nights): the share of items found in the corpus beside the model's
+verdict, and for a labelled set each score's AUC against "the whole item is in the corpus".
+Each night writes OUT/<run name>/ and is compared with the newest earlier run in OUT that has
+a metrics.json (or --previous).
 
 Exit codes: 0 every set clean; 1 some set contaminated or worse than the previous run; 2 some
 set could not be checked (its error is in the report). 2 wins over 1: an incomplete check is not
@@ -44,14 +54,16 @@ from scanner.corpus import Columns
 from scanner.detector.trained import TrainedDetector, calibration_note, load_trained
 from scanner.engine import RunKind, require_complete, run_shards
 from scanner.errors import InputError
-from scanner.infer.run import INVALID, NOT_SHOWN, SEEN, compare_runs, shift_check
+from scanner.infer.run import (INVALID, NOT_SHOWN, SEEN, compare_runs, reference_model_config,
+                               scan_under_reference_model, shift_check)
 from scanner.infer.stats import DEFAULT_SPLITS
+from scanner.overlap.ngrams import DEFAULT_N
 from scanner.provenance import package_versions
 from scanner.report import fmt, fmt_auc, fmt_fraction, write_report
 from scanner.runfolder import RunFolder
 
-NIGHTLY_KEYS = ("detector", "eval_sets", "contamination_threshold", "max_increase", "alpha")
-SET_KEYS = ("name", "data", "reference", "text_col", "label_col", "id_col", "source_col")
+NIGHTLY_KEYS = ("detector", "eval_sets", "contamination_threshold", "max_increase", "alpha", "reference_model")
+SET_KEYS = ("name", "data", "reference", "corpus", "overlap", "text_col", "label_col", "id_col", "source_col")
 EXIT = {"clean": 0, "contaminated": 1, "worse": 1, "invalid": 2, "error": 2}
 
 
@@ -70,11 +82,14 @@ def load_nightly(path: str) -> tuple[dict, list[dict], dict]:
         if s["name"] in names or "/" in str(s["name"]):
             raise InputError(f"{path}: eval_sets[{i}]: name {s['name']!r} is repeated or contains '/'")
         names.add(s["name"])
-        for key in ("data", "reference"):
+        if "corpus" in s and "overlap" in s:
+            raise InputError(f"{path}: eval_sets[{i}]: give `corpus` (matched here) or `overlap` (a result), not both")
+        for key in ("data", "reference", "corpus"):
             if key in s:
                 s[key] = [s[key]] if isinstance(s[key], str) else list(s[key])
     settings = {"detector": raw["detector"], "contamination_threshold": float(raw.get("contamination_threshold", 0.05)),
-                "max_increase": float(raw.get("max_increase", 0.05)), "alpha": float(raw.get("alpha", 0.01))}
+                "max_increase": float(raw.get("max_increase", 0.05)), "alpha": float(raw.get("alpha", 0.01)),
+                "reference_model": raw.get("reference_model")}
     if not 0 < settings["alpha"] < 1:
         raise InputError(f"{path}: alpha must lie in (0, 1), not {settings['alpha']}")
     scan_options = {k: v for k, v in raw.items() if k not in NIGHTLY_KEYS}
@@ -110,7 +125,8 @@ def exit_code(statuses: list[str]) -> int:
 
 
 def check_set(spec: dict, run_dir: Path, detector: TrainedDetector, scan_options: dict, overrides: dict,
-              settings: dict, previous: dict | None, seed: int, progress: Callable[[str], None]) -> dict:
+              settings: dict, previous: dict | None, seed: int, progress: Callable[[str], None],
+              reference_model: dict | None = None) -> dict:
     from scanner.evaluate import evaluate, write_evaluation_report
 
     set_dir = run_dir / "sets" / spec["name"]
@@ -121,10 +137,13 @@ def check_set(spec: dict, run_dir: Path, detector: TrainedDetector, scan_options
     feats = RunFolder(set_dir / "scan").features(columns=["sample_id", "label", "flagged"])
     result = {"data": spec["data"], "counts": manifest["counts"],
               "contamination": contaminated_fraction(int(feats["flagged"].sum()), feats.height, detector.operating_point)}
+    overlap_dir = _overlap(spec, cfg, run_dir.parent, progress)
+    if overlap_dir is not None:
+        result["overlap"] = overlap_summary(overlap_dir)
     labels = feats["label"]
     if labels.null_count() == 0 and labels.n_unique() == 2:
         progress(f"{spec['name']}: labelled: leakage baseline and MIA scores")
-        ev = evaluate(set_dir / "scan", detector.folder, seed=seed, progress=progress)
+        ev = evaluate(set_dir / "scan", detector.folder, seed=seed, overlap_dir=overlap_dir, progress=progress)
         write_evaluation_report(ev, set_dir / "evaluate")
         m = ev.metrics
         result["labelled"] = {"baseline_auc": m["scores"]["blind baseline"]["auc"],
@@ -134,7 +153,7 @@ def check_set(spec: dict, run_dir: Path, detector: TrainedDetector, scan_options
                               "mia_beats_baseline": m["mia_beats_baseline"], "conclusion": m["conclusion"],
                               "report": str(set_dir / "evaluate" / "report.html")}
     if "reference" in spec:
-        result["inference"] = _inference(spec, set_dir, cfg, detector, seed, progress)
+        result["inference"] = _inference(spec, set_dir, cfg, detector, seed, progress, reference_model)
     if not result["contamination"]["estimable"]:
         raise InputError("the detector's operating point is too uncertain to estimate a seen fraction")
     before = ((previous or {}).get("sets", {}).get(spec["name"], {}).get("contamination") or {}).get("estimate")
@@ -147,13 +166,76 @@ def check_set(spec: dict, run_dir: Path, detector: TrainedDetector, scan_options
     return result
 
 
+def _overlap(spec: dict, cfg, root: Path, progress) -> Path | None:
+    """The set's overlap result: the one given, or its items matched against its corpus (once per
+    distinct set of items: later nights find the finished shards and skip them)."""
+    from scanner.corpus import read_corpus
+    from scanner.overlap.run import eval_fingerprint, run_overlap
+
+    if "overlap" in spec:
+        return Path(spec["overlap"])
+    if "corpus" not in spec:
+        return None
+    columns = Columns(text=cfg.text_col, label=None, id=cfg.id_col, source=cfg.source_col)
+    items = read_corpus(spec["data"], columns).samples
+    folder = root / "overlap" / spec["name"] / eval_fingerprint(items, DEFAULT_N)
+    progress(f"{spec['name']}: exact {DEFAULT_N}-gram overlap with {' '.join(spec['corpus'])}")
+    m = run_overlap(spec["data"], spec["corpus"], str(folder), eval_columns=columns, progress=progress)
+    if m["errors"]:
+        raise InputError(f"the overlap with the corpus is incomplete: {next(iter(m['errors'].values()))}")
+    return folder
+
+
+def overlap_summary(folder: Path) -> dict:
+    import polars as pl
+
+    path = folder / "items.parquet"
+    if not path.is_file():
+        raise InputError(f"{folder}: no items.parquet; run `scanner overlap` into it first")
+    cov = pl.read_parquet(path, columns=["coverage"])["coverage"]
+    return {"dir": str(folder), "items": len(cov), "any": int((cov > 0).sum()), "whole": int((cov >= 1).sum()),
+            "share_any": float((cov > 0).mean()), "share_whole": float((cov >= 1).mean())}
+
+
 def _scan(data: list[str], folder: Path, cfg, detector: TrainedDetector, what: str, progress) -> dict:
     manifest = run_shards(data, str(folder), cfg, RunKind("scan", detector=detector.spec), progress)
     require_complete(manifest, f"the scan of {what} failed")
     return manifest
 
 
-def _inference(spec: dict, set_dir: Path, cfg, detector: TrainedDetector, seed: int, progress) -> dict:
+def resolve_reference_model(setting: str | None, previous: dict | None, previous_path: str | None) -> dict | None:
+    """{"model", "previous_run"} from the `reference_model` setting; "previous" without a previous
+    run is None (the first night has no earlier checkpoint)."""
+    if setting != "previous":
+        return setting and {"model": setting, "previous_run": None}
+    if previous is None:
+        return None
+    return {"model": previous["model"], "previous_run": Path(previous_path).parent}
+
+
+def _under_reference_model(spec: dict, set_dir: Path, cfg, reference_model: dict, progress):
+    """The set and its reference under the reference model: the previous run's scans of the same
+    files when they were made under that model, else scans without neighbors."""
+    prev = reference_model["previous_run"]
+    if prev is not None:
+        prev_set = prev / "sets" / spec["name"]
+        runs = [prev_set / "scan", prev_set / "reference"]
+        try:
+            same = [RunFolder.existing(r) for r in runs]
+            earlier = json.loads((prev / "metrics.json").read_text())["sets"][spec["name"]]
+        except (InputError, KeyError, OSError):
+            same = None
+        if same and (earlier.get("data"), (earlier.get("inference") or {}).get("reference")) == (
+                spec["data"], spec["reference"]) and all(
+                r.config["model"] == reference_model["model"] for r in same):
+            progress(f"{spec['name']}: reusing the previous run's scans under {reference_model['model']}")
+            return tuple(same)
+    return scan_under_reference_model({"suspect": spec["data"], "reference": spec["reference"]}, set_dir,
+                                      reference_model_config(cfg, reference_model["model"]), progress)
+
+
+def _inference(spec: dict, set_dir: Path, cfg, detector: TrainedDetector, seed: int, progress,
+               reference_model: dict | None = None) -> dict:
     """Dataset inference against the set's reference (scanner.infer); the p-value is adjusted
     over the run's sets afterwards (holm)."""
     columns = Columns(text=cfg.text_col, label=None, id=cfg.id_col, source=cfg.source_col)
@@ -162,10 +244,15 @@ def _inference(spec: dict, set_dir: Path, cfg, detector: TrainedDetector, seed: 
         return {"verdict": INVALID, "p_value": None, "blind_baseline": shift}
     progress(f"{spec['name']}: scanning its reference {' '.join(spec['reference'])}")
     _scan(spec["reference"], set_dir / "reference", replace(cfg, label_col=None), detector, "its reference", progress)
-    result = compare_runs(RunFolder(set_dir / "scan"), RunFolder(set_dir / "reference"), detector, DEFAULT_SPLITS, seed)
+    under_ref = reference_model and _under_reference_model(spec, set_dir, cfg, reference_model, progress)
+    result = compare_runs(RunFolder(set_dir / "scan"), RunFolder(set_dir / "reference"), detector, DEFAULT_SPLITS, seed,
+                          under_ref)
     progress(f"{spec['name']}: set test p = {result['p_value']:.3g}")
     return {"p_value": result["p_value"], "effect_size": result["test"]["effect_size"],
-            "seen_fraction": result["seen_fraction"], "n": result["n"], "blind_baseline": shift}
+            "seen_fraction": result["seen_fraction"], "seen_at_least": result["seen_at_least"], "n": result["n"],
+            "blind_baseline": shift,
+            "reference": spec["reference"], "reference_model": reference_model and reference_model["model"],
+            "features": result["features"]}
 
 
 def holm(p_values: dict[str, float]) -> dict[str, float]:
@@ -203,12 +290,13 @@ def run_nightly(config: str, out: str, run_name: str | None = None, previous: st
     prev, prev_path = previous_metrics(root, run_name, previous)
     run_dir = root / run_name
     overrides = {"model": model}
+    reference_model = resolve_reference_model(settings["reference_model"], prev, prev_path)
     results = {}
     for spec in sets:
         progress(f"eval set {spec['name']}: {' '.join(spec['data'])}")
         try:
             results[spec["name"]] = check_set(spec, run_dir, detector, scan_options, overrides, settings, prev, seed,
-                                              progress)
+                                              progress, reference_model)
         except InputError as e:
             results[spec["name"]] = {"data": spec["data"], "status": "error", "error": str(e)}
         except Exception as e:  # one broken set must not hide the others' results
@@ -233,17 +321,28 @@ def nightly_blocks(m: dict) -> list:
     for name, r in m["sets"].items():
         c = r.get("contamination")
         lab = r.get("labelled")
+        ov = r.get("overlap")
         rows.append([name, r["status"], r.get("counts", {}).get("scored", "-"), fmt_fraction(c, "-"),
                      "-" if r.get("change") is None else f"{r['change']:+.3f}", _set_test_cell(r.get("inference")),
+                     f"{ov['share_any']:.1%} / {ov['share_whole']:.1%}" if ov else "no corpus",
                      f"{lab['baseline_verdict']} (AUC {fmt(lab['baseline_auc'])})" if lab else "no labels"])
     blocks = [("p", f"Model {m['model']}; detector {m['detector']['path']} ({m['detector']['name']}). Exit code "
                     f"{m['exit_code']}. Contaminated: the 95% CI of the seen fraction lies above "
                     f"{s['contamination_threshold']}; worse: the estimate rose more than {s['max_increase']} since "
                     f"{m['previous'] or 'the previous run (none found)'}."),
               ("table", ["eval set", "status", "samples", "seen fraction [95% CI]", "change",
-                         f"set test p, Holm (alpha {s['alpha']})", "leakage baseline"], rows)]
+                         f"set test p, Holm (alpha {s['alpha']})", "items in the corpus (any n-gram / whole)",
+                         "leakage baseline"], rows)]
     if m["detector"].get("calibration"):
         blocks.insert(1, ("p", calibration_note(m["detector"]["calibration"])))
+    refs = {r["inference"].get("reference_model") for r in m["sets"].values() if r.get("inference")} - {None}
+    if refs:
+        blocks.append(("p", f"The set tests also use each score's difference to the reference model {', '.join(refs)} "
+                            "(MIMIR's Ref): with the previous checkpoint there, they pick up contamination new since "
+                            "it as well as the model's own scores."))
+    elif s.get("reference_model") == "previous":
+        blocks.append(("p", "reference_model: previous: no previous run, so tonight's set tests use no reference "
+                            "model."))
     for name, r in m["sets"].items():
         if "error" in r:
             blocks.append(("p", f"{name}: error: {r['error']}"))
@@ -266,5 +365,8 @@ def summary_lines(m: dict) -> list[str]:
         detail = r["error"] if "error" in r else f"seen fraction {fmt_fraction(r['contamination'], '-')}"
         if r.get("inference"):
             detail += f"; set test: {_set_test_cell(r['inference'])}"
+        if r.get("overlap"):
+            o = r["overlap"]
+            detail += f"; in the corpus: {o['share_any']:.1%} of items (whole: {o['share_whole']:.1%})"
         lines.append(f"{name:<24} {r['status']:<13} {detail}")
     return lines

@@ -120,7 +120,8 @@ class RunFolder:
 
     # ------------------------------------------------------------ results
 
-    def _dataset(self, folder: str):
+    def dataset(self, folder: str):
+        """The Parquet files under `folder` (features, quarantine) as one pyarrow dataset, or None."""
         names = self.store.names(folder, ".parquet")
         return pads.dataset([self.store.path(f"{folder}/{n}") for n in names], filesystem=self.store.fs,
                             format="parquet") if names else None
@@ -128,7 +129,7 @@ class RunFolder:
     def features(self, columns: list[str] | None = None, with_duplicates: bool = False) -> pl.DataFrame:
         """Every scored row of the run, in sample_id order, without the rows quarantined as
         duplicates of another shard's (unless asked for: finding them needs them all)."""
-        ds = self._dataset("features")
+        ds = self.dataset("features")
         if ds is None:
             raise InputError(f"{self.uri}: no scored samples in it; run `scanner scan` into it first")
         needed = None if columns is None else list(dict.fromkeys([*columns, "sample_id", "file", "row"]))
@@ -140,7 +141,7 @@ class RunFolder:
         return df if columns is None else df.select(columns)
 
     def quarantine(self) -> pl.DataFrame:
-        ds = self._dataset("quarantine")
+        ds = self.dataset("quarantine")
         return pl.from_arrow(ds.to_table()) if ds is not None else pl.DataFrame()
 
     def write_duplicates(self, table: pa.Table) -> None:

@@ -95,6 +95,13 @@ def test_demo_runs_the_embedded_default(tmp_path):
     assert best_classic > 0.85 and best_detector >= best_classic - 0.01, (best_detector, best_classic)
     assert "held out" in known["evaluated_on"] and known["mia_beats_baseline"]
     assert all(len(s["auc_ci"]) == 2 for s in scores.values())
+    # data evidence: every member occurs whole in the model's training text; each score's AUC
+    # against that truth stands beside its AUC against the labels
+    o = known["overlap"]
+    assert o["members_whole"] == known["n_members"] and o["whole_in_corpus"] >= known["n_members"]
+    assert all(r["coverage"] < 1 for r in o["non_members_with_overlap"])
+    assert o["auc"]["loss"]["vs_whole_in_corpus"] is not None
+    assert "AUC vs whole item in corpus" in (tmp_path / "demo" / "eval_known" / "report.md").read_text()
     wikimia = json.loads((tmp_path / "demo" / "eval_wikimia" / "metrics.json").read_text())
     assert wikimia["baseline_verdict"]["status"] == "leaky" and not wikimia["mia_beats_baseline"]
     assert "NOT evidence" in wikimia["conclusion"] and wikimia["n"] == 250

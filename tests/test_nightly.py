@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from scanner.cli import main
+from scanner.nightly import resolve_reference_model
 from tests.conftest import train_tiny_detector
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -61,7 +62,7 @@ def test_clean_then_worse_then_contaminated_then_error(setup):
     assert "missing.jsonl" in (setup["root"] / "nights" / "n4" / "report.md").read_text()
 
 
-def test_a_set_with_a_reference_gets_a_p_value_and_a_shifted_pair_is_invalid(setup, tiny_lm):
+def test_a_set_with_a_reference_gets_a_p_value_and_a_shifted_pair_is_invalid(setup, tiny_lm, capsys):
     root = setup["root"]
     reference = root / "reference.jsonl"
     reference.write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny_lm["non_members"][130:160]))
@@ -69,13 +70,17 @@ def test_a_set_with_a_reference_gets_a_p_value_and_a_shifted_pair_is_invalid(set
     for name, label in (("old", 1), ("new", 0)):
         (root / f"wikimia_{name}.jsonl").write_text("".join(json.dumps({"text": r["input"]}) + "\n" for r in rows
                                                             if r["label"] == label))
+    training = root / "training.jsonl"  # the model's training text, as an overlap corpus
+    training.write_text("".join(json.dumps({"id": f"t{i}", "text": t}) + "\n" for i, t in enumerate(tiny_lm["members"])))
     # the seen fraction alone would not call it (threshold 0.99): the set test does
-    code, m = nightly(setup, "r1", [{"name": "seen", "data": setup["seen"], "reference": str(reference)},
+    code, m = nightly(setup, "r1", [{"name": "seen", "data": setup["seen"], "reference": str(reference),
+                                     "corpus": str(training)},
                                     {"name": "unseen", "data": setup["unseen"], "reference": str(reference)},
                                     {"name": "shifted", "data": str(root / "wikimia_old.jsonl"),
                                      "reference": str(root / "wikimia_new.jsonl")}], contamination_threshold=0.99)
     seen, unseen, shifted = (m["sets"][k] for k in ("seen", "unseen", "shifted"))
     assert seen["status"] == "contaminated" and seen["inference"]["p_holm"] < 0.01, seen
+    assert seen["overlap"]["share_whole"] == 1.0 and seen["overlap"]["items"] == 30  # data evidence, same items
     assert unseen["status"] == "clean" and unseen["inference"]["p_holm"] > 0.05, unseen
     # the detector's TPR with the FPR measured on the reference: all seen, none seen
     assert seen["inference"]["seen_fraction"]["ci"][1] >= 0.95 and seen["inference"]["seen_fraction"]["estimate"] > 0.6
@@ -84,6 +89,17 @@ def test_a_set_with_a_reference_gets_a_p_value_and_a_shifted_pair_is_invalid(set
     assert code == 2  # an invalid set is not a verdict
     report = (root / "nights" / "r1" / "report.md").read_text()
     assert "set test p, Holm" in report and "invalid: the texts alone differ" in report
+
+    # the previous checkpoint as reference model: its scans of the same files are reused, no model runs twice
+    capsys.readouterr()
+    code, m = nightly(setup, "r2", [{"name": "seen", "data": setup["seen"], "reference": str(reference)}],
+                      contamination_threshold=0.99, reference_model="previous")
+    inference = m["sets"]["seen"]["inference"]
+    assert code == 1 and inference["reference_model"] == m["model"]
+    assert "loss minus reference model" in inference["features"]
+    assert "seen: reusing the previous run's scans" in capsys.readouterr().err
+    assert not (root / "nights" / "r2" / "sets" / "seen" / "suspect_under_reference_model").exists()
+    assert resolve_reference_model("previous", None, None) is None  # the first night has no previous checkpoint
 
 
 def test_bad_config_exits_2_naming_the_problem(setup, capsys):

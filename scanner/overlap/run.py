@@ -1,0 +1,247 @@
+"""`scanner overlap`: which eval items occur verbatim in a training corpus, and where.
+
+  1. The eval items are read here (they are small) and indexed (scanner.overlap.ngrams); the
+     index goes to the object store once and every worker maps it from there.
+  2. The corpus is listed and cut into shards as a scan's inputs are (the engine's planning, the
+     same readers and validation); one Ray task per shard reads it, matches it against the index
+     and writes the shard's (item, document) matches, then its completion record. A rerun skips
+     every shard with a record; a changed eval set or n is refused in that folder.
+  3. Per eval item, from the matches alone (never the corpus): how much of it occurs, its longest
+     verbatim span, in how many documents, which ones and from which sources.
+
+  <out>/features/<shard>.parquet   the shard's matches: item, doc_id, source, positions, longest_span
+  <out>/quarantine/<shard>.parquet corpus rows that could not be read, with reasons
+  <out>/done/<shard>.json          completion record: rows read, quarantined, matched, bytes, seconds
+  <out>/items.parquet              per item: sample_id, source, ngrams, matched, coverage,
+                                   longest_span, n_docs, doc_ids (up to 5), sources
+  <out>/metrics.json, report.md, report.html
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+
+import numpy as np
+import polars as pl
+
+from scanner.corpus import Columns, read_corpus, read_shard
+from scanner.engine import plan
+from scanner.errors import InputError
+from scanner.inputs import list_inputs
+from scanner.overlap.ngrams import DEFAULT_N, EvalIndex
+from scanner.provenance import package_versions
+from scanner.report import fmt, render_report
+from scanner.runfolder import RunFolder
+from scanner.shards import Shard
+
+SHARD_ROWS = 20_000  # corpus documents per shard: a few tens of MB of text, seconds of work
+TASK_CPUS = 1.0
+DOC_IDS_SHOWN = 5
+THRESHOLDS = (0.0, 0.1, 0.5, 0.8, 1.0)  # items with coverage above each ("> 0": any overlap; "= 1": whole)
+
+
+def match_shard(shard: dict, columns: Columns, index: EvalIndex, folder_uri: str) -> dict:
+    """One corpus shard: read and validate it, match it, write its matches and then its record."""
+    import ray
+
+    t0 = time.perf_counter()
+    s, folder = Shard(**shard), RunFolder(folder_uri)
+    try:
+        corpus = read_shard(s, columns)
+    except InputError as e:
+        return {"shard": s.name, "error": str(e)}
+    if corpus.quarantine.height:
+        folder.write_quarantine(s.name, corpus.quarantine.to_arrow())
+    docs = corpus.samples
+    found = index.match(docs["text"].to_arrow())
+    matches = (found.join(docs.select(pl.int_range(pl.len()).alias("doc"), doc_id="sample_id", source="source"),
+                          on="doc")
+               .join(pl.DataFrame({"item_id": index.item_ids}).with_row_index("item").cast({"item": pl.Int64}),
+                     on="item")
+               .select("item_id", "doc_id", "source", "positions", "longest_span"))
+    c = corpus.counts
+    per_source = docs.group_by("source").len().rows()
+    matched_per_source = matches.group_by("source").agg(pl.col("doc_id").n_unique()).rows()
+    record = {"shard": s.name, "counts": {k: c[k] for k in ("read", "quarantined", "quarantined_by_reason")}
+              | {"matched_docs": matches["doc_id"].n_unique(), "pairs": matches.height},
+              "bytes": int(docs["text"].str.len_bytes().sum() or 0), "per_source": dict(per_source),
+              "matched_per_source": dict(matched_per_source), "node": ray.get_runtime_context().get_node_id(),
+              "seconds": round(time.perf_counter() - t0, 3)}
+    folder.finish_shard(s.name, matches.to_arrow(), record)
+    return record
+
+
+def eval_fingerprint(items: pl.DataFrame, n: int) -> str:
+    h = hashlib.sha256(f"n={n}".encode())
+    for sid, text in items.select("sample_id", "text").iter_rows():
+        h.update(f"\0{sid}\0{text}".encode())
+    return h.hexdigest()[:16]
+
+
+def run_overlap(eval_paths: list[str], corpus_paths: list[str], out: str, n: int = DEFAULT_N,
+                eval_columns: Columns = Columns(label=None), corpus_columns: Columns = Columns(label=None),
+                parallel: int | None = None, shard_rows: int = SHARD_ROWS,
+                progress: Callable[[str], None] = print) -> dict:
+    import ray
+
+    t0 = time.perf_counter()
+    if n < 1:
+        raise InputError(f"--n must be at least 1, not {n}")
+    if parallel is not None and parallel < 1:
+        raise InputError(f"--actors must be at least 1, not {parallel}")
+    evals = read_corpus(eval_paths, eval_columns, progress=progress)
+    items = evals.samples
+    files = list_inputs(corpus_paths)
+    folder = RunFolder(out)
+    run, new = folder.identify({"kind": "overlap", "scoring_hash": eval_fingerprint(items, n)},
+                               {"n": n, "eval": eval_paths, "corpus": corpus_paths, "shard_rows": shard_rows})
+    index = EvalIndex.build(items["sample_id"].to_list(), items["text"].to_list(), n)
+    progress(f"{items.height} eval items: {int(index.ngrams_per_item.sum())} {n}-grams "
+             f"({len(index.vocabulary)} distinct words) indexed")
+    if not ray.is_initialized():
+        ray.init()
+    shards, file_errors = plan(files, folder, shard_rows, progress)
+    if file_errors:
+        more = f" (and {len(file_errors) - 1} more)" if len(file_errors) > 1 else ""
+        raise InputError(next(iter(file_errors.values())) + more)
+    if new:
+        folder.save_run(run)
+    finished = folder.done()
+    pending = [s for s in shards if s.name not in finished]
+    progress(f"{len(files)} corpus file(s) in {len(shards)} shard(s): {len(shards) - len(pending)} done before, "
+             f"{len(pending)} to match")
+    errors = _match_all(pending, folder, index, corpus_columns, parallel, progress)
+    table = item_table(folder, items, index)
+    folder.store.write_parquet("items.parquet", table.to_arrow())
+    metrics = summarize(folder, table, shards, errors, n, eval_paths, corpus_paths, time.perf_counter() - t0)
+    metrics["run_id"] = run["run_id"]
+    folder.write_files(render_report("Exact n-gram overlap: which eval items occur in the corpus?",
+                                     overlap_blocks(metrics), metrics))
+    return metrics
+
+
+def _match_all(pending: list[Shard], folder: RunFolder, index: EvalIndex, columns: Columns, parallel: int | None,
+               progress) -> dict[str, str]:
+    """Runs the pending shards, at most `parallel` at once (default: the cluster's CPUs), so
+    the driver holds small records only whatever the corpus size."""
+    import ray
+
+    if not pending:
+        return {}
+    index_ref = ray.put(index)
+    task = ray.remote(num_cpus=TASK_CPUS, max_retries=2)(match_shard)
+    limit = parallel or max(1, int(ray.cluster_resources().get("CPU", 1) // TASK_CPUS))
+    queue, inflight, errors = deque(pending), {}, {}
+    done_bytes, done_rows, start = 0, 0, time.perf_counter()
+    while queue or inflight:
+        while queue and len(inflight) < limit:
+            s = queue.popleft()
+            inflight[task.remote(s.to_dict(), columns, index_ref, folder.uri)] = s
+        (ref,), _ = ray.wait(list(inflight), num_returns=1)
+        s = inflight.pop(ref)
+        try:
+            r = ray.get(ref)
+        except ray.exceptions.RayError as e:
+            r = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1]}"}
+        if r.get("error"):
+            errors[s.name] = r["error"]
+            progress(f"shard {s.name} failed: {r['error']}")
+            continue
+        done_bytes += r["bytes"]
+        done_rows += r["counts"]["read"]
+        rate = done_bytes / 1e6 / max(time.perf_counter() - start, 1e-9)
+        progress(f"[{len(pending) - len(queue) - len(inflight)}/{len(pending)}] {s.name}: {r['counts']['read']} "
+                 f"rows, {r['counts']['matched_docs']} matching; {rate:.1f} MB/s over {done_rows} rows")
+    return errors
+
+
+def item_table(folder: RunFolder, items: pl.DataFrame, index: EvalIndex) -> pl.DataFrame:
+    """Per eval item, from every shard's matches (not the corpus)."""
+    base = pl.DataFrame({"sample_id": index.item_ids, "ngrams": index.ngrams_per_item}).join(
+        items.select("sample_id", "source"), on="sample_id", how="left", maintain_order="left")
+    ds = folder.dataset("features")
+    if ds is not None:  # streamed: the matches of a whole corpus need not fit in the driver at once
+        matches = pl.scan_pyarrow_dataset(ds)
+    else:
+        matches = pl.LazyFrame(schema={"item_id": pl.String, "doc_id": pl.String, "source": pl.String,
+                                       "positions": pl.List(pl.Int64), "longest_span": pl.Int64})
+    per_item = matches.group_by("item_id").agg(
+        matched=pl.col("positions").list.explode(keep_nulls=False, empty_as_null=False).n_unique(),
+        longest_span=pl.col("longest_span").max(),
+        n_docs=pl.col("doc_id").n_unique(),
+        doc_ids=pl.col("doc_id").unique().sort().head(DOC_IDS_SHOWN),
+        sources=pl.col("source").unique().sort()).collect(engine="streaming")
+    out = base.join(per_item, left_on="sample_id", right_on="item_id", how="left", maintain_order="left")
+    return out.with_columns(
+        pl.col("matched", "longest_span", "n_docs").fill_null(0),
+        pl.col("doc_ids", "sources").fill_null([]),
+    ).with_columns(coverage=pl.when(pl.col("ngrams") > 0).then(pl.col("matched") / pl.col("ngrams")).otherwise(0.0)
+                   ).select("sample_id", "source", "ngrams", "matched", "coverage", "longest_span", "n_docs",
+                            "doc_ids", "sources")
+
+
+def summarize(folder: RunFolder, table: pl.DataFrame, shards: list[Shard], errors: dict, n: int, eval_paths, corpus_paths,
+              wall: float) -> dict:
+    counts, reasons, per_source, matched_per_source = Counter(), Counter(), Counter(), Counter()
+    seconds = 0.0
+    finished = folder.done()
+    for s in shards:
+        if s.name not in finished:
+            continue
+        r = folder.record(s.name)
+        counts.update(read=r["counts"]["read"], quarantined=r["counts"]["quarantined"], bytes=r["bytes"],
+                      matched_docs=r["counts"]["matched_docs"])
+        reasons.update(r["counts"]["quarantined_by_reason"])
+        per_source.update(r["per_source"])
+        matched_per_source.update(r["matched_per_source"])
+        seconds += r["seconds"]
+    by_set = {}
+    for source, group in table.group_by("source", maintain_order=True):
+        cov = group["coverage"].to_numpy()
+        by_set[source[0]] = {"items": group.height,
+                             **{f"share_coverage_above_{t:g}": float(np.mean(cov > t)) for t in THRESHOLDS[:-1]},
+                             "share_whole": float(np.mean(cov >= 1.0))}
+    worst = table.filter(pl.col("matched") > 0).sort(["coverage", "longest_span"], descending=True).head(20)
+    return {"task": "overlap", "n": n, "eval": eval_paths, "corpus": corpus_paths,
+            "counts": {"items": table.height, "items_with_overlap": int((table["matched"] > 0).sum()),
+                       "corpus_rows_read": counts["read"], "corpus_rows_quarantined": counts["quarantined"],
+                       "quarantined_by_reason": dict(reasons), "corpus_documents_matching": counts["matched_docs"],
+                       "corpus_bytes": counts["bytes"], "shards": len(shards),
+                       "shards_done": len(finished & {s.name for s in shards}), "shards_failed": len(errors)},
+            "errors": errors, "by_eval_set": by_set, "worst_items": worst.to_dicts(),
+            "corpus_sources": {s: {"documents": per_source[s], "matching": matched_per_source[s]}
+                               for s in sorted(per_source)},
+            "throughput": {"task_seconds": round(seconds, 2), "wall_seconds": round(wall, 2),
+                           "mb_per_task_second": round(counts["bytes"] / 1e6 / seconds, 2) if seconds else None},
+            "versions": package_versions()}
+
+
+def overlap_blocks(m: dict) -> list:
+    c = m["counts"]
+    head = (f"**{c['items_with_overlap']} of {c['items']} eval items share at least one {m['n']}-gram with the corpus** "
+            f"({c['corpus_rows_read']} documents read, {c['corpus_documents_matching']} of them matching; "
+            f"{c['corpus_rows_quarantined']} rows quarantined).")
+    blocks = [("p", head)]
+    if m["errors"]:
+        blocks.append(("p", f"{len(m['errors'])} shard(s) failed (run again to retry): "
+                            + "; ".join(f"{k}: {v}" for k, v in list(m["errors"].items())[:5])))
+    labels = [f"> {t:g}" for t in THRESHOLDS[:-1]] + ["whole"]
+    blocks += [("h2", "Per eval set: share of items whose n-grams occur in the corpus"),
+               ("table", ["eval set", "items", *[f"coverage {x}" for x in labels]],
+                [[s, v["items"], *[f"{v[f'share_coverage_above_{t:g}']:.1%}" for t in THRESHOLDS[:-1]],
+                  f"{v['share_whole']:.1%}"] for s, v in m["by_eval_set"].items()]),
+               ("h2", "The items with the most overlap"),
+               ("table", ["item", "coverage", "longest span (words)", "documents", "e.g. documents"],
+                [[w["sample_id"], fmt(w["coverage"]), w["longest_span"], w["n_docs"], ", ".join(w["doc_ids"])]
+                 for w in m["worst_items"]] or [["(none)", "", "", "", ""]]),
+               ("h2", "Per corpus source"),
+               ("table", ["source", "documents", "matching an item"],
+                [[s, v["documents"], v["matching"]] for s, v in m["corpus_sources"].items()]),
+               ("p", f"Normalisation: lower case; words are runs of Unicode letters and digits; everything else "
+                     f"separates words. Coverage = the item's {m['n']}-grams found anywhere in the corpus / its "
+                     f"{m['n']}-grams (an item shorter than {m['n']} words counts as one, found only whole); longest "
+                     "span = the longest stretch of the item found verbatim in one document.")]
+    return blocks

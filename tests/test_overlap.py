@@ -1,0 +1,212 @@
+"""Exact n-gram overlap (scanner.overlap): the vectorised matcher against a brute-force reference
+on a corpus with planted eval items, and `scanner overlap` end to end on local Ray."""
+
+import json
+import re
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from scanner.overlap.ngrams import EvalIndex
+from scanner.toy import english_passages
+
+
+def brute_words(text: str) -> list[str]:
+    return re.findall(r"[^\W_]+", text.lower())  # letters and digits (the texts here are ASCII)
+
+
+def brute_force(items: list[str], docs: list[str], n: int) -> dict:
+    """{(item, doc): (sorted n-gram starts found, longest common word run if >= the n-gram length)}"""
+    out = {}
+    for i, item in enumerate(items):
+        w = brute_words(item)
+        length = min(n, len(w))
+        grams = [tuple(w[p:p + length]) for p in range(len(w) - length + 1)]
+        for d, doc in enumerate(docs):
+            dw = brute_words(doc)
+            in_doc = {tuple(dw[q:q + length]) for q in range(len(dw) - length + 1)}
+            found = [p for p, g in enumerate(grams) if g in in_doc]
+            if not found:
+                continue
+            best, prev = 0, [0] * (len(dw) + 1)  # longest common substring in words
+            for a in range(1, len(w) + 1):
+                cur = [0] * (len(dw) + 1)
+                for b in range(1, len(dw) + 1):
+                    if w[a - 1] == dw[b - 1]:
+                        cur[b] = prev[b - 1] + 1
+                        best = max(best, cur[b])
+                prev = cur
+            out[(i, d)] = (found, best)
+    return out
+
+
+def planted_corpus(seed: int = 0) -> tuple[list[str], list[str], dict]:
+    """Eval items (English passages) and documents: clean random-word text, an item verbatim
+    inside other text, the first half of an item, an item with every 20th word changed, an item
+    re-cased and re-punctuated, a short item, and an item twice in one document."""
+    rng = np.random.default_rng(seed)
+    passages = english_passages(30, 120)
+    order = rng.permutation(len(passages))
+    items = [passages[i] for i in order[:30]] + ["Return the value", "A B C D E F G H I J K L M"]
+    filler = [f"zq{k}" for k in range(500)]  # words no item has: clean text
+
+    def noise(k: int) -> str:
+        return " ".join(rng.choice(filler, k))
+
+    docs, kinds = [], {}
+    for _ in range(40):
+        kinds[len(docs)] = "clean"
+        docs.append(noise(int(rng.integers(20, 200))))
+    for i in range(0, 6):
+        kinds[len(docs)] = "verbatim"
+        docs.append(f"{noise(30)} {items[i]} {noise(30)}")
+    for i in range(6, 12):
+        w = items[i].split()
+        kinds[len(docs)] = "half"
+        docs.append(f"{noise(10)} {' '.join(w[:len(w) // 2])} {noise(10)}")
+    for i in range(12, 18):
+        w = items[i].split()
+        kinds[len(docs)] = "every 20th changed"
+        docs.append(" ".join("zqchanged" if k % 20 == 19 else x for k, x in enumerate(w)))
+    for i in range(18, 21):
+        kinds[len(docs)] = "re-cased"
+        docs.append(re.sub(r"\s+", " -- ", items[i].upper()) + "!!!")
+    kinds[len(docs)] = "short item"
+    docs.append(f"{noise(5)} return, THE value {noise(5)}")
+    kinds[len(docs)] = "twice"
+    docs.append(f"{items[21]} {noise(3)} {items[21]}")
+    return items, docs, kinds
+
+
+def as_dict(table: pl.DataFrame) -> dict:
+    return {(r["item"], r["doc"]): (r["positions"], r["longest_span"]) for r in table.iter_rows(named=True)}
+
+
+@pytest.mark.parametrize("n", [13, 5])
+def test_matches_equal_a_brute_force_reference_and_no_clean_document_is_flagged(n):
+    items, docs, kinds = planted_corpus()
+    index = EvalIndex.build([f"i{k}" for k in range(len(items))], items, n=n)
+    # the corpus in uneven batches, with a missing text among them: positions are per batch
+    got = {}
+    for lo, hi in ((0, 17), (17, 50), (50, len(docs))):
+        batch = pa.array(docs[lo:hi] + [None], pa.string())
+        for (item, doc), value in as_dict(index.match(batch)).items():
+            got[(item, lo + doc)] = value
+    expected = brute_force(items, docs, n)
+    assert got == expected
+    flagged = {doc for _, doc in got}
+    assert not any(kinds[d] == "clean" for d in flagged)
+    assert all(d in flagged for d, k in kinds.items() if k != "clean")
+    for d, k in kinds.items():
+        (item, (positions, span)), *more = [(item, v) for (item, doc), v in got.items() if doc == d] or [(None, ([], 0))]
+        if k == "verbatim":  # covered whole, in one span
+            assert len(positions) == index.ngrams_per_item[item] and span == len(brute_words(items[item]))
+        if k == "every 20th changed":  # 19 words (more once punctuation splits) stay whole between changes
+            assert 0 < len(positions) < index.ngrams_per_item[item] and 19 <= span < len(brute_words(items[item]))
+
+
+def test_index_rejects_bad_n_and_handles_items_without_words():
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        EvalIndex.build(["a"], ["x"], n=0)
+    index = EvalIndex.build(["a", "b"], ["!!! ...", "one two"], n=13)
+    assert list(index.ngrams_per_item) == [0, 1]
+    assert as_dict(index.match(pa.array(["so one two three"]))) == {(1, 0): ([0], 2)}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_scanner_overlap_end_to_end_counts_every_row_and_resumes(tmp_path):
+    """Two corpus files in shards of 20 rows, one unreadable line: items.parquet equals the brute
+    force per item; read = documents + quarantined; a rerun matches nothing again, and a shard
+    whose record is gone is matched again alone."""
+    from tests.test_cli import scanner
+
+    items, docs, kinds = planted_corpus()
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"id": f"i{k}", "text": t}) + "\n"
+                                                 for k, t in enumerate(items)))
+    half = len(docs) // 2
+    for name, part in (("a", range(half)), ("b", range(half, len(docs)))):
+        lines = [json.dumps({"id": f"d{d}", "text": docs[d]}) for d in part]
+        if name == "b":
+            lines.insert(3, "{not json")
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    args = ("overlap", str(tmp_path / "eval.jsonl"), "--corpus", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"),
+            "--out", str(tmp_path / "out"), "--shard-size", "20", "--actors", "2")
+    res = scanner(*args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = pl.read_parquet(tmp_path / "out" / "items.parquet")
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["counts"]["corpus_rows_read"] == len(docs) + 1 and m["counts"]["corpus_rows_quarantined"] == 1
+    assert m["counts"]["shards"] == 4
+    expected = brute_force(items, docs, 13)
+    words = [brute_words(t) for t in items]
+    for row in got.iter_rows(named=True):
+        k = int(row["sample_id"][1:])
+        hits = {d: v for (i, d), v in expected.items() if i == k}
+        ngrams = len(words[k]) - min(13, len(words[k])) + 1
+        matched = len({p for found, _ in hits.values() for p in found})
+        assert (row["ngrams"], row["matched"], row["n_docs"]) == (ngrams, matched, len(hits)), row
+        assert row["longest_span"] == max((span for _, span in hits.values()), default=0)
+        assert row["coverage"] == pytest.approx(matched / ngrams)
+        assert row["doc_ids"] == sorted(f"d{d}" for d in hits)[:5]
+    assert "i0" in (tmp_path / "out" / "report.md").read_text()  # a verbatim item is among the worst
+
+    res = scanner(*args)
+    assert res.returncode == 0 and "4 done before, 0 to match" in res.stderr, res.stderr[-2000:]
+    done = sorted((tmp_path / "out" / "done").iterdir())
+    done[1].unlink()
+    res = scanner(*args)
+    assert "3 done before, 1 to match" in res.stderr, res.stderr[-2000:]
+    assert pl.read_parquet(tmp_path / "out" / "items.parquet").equals(got)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_overlap_refuses_a_changed_eval_set_in_the_same_folder(tmp_path, ray_local):
+    from scanner.errors import InputError
+    from scanner.overlap.run import run_overlap
+
+    (tmp_path / "e.jsonl").write_text('{"text": "one two three four"}\n')
+    (tmp_path / "c.jsonl").write_text('{"text": "zero one two three four five"}\n')
+    m = run_overlap([str(tmp_path / "e.jsonl")], [str(tmp_path / "c.jsonl")], str(tmp_path / "out"), n=3,
+                    progress=lambda s: None)
+    assert m["counts"]["items_with_overlap"] == 1
+    with pytest.raises(InputError, match="holds another run"):
+        run_overlap([str(tmp_path / "e.jsonl")], [str(tmp_path / "c.jsonl")], str(tmp_path / "out"), n=4,
+                    progress=lambda s: None)
+
+
+def test_ascii_fast_path_and_unicode_path_split_alike_and_window_hashes_match_row_hashes():
+    from scanner.overlap.ngrams import WindowHasher, row_hashes, word_ids, words_of
+
+    texts = ["Hello, World!  it's 2024_v2 -- (x)", "“Café” NAÏVE—ok é", None, "  tabs\tand\nnewlines ", ""]
+    slow = [[w for w in ws or [] if w] for ws in words_of(pa.array(texts)).to_pylist()]  # the regex alone
+    vocabulary = pa.array(sorted({w for ws in slow for w in ws}))
+    ids, doc = word_ids(pa.array(texts), vocabulary)  # byte table, the regex for non-ASCII tokens only
+    fast = [[vocabulary[int(i)].as_py() for i, d in zip(ids, doc) if d == k and i >= 0] for k in range(len(texts))]
+    assert fast == slow == [["hello", "world", "it", "s", "2024", "v2", "x"], ["café", "naïve", "ok", "é"], [],
+                            ["tabs", "and", "newlines"], []]
+    ids = np.random.default_rng(0).integers(0, 50_000, 1000)
+    hasher = WindowHasher(ids)
+    for length in (1, 5, 13):
+        starts = np.arange(len(ids) - length + 1)
+        assert (hasher(starts, length) == row_hashes(ids[starts[:, None] + np.arange(length)])).all()
+
+
+def test_evaluate_puts_overlap_beside_the_scores_and_refuses_items_it_lacks(tmp_path):
+    from scanner.errors import InputError
+    from scanner.evaluate import overlap_evidence
+
+    pl.DataFrame({"sample_id": ["a", "b", "c", "d"], "coverage": [1.0, 1.0, 0.2, 0.0], "longest_span": [40, 30, 14, 0],
+                  "n_docs": [1, 2, 1, 0], "doc_ids": [["x"], ["x", "y"], ["z"], []]}).write_parquet(tmp_path / "items.parquet")
+    dt = pl.DataFrame({"sample_id": ["a", "b", "c", "d"]})
+    y = np.array([1, 1, 0, 0])
+    o = overlap_evidence(dt, y, {"loss": np.array([0.9, 0.1, 0.8, 0.2])}, tmp_path)
+    assert (o["whole_in_corpus"], o["any_overlap"], o["members_whole"]) == (2, 3, 2)
+    assert [r["sample_id"] for r in o["non_members_with_overlap"]] == ["c"]
+    assert o["auc"]["loss"] == {"vs_labels": 0.5, "vs_whole_in_corpus": 0.5}
+    with pytest.raises(InputError, match="1 of 5 evaluated samples are not among its items"):
+        overlap_evidence(pl.DataFrame({"sample_id": ["a", "b", "c", "d", "e"]}), np.r_[y, 0],
+                         {"loss": np.zeros(5)}, tmp_path)

@@ -10,10 +10,11 @@ Matching: the eval side is small, so its words get ids (a vocabulary) and its n-
 as id rows with a 64-bit polynomial hash each. A corpus batch is split into words by Arrow's C++
 kernels (a byte translation table for ASCII, then a whitespace split; only tokens that still hold
 non-ASCII characters take the Unicode regex, several times slower), its words looked up in the vocabulary
-(`index_in`: a word that no item has can never be part of a match), and every window of a length
-the index has is hashed at once in numpy from prefix sums (P is odd, so invertible mod 2^64).
-A bitmap of the index's hash prefixes discards ~98% of windows before the binary search; the rest are
-compared word id by word id with the indexed n-gram, so a hash collision never counts.
+(`index_in`: a word that no item has can never be part of a match). Only windows that open with
+the first two words of some indexed n-gram go on (a bitmap of those bigrams, one numpy pass over
+the batch); their words are gathered, hashed, passed through a bitmap of the index's hashes and
+a binary search, and compared word id by word id with the indexed n-gram, so a hash collision
+never counts.
 
 Result per (item, document): the item's n-gram start positions found in the document, and the
 longest verbatim span, in words: the longest run of consecutive item n-grams found at
@@ -33,7 +34,9 @@ DEFAULT_N = 13
 WORD_SEPARATORS = r"[^\p{L}\p{N}]+"
 PRIME = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier of the polynomial hash
 INVERSE = np.uint64(pow(int(PRIME), -1, 2**64))
-MAX_BITMAP_BITS = 27  # the hash prefilter of one window length takes at most 16 MB
+MAX_BITMAP_BITS = 27  # a prefilter bitmap takes at most 16 MB
+PREFIX = 4  # words of a window hashed for the first filter
+CANDIDATES_PER_PASS = 1 << 19  # candidate windows gathered at once (x n words x 8 bytes)
 # ASCII: upper case to lower, letters and digits kept, every other byte a space
 ASCII_WORDS = bytes((b + 32 if 65 <= b <= 90 else b if (97 <= b <= 122 or 48 <= b <= 57) else 32) if b < 128 else b
                     for b in range(256))
@@ -83,41 +86,34 @@ def _lookup(words: pa.Array, vocabulary: pa.Array) -> np.ndarray:
     return np.asarray(pc.fill_null(pc.index_in(words, value_set=vocabulary), -1), dtype=np.int64)
 
 
-def row_hashes(rows: np.ndarray) -> np.ndarray:
-    """The hash of each row of ids: sum_k (row[k] + 1) * PRIME^(length - 1 - k), mod 2^64."""
-    h = np.zeros(len(rows), dtype=np.uint64)
-    for column in (rows.astype(np.uint64) + np.uint64(1)).T:
-        h = h * PRIME + column
+class Bitmap:
+    """A bit per key prefix (keys: uint64 hashes), ~64 bits per key: a key not in the set passes
+    with probability ~1/64, a key in it always does."""
+
+    def __init__(self, keys: np.ndarray):
+        width = int(np.clip(np.ceil(np.log2(64 * max(len(keys), 1))), 16, MAX_BITMAP_BITS))
+        self.shift = np.uint64(64 - width)
+        word = keys >> self.shift
+        self.bits = np.zeros(1 << (width - 3), dtype=np.uint8)
+        np.bitwise_or.at(self.bits, word >> np.uint64(3), np.uint8(1) << (word & np.uint64(7)).astype(np.uint8))
+
+    def maybe(self, keys: np.ndarray) -> np.ndarray:
+        word = keys >> self.shift
+        return (self.bits[word >> np.uint64(3)] >> (word & np.uint64(7)).astype(np.uint8)) & 1 == 1
+
+
+def column_hashes(columns) -> np.ndarray:
+    """The hash of each row of word ids, given column by column (k columns: sum_i (column_i + 1)
+    * PRIME^(k - 1 - i), mod 2^64); the same for index rows and corpus windows."""
+    h = None
+    for column in columns:
+        x = (column + 1).astype(np.uint64)
+        h = x if h is None else h * PRIME + x
     return h
 
 
-_POWERS = [np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64)]  # P^i and P^-i, grown on demand
-
-
-def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """P^0 .. P^n and P^0 .. P^-n (mod 2^64), cached in the process."""
-    have = len(_POWERS[0])
-    if have <= n:
-        more = max(n + 1, 2 * have) - have
-        for k, base in ((0, PRIME), (1, INVERSE)):
-            tail = _POWERS[k][-1] * np.cumprod(np.full(more, base, dtype=np.uint64))
-            _POWERS[k] = np.r_[_POWERS[k], tail]
-    return _POWERS[0][:n + 1], _POWERS[1][:n + 1]
-
-
-class WindowHasher:
-    """row_hashes of every window of a sequence of ids, for any window length, from one prefix
-    sum: S[i] = sum_{t<i} x[t] P^(N-1-t), so S[j+L] - S[j] = P^(N-j-L) * hash(window j of L)."""
-
-    def __init__(self, ids: np.ndarray):
-        x = ids.astype(np.uint64) + np.uint64(1)
-        self.n = len(x)
-        powers, self.inverse_powers = _powers(self.n)
-        self.prefix = np.zeros(self.n + 1, dtype=np.uint64)
-        np.cumsum(x * powers[self.n - 1::-1] if self.n else x, out=self.prefix[1:])
-
-    def __call__(self, starts: np.ndarray, length: int) -> np.ndarray:
-        return (self.prefix[starts + length] - self.prefix[starts]) * self.inverse_powers[self.n - starts - length]
+def row_hashes(rows: np.ndarray) -> np.ndarray:
+    return column_hashes(rows.T)
 
 
 @dataclass
@@ -158,35 +154,41 @@ class EvalIndex:
         """Every (item, document) pair with a match in this batch of texts: item, doc (the text's
         position in the batch), positions (sorted n-gram starts of the item), longest_span."""
         ids, doc = word_ids(texts, self.vocabulary)
-        unknown = np.r_[0, np.cumsum(ids < 0)]
-        hasher = WindowHasher(np.where(ids < 0, 0, ids))
         found = []
         for length, table in self.lengths.items():
             if len(ids) < length:
                 continue
-            starts = np.arange(len(ids) - length + 1)
-            ok = (unknown[starts + length] == unknown[starts]) & (doc[starts] == doc[starts + length - 1])
-            starts = starts[ok]
-            h = hasher(starts, length)
-            word = h >> np.uint64(table["shift"])
-            maybe = (table["bits"][word >> np.uint64(3)] >> (word & np.uint64(7)).astype(np.uint8)) & 1 == 1
-            starts, h = starts[maybe], h[maybe]
-            lo = np.minimum(np.searchsorted(table["hashes"], h), len(table["hashes"]) - 1)
-            hit = table["hashes"][lo] == h
-            starts, lo, h = starts[hit], lo[hit], h[hit]
-            hi = np.searchsorted(table["hashes"], h, side="right")
-            # every candidate row (several only when hashes collide), then the exact comparison
-            reps = hi - lo
-            window = np.repeat(starts, reps)
-            row = np.repeat(lo, reps) + (np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps))
-            same = (ids[window[:, None] + np.arange(length)] == table["rows"][row]).all(axis=1)
-            window, row = window[same], row[same]
-            occ = table["starts"][row + 1] - table["starts"][row]
-            first = np.repeat(table["starts"][row], occ) + (np.arange(occ.sum()) - np.repeat(np.cumsum(occ) - occ, occ))
-            at = np.repeat(window, occ)
-            found.append(pl.DataFrame({"item": table["items"][first], "pos": table["positions"][first],
-                                       "doc": doc[at], "doc_pos": at, "length": np.full(len(at), length)}))
+            m = len(ids) - length + 1
+            k = min(PREFIX, length)  # only windows that open with the first k words of some indexed n-gram
+            starts = np.flatnonzero(table["prefixes"].maybe(column_hashes(ids[i:m + i] for i in range(k))))
+            for chunk in range(0, len(starts), CANDIDATES_PER_PASS):
+                found.append(self._verify(ids, doc, starts[chunk:chunk + CANDIDATES_PER_PASS], length, table))
         return spans(pl.concat(found) if found else pl.DataFrame(schema=MATCH_SCHEMA))
+
+    @staticmethod
+    def _verify(ids: np.ndarray, doc: np.ndarray, starts: np.ndarray, length: int, table: dict) -> pl.DataFrame:
+        """The candidate windows that are indexed n-grams, word id by word id, with their occurrences."""
+        windows = ids[starts[:, None] + np.arange(length)]
+        ok = (windows >= 0).all(axis=1) & (doc[starts] == doc[starts + length - 1])
+        starts, windows = starts[ok], windows[ok]
+        h = row_hashes(windows)
+        maybe = table["bits"].maybe(h)
+        starts, windows, h = starts[maybe], windows[maybe], h[maybe]
+        lo = np.minimum(np.searchsorted(table["hashes"], h), len(table["hashes"]) - 1)
+        hit = table["hashes"][lo] == h
+        starts, windows, lo, h = starts[hit], windows[hit], lo[hit], h[hit]
+        hi = np.searchsorted(table["hashes"], h, side="right")
+        # every row with that hash (several only when hashes collide), then the exact comparison
+        reps = hi - lo
+        window = np.repeat(np.arange(len(starts)), reps)
+        row = np.repeat(lo, reps) + (np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps))
+        same = (windows[window] == table["rows"][row]).all(axis=1)
+        at, row = starts[window[same]], row[same]
+        occ = table["starts"][row + 1] - table["starts"][row]
+        first = np.repeat(table["starts"][row], occ) + (np.arange(occ.sum()) - np.repeat(np.cumsum(occ) - occ, occ))
+        at = np.repeat(at, occ)
+        return pl.DataFrame({"item": table["items"][first], "pos": table["positions"][first], "doc": doc[at],
+                             "doc_pos": at, "length": np.full(len(at), length)}, schema=MATCH_SCHEMA)
 
 
 MATCH_SCHEMA = {"item": pl.Int64, "pos": pl.Int64, "doc": pl.Int64, "doc_pos": pl.Int64, "length": pl.Int64}
@@ -209,17 +211,14 @@ def _table(entries: list[tuple[np.ndarray, int, int]]) -> dict:
     distinct, inverse = np.unique(rows, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
     hashes = row_hashes(distinct)
-    # a bit per hash prefix, ~64 bits per distinct n-gram: all but ~1.5% of windows stop here
-    width = int(np.clip(np.ceil(np.log2(64 * len(distinct))), 16, MAX_BITMAP_BITS))
-    word = hashes >> np.uint64(64 - width)
-    bits = np.zeros(1 << (width - 3), dtype=np.uint8)
-    np.bitwise_or.at(bits, word >> np.uint64(3), (np.uint8(1) << (word & np.uint64(7)).astype(np.uint8)))
     order = np.argsort(hashes, kind="stable")
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     occ_row = rank[inverse]
     by_row = np.argsort(occ_row, kind="stable")
-    return {"hashes": hashes[order], "rows": distinct[order], "bits": bits, "shift": 64 - width,
+    k = min(PREFIX, distinct.shape[1])
+    prefixes = Bitmap(np.unique(column_hashes(distinct[:, :k].T)))
+    return {"hashes": hashes[order], "rows": distinct[order], "bits": Bitmap(hashes), "prefixes": prefixes,
             "starts": np.r_[0, np.cumsum(np.bincount(occ_row, minlength=len(distinct)))],
             "items": np.array([e[1] for e in entries], dtype=np.int64)[by_row],
             "positions": np.array([e[2] for e in entries], dtype=np.int64)[by_row]}

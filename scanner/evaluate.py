@@ -47,15 +47,36 @@ def paired_auc_difference(y, a, b, n_boot: int = 1000, seed: int = 0) -> dict:
     return {"difference": roc_auc(y, a) - roc_auc(y, b), "ci": [float(lo), float(hi)]}
 
 
-def _length_bucket(n: np.ndarray) -> list[str]:
+def length_bucket_names() -> list[str]:
+    """The length buckets, shortest first."""
     edges = (0,) + LENGTH_BUCKETS + (10**9,)
-    names = [f"{lo}-{hi - 1}" if hi < 10**9 else f">={lo}" for lo, hi in zip(edges[:-1], edges[1:])]
+    return [f"{lo}-{hi - 1}" if hi < 10**9 else f">={lo}" for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def _length_bucket(n: np.ndarray) -> list[str]:
+    names = length_bucket_names()
     return [names[int(np.searchsorted(LENGTH_BUCKETS, x, side="right"))] for x in n]
 
 
-def _breakdown(y, scores: dict, by: list[str]) -> list[dict]:
+def score_family(name: str) -> str | None:
+    """Scores with many variants, of which plots show only the best."""
+    return "Min-K%++" if name.startswith("min_k_pp_") else "Min-K%" if name.startswith("min_k_") else None
+
+
+def headline_scores(metrics: dict) -> list[str]:
+    """What the ROC plot and the histograms show: the best score of each family (Min-K%,
+    Min-K%++), the other classic scores, every detector, the blind baseline."""
+    best = {}
+    for name in metrics:
+        family = score_family(name)
+        if family and (family not in best or metrics[name]["auc"] > metrics[best[family]]["auc"]):
+            best[family] = name
+    return [n for n in metrics if score_family(n) is None or best[score_family(n)] == n]
+
+
+def _breakdown(y, scores: dict, by: list[str], order: list[str] | None = None) -> list[dict]:
     rows = []
-    for group in sorted(set(by)):
+    for group in [g for g in order if g in set(by)] if order else sorted(set(by)):
         mask = np.array([g == group for g in by])
         row = {"group": group, "n": int(mask.sum()), "members": int(y[mask].sum())}
         for name, s in scores.items():
@@ -71,13 +92,14 @@ def _histograms_png(y, scores: dict) -> bytes:
     import matplotlib.pyplot as plt
 
     n = len(scores)
-    cols = 3
-    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(11, 2.6 * ((n + cols - 1) // cols)))
+    cols = 3 if n > 4 else 2
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(11, 3.4 * rows), squeeze=False)
     for ax, (name, s) in zip(np.ravel(axes), scores.items()):
         bins = np.histogram_bin_edges(s, bins=30)
         ax.hist(s[y == 0], bins=bins, alpha=0.6, label="non-members")
         ax.hist(s[y == 1], bins=bins, alpha=0.6, label="members")
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name, fontsize=12)
     for ax in np.ravel(axes)[n:]:
         ax.axis("off")
     np.ravel(axes)[0].legend(fontsize=8)
@@ -199,7 +221,7 @@ def evaluate(run_dir, detector_dir=None, seed: int = 0, n_boot: int = 1000, over
         "conclusion": conclusion,
         "thresholds": thresholds,
         "by_source": _breakdown(y, headline, dt["source"].to_list()),
-        "by_length": _breakdown(y, headline, _length_bucket(dt["n_tokens"].to_numpy())),
+        "by_length": _breakdown(y, headline, _length_bucket(dt["n_tokens"].to_numpy()), length_bucket_names()),
         "run_id": run.run_id,
         "run_dir": run.uri,
         "detector_dir": str(detector_dir) if detector_dir else None,
@@ -209,24 +231,40 @@ def evaluate(run_dir, detector_dir=None, seed: int = 0, n_boot: int = 1000, over
 
 
 def write_evaluation_report(ev: Evaluation, out) -> dict[str, Path]:
-    curves = {name: (ev.labels, s) for name, s in ev.scores.items()}
     return write_report(Path(out), "Membership inference vs the blind baseline",
-                        _blocks(ev.metrics, curves, ev.labels, ev.scores), ev.metrics)
+                        _blocks(ev.metrics, ev.labels, ev.scores), ev.metrics)
 
 
-def _blocks(m: dict, curves: dict, y, scores: dict) -> list:
+def _blocks(m: dict, y, scores: dict) -> list:
     fprs = list(next(iter(m["scores"].values()))["tpr_at_fpr"])
     table = [[name, fmt_auc(s)] + [fmt_tpr(s, f) for f in fprs] for name, s in m["scores"].items()]
     bd_names = [m["best_mia"], BASELINE]
+    shown = headline_scores(m["scores"])
+    d = m["best_mia_minus_baseline"]
+    headline_plot = roc_png({m["best_mia"]: (y, scores[m["best_mia"]]), BASELINE: (y, scores[BASELINE])}, loglog=False,
+                            title=f"{m['best_mia']} minus blind baseline: AUC {d['difference']:+.3f} "
+                                  f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]", size=(5, 4.2))
+    # the best MIA score first (drawn thicker), the blind baseline last
+    order = [m["best_mia"]] + [n for n in shown if n not in (m["best_mia"], BASELINE)] + [BASELINE]
+    curves = {name: (y, scores[name]) for name in order}
     blocks = [
         ("p", f"**{m['conclusion']}**"),
+        ("img", "headline_roc.png", headline_plot),
         ("p", f"Blind baseline verdict on this split: {m['baseline_verdict']['status']}. {m['baseline_verdict']['text']}"),
         ("p", f"Evaluated on {m['evaluated_on']}: n = {m['n']}, members = {m['n_members']}."),
-        ("table", ["score", "AUC [95% CI]"] + [f"TPR@{float(f):.1%}" for f in fprs], table),
+        ("h2", "ROC: the best of each score family, the detectors and the blind baseline"),
         ("img", "roc_loglog.png", roc_png(curves, loglog=True)),
         ("img", "roc.png", roc_png(curves, loglog=False)),
         ("h2", "Score distributions by label"),
-        ("img", "histograms.png", _histograms_png(y, scores)),
+        ("img", "histograms.png", _histograms_png(y, {name: scores[name] for name in shown})),
+    ]
+    others = {n: s for n, s in scores.items() if n not in shown}
+    if others:
+        blocks.append(("details", f"The other {len(others)} scores' distributions",
+                       [("img", "histograms_others.png", _histograms_png(y, others))]))
+    blocks += [
+        ("h2", "Every score (AUC with 95% CI, TPR at low FPR)"),
+        ("table", ["score", "AUC [95% CI]"] + [f"TPR@{float(f):.1%}" for f in fprs], table),
     ]
     if m["thresholds"]:
         blocks += [("h2", "Calibrated thresholds (on held-out non-members)"),

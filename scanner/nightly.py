@@ -59,7 +59,7 @@ from scanner.infer.run import (INVALID, NOT_SHOWN, SEEN, compare_runs, reference
 from scanner.infer.stats import DEFAULT_SPLITS
 from scanner.overlap.ngrams import DEFAULT_N
 from scanner.provenance import package_versions
-from scanner.report import fmt, fmt_auc, fmt_fraction, write_report
+from scanner.report import fmt, fmt_auc, fmt_fraction, forest_png, write_report
 from scanner.runfolder import RunFolder
 
 NIGHTLY_KEYS = ("detector", "eval_sets", "contamination_threshold", "max_increase", "alpha", "reference_model")
@@ -326,7 +326,15 @@ def nightly_blocks(m: dict) -> list:
                      "-" if r.get("change") is None else f"{r['change']:+.3f}", _set_test_cell(r.get("inference")),
                      f"{ov['share_any']:.1%} / {ov['share_whole']:.1%}" if ov else "no corpus",
                      f"{lab['baseline_verdict']} (AUC {fmt(lab['baseline_auc'])})" if lab else "no labels"])
-    blocks = [("p", f"Model {m['model']}; detector {m['detector']['path']} ({m['detector']['name']}). Exit code "
+    statuses = [r["status"] for r in m["sets"].values()]
+    flagged = [n for n, r in m["sets"].items() if r["status"] != "clean"]
+    headline = (f"All {len(statuses)} eval sets clean." if not flagged else
+                "; ".join(f"{n}: {m['sets'][n]['status']}" for n in flagged) + f" (of {len(statuses)} sets).")
+    estimates = {n: r.get("contamination") for n, r in m["sets"].items()}
+    blocks = [("p", f"**{headline} Exit code {m['exit_code']}.**"),
+              ("img", "headline_fractions.png", forest_png(estimates, "Estimated seen fraction per eval set",
+                                                          threshold=s["contamination_threshold"]))]
+    blocks += [("p", f"Model {m['model']}; detector {m['detector']['path']} ({m['detector']['name']}). Exit code "
                     f"{m['exit_code']}. Contaminated: the 95% CI of the seen fraction lies above "
                     f"{s['contamination_threshold']}; worse: the estimate rose more than {s['max_increase']} since "
                     f"{m['previous'] or 'the previous run (none found)'}."),
@@ -334,7 +342,7 @@ def nightly_blocks(m: dict) -> list:
                          f"set test p, Holm (alpha {s['alpha']})", "items in the corpus (any n-gram / whole)",
                          "leakage baseline"], rows)]
     if m["detector"].get("calibration"):
-        blocks.insert(1, ("p", calibration_note(m["detector"]["calibration"])))
+        blocks.insert(2, ("p", calibration_note(m["detector"]["calibration"])))
     refs = {r["inference"].get("reference_model") for r in m["sets"].values() if r.get("inference")} - {None}
     if refs:
         blocks.append(("p", f"The set tests also use each score's difference to the reference model {', '.join(refs)} "

@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +18,21 @@ import numpy as np  # noqa: E402
 
 from scanner.metrics import roc_points  # noqa: E402
 
-# Blocks: ("h1"|"h2", text), ("p", text), ("table", header, rows), ("img", name, png_bytes)
+# Blocks: ("h1"|"h2", text), ("p", text), ("table", header, rows), ("img", name, png_bytes),
+# ("details", summary, [blocks]): folded away in the HTML report (a <details> element)
+
+# Curves told apart by colour and line style together: 10 colours x 4 styles, no pair repeats.
+COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+           "#7f7f7f"]
+LINE_STYLES = ["-", "--", "-.", ":"]
+BOLD = re.compile(r"[*][*](.+?)[*][*]")  # **text** in a paragraph: bold in the HTML report
+
+
+def curve_styles(names: list[str]) -> dict[str, tuple[str, str]]:
+    """A distinct (colour, line style) per curve, the colours first, then the styles."""
+    if len(names) > len(COLOURS) * len(LINE_STYLES):
+        raise ValueError(f"{len(names)} curves are more than can be told apart; plot fewer")
+    return {n: (COLOURS[i % len(COLOURS)], LINE_STYLES[i // len(COLOURS)]) for i, n in enumerate(names)}
 
 
 def fmt(x) -> str:
@@ -54,12 +69,19 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], loglog: bool) -> bytes:
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], loglog: bool, title: str | None = None,
+            size: tuple[float, float] = (5.5, 5)) -> bytes:
+    """ROC curves, each in its own colour and line style (curve_styles), AUCs in the legend; the
+    first curve is the headline and drawn thicker."""
+    from scanner.metrics import roc_auc
+
+    fig, ax = plt.subplots(figsize=size)
+    styles = curve_styles(list(curves))
     for i, (name, (y, s)) in enumerate(curves.items()):
         fpr, tpr = roc_points(y, s)
-        style = {"color": "black", "linewidth": 2.2} if i == 0 else {"linewidth": 1.2}  # headline first
-        ax.step(fpr, tpr, where="post", label=name, **style)
+        colour, line = styles[name]
+        ax.step(fpr, tpr, where="post", label=f"{name} (AUC {roc_auc(y, s):.3f})", color=colour, linestyle=line,
+                linewidth=2.4 if i == 0 else 1.4)
     if loglog:
         n0 = min(int((np.asarray(y) == 0).sum()) for y, _ in curves.values())
         lo = 0.5 / max(n0, 1)
@@ -74,8 +96,32 @@ def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], loglog: bool) -> b
         ax.set_ylim(0, 1.01)
     ax.set_xlabel("false positive rate (non-members flagged)")
     ax.set_ylabel("true positive rate (members flagged)")
-    ax.set_title("ROC, log-log axes" if loglog else "ROC")
+    ax.set_title(title or ("ROC, log-log axes" if loglog else "ROC"), fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def forest_png(estimates: dict[str, dict | None], title: str, threshold: float | None = None) -> bytes:
+    """One row per source or set: the estimated seen fraction and its 95% interval
+    (scanner.contamination), the contamination threshold as a dashed line; rows without an
+    estimate are named, not drawn."""
+    names = list(estimates)
+    fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.42 * len(names)))
+    for row, name in enumerate(names):
+        e = estimates[name]
+        if e and e.get("estimable"):
+            ax.errorbar(e["estimate"], row, xerr=[[e["estimate"] - e["ci"][0]], [e["ci"][1] - e["estimate"]]],
+                        fmt="o", color=COLOURS[0], ecolor=COLOURS[0], capsize=3)
+        else:
+            ax.text(0.01, row, "not estimable", va="center", fontsize=8, color="#7f7f7f")
+    if threshold is not None:
+        ax.axvline(threshold, color=COLOURS[1], linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=9)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.set_xlim(-0.02, 1.02)  # an estimate of 0 or 1 stays visible
+    ax.set_xlabel("estimated seen fraction (95% interval)")
+    ax.set_title(title, fontsize=10)
     return _png(fig)
 
 
@@ -120,17 +166,20 @@ def _md(blocks) -> str:
             out.append("")
         elif kind == "img":
             out.append(f"![{b[1]}]({b[1]})\n")
+        elif kind == "details":
+            out.append(f"### {b[1]}\n")
+            out.append(_md(b[2]))
     return "\n".join(out)
 
 
-def _html(blocks, title: str) -> str:
+def _html_body(blocks) -> str:
     body = []
     for b in blocks:
         kind = b[0]
         if kind in ("h1", "h2"):
             body.append(f"<{kind}>{html.escape(b[1])}</{kind}>")
         elif kind == "p":
-            body.append(f"<p>{html.escape(b[1]).replace('**', '')}</p>")
+            body.append("<p>" + BOLD.sub(r"<strong>\1</strong>", html.escape(b[1])) + "</p>")
         elif kind == "table":
             head = "".join(f"<th>{html.escape(str(h))}</th>" for h in b[1])
             rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in b[2])
@@ -138,21 +187,33 @@ def _html(blocks, title: str) -> str:
         elif kind == "img":
             data = base64.b64encode(b[2]).decode("ascii")
             body.append(f'<img alt="{html.escape(b[1])}" src="data:image/png;base64,{data}">')
+        elif kind == "details":
+            body.append(f"<details><summary>{html.escape(b[1])}</summary>{_html_body(b[2])}</details>")
+    return "\n".join(body)
+
+
+def _html(blocks, title: str) -> str:
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-        "text-align:right}th{background:#f3f3f3}img{max-width:48%;margin:0 1%}"
+        "text-align:right}th{background:#f3f3f3}img{max-width:47%;margin:0 1%;vertical-align:top}"
+        "img[alt^='headline']{max-width:60%;display:block;margin:1em auto}"
+        "details{margin:1em 0}summary{cursor:pointer;font-weight:600}"
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+        f"<style>{style}</style></head><body>\n" + _html_body(blocks) + "\n</body></html>\n"
     )
+
+
+def _flat(blocks) -> list:
+    return [x for b in blocks for x in (_flat(b[2]) if b[0] == "details" else [b])]
 
 
 def render_report(title: str, blocks: list, metrics: dict) -> dict[str, bytes]:
     """{file name: content}: metrics.json, report.md, report.html and the images."""
     files = {"metrics.json": (json.dumps(metrics, indent=2, sort_keys=False) + "\n").encode()}
-    files |= {b[1]: b[2] for b in blocks if b[0] == "img"}
+    files |= {b[1]: b[2] for b in _flat(blocks) if b[0] == "img"}
     files["report.md"] = _md([("h1", title)] + blocks).encode()
     files["report.html"] = _html([("h1", title)] + blocks, title).encode()
     return files

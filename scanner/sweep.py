@@ -22,7 +22,7 @@ from scanner.config import ScanConfig
 from scanner.contamination import contaminated_fraction
 from scanner.detector.trained import TrainedDetector, calibration_note
 from scanner.engine import RunKind, run_shards
-from scanner.report import fmt, fmt_fraction, render_report
+from scanner.report import fmt, fmt_fraction, forest_png, render_report
 from scanner.runfolder import RunFolder
 
 
@@ -57,9 +57,25 @@ def sweep_metrics(manifest: dict, detector: TrainedDetector, cfg: ScanConfig) ->
     }
 
 
+def sweep_headline(m: dict) -> str:
+    o = m["overall"]
+    if not o or not o["estimable"]:
+        return "No estimate: the detector's operating point cannot tell seen from unseen documents."
+    top = max((s for s, e in m["sources"].items() if e["estimable"]), key=lambda s: m["sources"][s]["estimate"],
+              default=None)
+    said = f"The model saw an estimated {fmt_fraction(o)} of the {o['n']} documents"
+    if top is not None and len(m["sources"]) > 1:
+        said += f"; the most seen source is {top} at {fmt_fraction(m['sources'][top])}"
+    return said + "."
+
+
 def sweep_blocks(m: dict, shards: list[dict]) -> list:
     op = m["detector"]["operating_point"]
-    blocks = [("p", f"Model {m['model']}; {m['detector']['name']} detector, threshold {fmt(m['detector']['threshold'])}. "
+    blocks = [("p", f"**{sweep_headline(m)}**"),
+              ("img", "headline_fractions.png", forest_png(
+                  {**m["sources"], **({"all": m["overall"]} if m["overall"] else {})},
+                  "Estimated fraction of each source the model saw")),
+              ("p", f"Model {m['model']}; {m['detector']['name']} detector, threshold {fmt(m['detector']['threshold'])}. "
                     f"On its held-out samples it flagged {op['tp']}/{op['n_pos']} members (TPR {fmt(op['tpr'])}) "
                     f"and {op['fp']}/{op['n_neg']} non-members (FPR {fmt(op['fpr'])}).")]
     if m["detector"]["calibration"]:

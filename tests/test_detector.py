@@ -103,7 +103,10 @@ def test_train_and_evaluate_write_consistent_reports(tmp_path):
     for t in saved["thresholds"].values():
         assert fmt(t["observed_fpr"]) in md
     assert saved["conclusion"] in md and {r["group"] for r in saved["by_source"]} == {"web", "books"}
-    assert (tmp_path / "report" / "histograms.png").stat().st_size > 1000
+    for png in ("headline_roc.png", "roc.png", "histograms.png", "histograms_others.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 1000, png
+    assert html.index("headline_roc.png") < html.index("roc_loglog.png")  # the answer's figure comes first
+    assert "<details>" in html and md.index(saved["conclusion"]) < md.index("| score |")
     # runs are matched by run_id: the same run under another path is still held out, another run is not
     shutil.copytree(run, tmp_path / "mounted_elsewhere")
     again = evaluate(tmp_path / "mounted_elsewhere", tmp_path / "model", n_boot=50).metrics

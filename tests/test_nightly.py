@@ -42,6 +42,9 @@ def test_clean_then_worse_then_contaminated_then_error(setup):
     assert w["status"] == "clean" and w["labelled"]["baseline_verdict"] == "leaky"
     assert w["labelled"]["baseline_auc"] > 0.9 and not w["labelled"]["mia_beats_baseline"]
     assert (setup["root"] / "nights" / "n1" / "report.html").exists()
+    md = (setup["root"] / "nights" / "n1" / "report.md").read_text()
+    assert md.startswith("# Nightly") and "**All 2 eval sets clean. Exit code 0.**" in md
+    assert md.index("headline_fractions.png") < md.index("| eval set |")
 
     # the same eval set name now holds texts the model saw: worse than last night
     code, m = nightly(setup, "n2", [{"name": "eval_a", "data": setup["seen"]}], contamination_threshold=0.99)

@@ -94,6 +94,9 @@ def test_sweep_flags_seen_documents_and_estimates_each_source(setup):
     assert src["seen"]["estimate"] == pytest.approx(min(1, (src["seen"]["flag_rate"] - op["fpr"]) / (op["tpr"] - op["fpr"])))
     assert src["seen"]["flagged"] == int(docs.filter(pl.col("source") == "seen")["flagged"].sum())
     assert (out / "report.html").exists() and "Contaminated fraction by source" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()  # the answer first: one sentence and the per-source forest plot
+    assert md.index("The model saw an estimated") < md.index("headline_fractions.png") < md.index("| source |")
+    assert (out / "headline_fractions.png").stat().st_size > 1000
     # each shard's record names the node whose worker wrote its features
     record = json.loads((out / "done" / f"{shard_name(setup['shards'][1], 1)}.json").read_text())
     assert record["scored_on"] in manifest["scored_on_nodes"] and record["counts"]["read"] == 40

@@ -59,7 +59,7 @@ from scanner.infer.run import (INVALID, NOT_SHOWN, SEEN, compare_runs, reference
 from scanner.infer.stats import DEFAULT_SPLITS
 from scanner.overlap.ngrams import DEFAULT_N
 from scanner.provenance import package_versions
-from scanner.report import fmt, fmt_auc, fmt_fraction, forest_png, write_report
+from scanner.report import fmt, fmt_auc, fmt_fraction, forest_png, trend_png, write_report
 from scanner.runfolder import RunFolder
 
 NIGHTLY_KEYS = ("detector", "eval_sets", "contamination_threshold", "max_increase", "alpha", "reference_model")
@@ -106,6 +106,30 @@ def previous_metrics(root: Path, run_name: str, explicit: str | None) -> tuple[d
     if not earlier:
         return None, None
     return json.loads((earlier[-1] / "metrics.json").read_text()), str(earlier[-1] / "metrics.json")
+
+
+TREND_RUNS = 30  # earlier runs a set's trend chart shows
+
+
+def history(root: Path, run_name: str, sets: dict) -> dict[str, list[dict]]:
+    """Per eval set of this run, its seen-fraction estimates in the earlier runs in root (the
+    last TREND_RUNS that hold it) and in this one, oldest first."""
+    earlier = sorted(d for d in root.iterdir() if d.is_dir() and d.name < run_name and (d / "metrics.json").is_file())
+    out: dict[str, list[dict]] = {name: [] for name in sets}
+    for d in earlier:
+        try:
+            old = json.loads((d / "metrics.json").read_text()).get("sets", {})
+        except (OSError, json.JSONDecodeError):
+            continue  # a run folder being written, or damaged: not part of the trend
+        for name in out:
+            c = (old.get(name) or {}).get("contamination")
+            if c and c.get("estimable"):
+                out[name].append({"run": d.name, "estimate": c["estimate"], "ci": c["ci"]})
+    for name, r in sets.items():
+        c = r.get("contamination")
+        if c and c.get("estimable"):
+            out[name].append({"run": run_name, "estimate": c["estimate"], "ci": c["ci"]})
+    return {name: points[-TREND_RUNS - 1:] for name, points in out.items()}
 
 
 def set_status(contamination: dict, previous_estimate: float | None, threshold: float, max_increase: float) -> str:
@@ -306,10 +330,11 @@ def run_nightly(config: str, out: str, run_name: str | None = None, previous: st
         progress(f"eval set {spec['name']}: {r['status']}" + (f" ({r['error']})" if "error" in r else ""))
     apply_set_tests(results, settings["alpha"])
     code = exit_code([r["status"] for r in results.values()])
+    trend = history(root, run_name, results)
     metrics = {"run": run_name, "model": model or scan_options.get("model") or detector.scan_config["model"],
                "detector": {"path": settings["detector"], "kind": detector.kind, "name": detector.name,
                             "operating_point": vars(detector.operating_point), "calibration": detector.calibration},
-               "settings": settings, "previous": prev_path, "sets": results, "exit_code": code,
+               "settings": settings, "previous": prev_path, "sets": results, "exit_code": code, "trend": trend,
                "wall_seconds": round(time.perf_counter() - t0, 1), "versions": package_versions()}
     write_report(run_dir, f"Nightly contamination check: {run_name}", nightly_blocks(metrics), metrics)
     return metrics
@@ -343,6 +368,9 @@ def nightly_blocks(m: dict) -> list:
                          "leakage baseline"], rows)]
     if m["detector"].get("calibration"):
         blocks.insert(2, ("p", calibration_note(m["detector"]["calibration"])))
+    if any(len(points) > 1 for points in m.get("trend", {}).values()):
+        blocks += [("h2", "Trend: each set's seen fraction over the runs in this folder"),
+                   ("img", "trend.png", trend_png(m["trend"], threshold=s["contamination_threshold"]))]
     refs = {r["inference"].get("reference_model") for r in m["sets"].values() if r.get("inference")} - {None}
     if refs:
         blocks.append(("p", f"The set tests also use each score's difference to the reference model {', '.join(refs)} "

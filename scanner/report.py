@@ -125,6 +125,29 @@ def forest_png(estimates: dict[str, dict | None], title: str, threshold: float |
     return _png(fig)
 
 
+def trend_png(trend: dict[str, list[dict]], threshold: float | None = None) -> bytes:
+    """A small chart per set: its estimate and 95% interval in each run, oldest first."""
+    names = [n for n, points in trend.items() if points]
+    cols = min(3, len(names))
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False)
+    for ax, name in zip(np.ravel(axes), names):
+        points = trend[name]
+        x = np.arange(len(points))
+        est = np.array([p["estimate"] for p in points])
+        ax.fill_between(x, [p["ci"][0] for p in points], [p["ci"][1] for p in points], color=COLOURS[0], alpha=0.2)
+        ax.plot(x, est, "o-", color=COLOURS[0], markersize=3)
+        if threshold is not None:
+            ax.axhline(threshold, color=COLOURS[1], linestyle="--", linewidth=1)
+        ax.set_xticks(x, [p["run"] for p in points], rotation=45, ha="right", fontsize=7)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(name, fontsize=10)
+    for ax in np.ravel(axes)[len(names):]:
+        ax.axis("off")
+    np.ravel(axes)[0].set_ylabel("seen fraction")
+    return _png(fig)
+
+
 def line_png(series: dict[str, list[float]], xlabel: str, ylabel: str) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for name, ys in series.items():

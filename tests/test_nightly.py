@@ -54,6 +54,10 @@ def test_clean_then_worse_then_contaminated_then_error(setup):
 
     code, m = nightly(setup, "n3", [{"name": "eval_a", "data": setup["seen"]}])
     assert code == 1 and m["sets"]["eval_a"]["status"] == "contaminated"
+    # the trend of each set over the runs in the folder: n1 (unseen), n2 and n3 (seen)
+    assert [p["run"] for p in m["trend"]["eval_a"]] == ["n1", "n2", "n3"]
+    assert m["trend"]["eval_a"][0]["estimate"] < 0.3 < m["trend"]["eval_a"][-1]["estimate"]
+    assert (setup["root"] / "nights" / "n3" / "trend.png").stat().st_size > 1000
     assert m["sets"]["eval_a"]["contamination"]["ci"][0] > 0.5
 
     # a set that cannot be read: exit 2, and the other sets are still checked and reported

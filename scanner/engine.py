@@ -49,8 +49,9 @@ class RunKind:
     detector: dict | None = None  # {"folder", "kind", "fingerprint"}: applied by the actors
 
 
-def columns_from_config(cfg: ScanConfig) -> Columns:
-    return Columns(text=cfg.text_col, label=cfg.label_col, id=cfg.id_col, source=cfg.source_col)
+def columns_from_config(cfg: ScanConfig, labels: bool = True) -> Columns:
+    """The input columns a config names; labels=False when a caller must not read labels."""
+    return Columns(text=cfg.text_col, label=cfg.label_col if labels else None, id=cfg.id_col, source=cfg.source_col)
 
 
 # ---------------------------------------------------------------- worker side
@@ -113,7 +114,7 @@ def find_duplicates(folder_uri: str, file_order: list[str]) -> dict:
 # ---------------------------------------------------------------- the scoring pool
 
 
-def _last_line(e: BaseException) -> str:
+def last_line(e: BaseException) -> str:
     """A Ray error in one line: the type and the last line of the remote exception."""
     cause = getattr(e, "cause", None) or e
     lines = [ln for ln in str(cause).strip().splitlines() if ln.strip()]
@@ -190,7 +191,7 @@ class ScoringPool:
             infos = ray.get(refs)
         except ray.exceptions.RayError as e:
             self.shutdown()
-            raise InputError(f"a scoring actor failed to start: {_last_line(e)}") from None
+            raise InputError(f"a scoring actor failed to start: {last_line(e)}") from None
         errors = [i["error"] for i in infos if i["error"]]
         if errors:
             self.shutdown()
@@ -237,9 +238,9 @@ class ScoringPool:
                     queue.appendleft(shard)
                     feed(k)
                     continue
-                record = {"shard": shard.name, "error": f"its scoring actor kept dying: {_last_line(e)}"}
+                record = {"shard": shard.name, "error": f"its scoring actor kept dying: {last_line(e)}"}
             except ray.exceptions.RayTaskError as e:
-                record = {"shard": shard.name, "error": _last_line(e)}
+                record = {"shard": shard.name, "error": last_line(e)}
             on_record(shard, record)
             feed(k)
 
@@ -295,6 +296,13 @@ def plan(files: list[InputFile], folder: RunFolder, shard_size: int,
     return shards, {r["uri"]: r["error"] for r in results if "error" in r}
 
 
+def refuse_file_errors(file_errors: dict[str, str]) -> None:
+    """Files that could not be planned (unreadable, empty) stop a strict run before any work."""
+    if file_errors:
+        more = f" (and {len(file_errors) - 1} more)" if len(file_errors) > 1 else ""
+        raise InputError(next(iter(file_errors.values())) + more)
+
+
 def run_shards(inputs: list[str], out: str, cfg: ScanConfig, kind: RunKind,
                progress: Callable[[str], None] = print) -> dict:
     """Runs (or resumes) the run in `out` and returns its manifest, which it also writes."""
@@ -313,9 +321,8 @@ def run_shards(inputs: list[str], out: str, cfg: ScanConfig, kind: RunKind,
     if not ray.is_initialized():
         ray.init()
     shards, file_errors = plan(files, folder, cfg.shard_size, progress)
-    if file_errors and kind.strict:
-        more = f" (and {len(file_errors) - 1} more)" if len(file_errors) > 1 else ""
-        raise InputError(next(iter(file_errors.values())) + more)
+    if kind.strict:
+        refuse_file_errors(file_errors)
     finished = folder.done()
     pending = [s for s in shards if s.name not in finished]
     progress(f"{len(files)} input file(s) in {len(shards)} shard(s): {len(shards) - len(pending)} done before, "

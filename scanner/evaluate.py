@@ -27,6 +27,7 @@ from scanner.detector.data import available_classic, member_score
 from scanner.detector.folder import DetectorFolder
 from scanner.detector.mlp import MLPDetector
 from scanner.detector.train import blind_baseline, labelled_features
+from scanner.errors import InputError
 from scanner.metrics import min_negatives_for, roc_auc, summarize
 from scanner.report import TPR_NOTE, fmt, fmt_auc, fmt_tpr, roc_png, write_report
 from scanner.runfolder import RunFolder
@@ -132,15 +133,17 @@ def _held_out(df: pl.DataFrame, run: RunFolder, detectors: DetectorFolder | None
     return mask, f"the {len(test_ids)} test samples held out from detector training", True
 
 
-def overlap_evidence(dt: pl.DataFrame, y: np.ndarray, scores: dict, overlap_dir) -> dict:
-    """Each evaluated sample's overlap with the corpus, and every score's AUC against "the
-    whole item occurs in the corpus" (coverage 1) beside its AUC against the labels."""
-    from scanner.errors import InputError
-
+def overlap_items(overlap_dir) -> pl.DataFrame:
+    """A `scanner overlap` result's per-item table (read before any work: a wrong folder fails at once)."""
     path = Path(overlap_dir) / "items.parquet"
     if not path.is_file():
         raise InputError(f"{overlap_dir}: no items.parquet; run `scanner overlap` into it first")
-    items = pl.read_parquet(path).select("sample_id", "coverage", "longest_span", "n_docs", "doc_ids")
+    return pl.read_parquet(path).select("sample_id", "coverage", "longest_span", "n_docs", "doc_ids")
+
+
+def overlap_evidence(dt: pl.DataFrame, y: np.ndarray, scores: dict, items: pl.DataFrame, overlap_dir) -> dict:
+    """Each evaluated sample's overlap with the corpus, and every score's AUC against "the
+    whole item occurs in the corpus" (coverage 1) beside its AUC against the labels."""
     joined = dt.select("sample_id").join(items, on="sample_id", how="left", maintain_order="left")
     missing = joined.filter(pl.col("coverage").is_null())["sample_id"]
     if len(missing):
@@ -160,6 +163,7 @@ def overlap_evidence(dt: pl.DataFrame, y: np.ndarray, scores: dict, overlap_dir)
 def evaluate(run_dir, detector_dir=None, seed: int = 0, n_boot: int = 1000, overlap_dir=None,
              progress: Callable[[str], None] = lambda m: None) -> Evaluation:
     run = RunFolder.existing(run_dir)
+    items = overlap_items(overlap_dir) if overlap_dir else None
     df = labelled_features(run)
     detector_folder = DetectorFolder.existing(detector_dir) if detector_dir is not None else None
     test, held_out, same_run = _held_out(df, run, detector_folder)
@@ -225,7 +229,7 @@ def evaluate(run_dir, detector_dir=None, seed: int = 0, n_boot: int = 1000, over
         "run_id": run.run_id,
         "run_dir": run.uri,
         "detector_dir": str(detector_dir) if detector_dir else None,
-        "overlap": overlap_evidence(dt, y, scores, overlap_dir) if overlap_dir else None,
+        "overlap": overlap_evidence(dt, y, scores, items, overlap_dir) if overlap_dir else None,
     }
     return Evaluation(metrics=result, labels=y, scores=scores)
 

@@ -50,9 +50,8 @@ from pathlib import Path
 
 from scanner.config import load_config, read_config_file
 from scanner.contamination import contaminated_fraction
-from scanner.corpus import Columns
 from scanner.detector.trained import TrainedDetector, calibration_note, load_trained
-from scanner.engine import RunKind, require_complete, run_shards
+from scanner.engine import RunKind, columns_from_config, require_complete, run_shards
 from scanner.errors import InputError
 from scanner.infer.run import (INVALID, NOT_SHOWN, SEEN, compare_runs, reference_model_config,
                                scan_under_reference_model, shift_check)
@@ -96,13 +95,18 @@ def load_nightly(path: str) -> tuple[dict, list[dict], dict]:
     return settings, sets, scan_options
 
 
+def earlier_runs(root: Path, run_name: str) -> list[Path]:
+    """The run folders in root before this run (by name) that finished (have a metrics.json)."""
+    return sorted(d for d in root.iterdir() if d.is_dir() and d.name < run_name and (d / "metrics.json").is_file())
+
+
 def previous_metrics(root: Path, run_name: str, explicit: str | None) -> tuple[dict | None, str | None]:
     if explicit:
         p = Path(explicit)
         if not p.is_file():
             raise InputError(f"--previous {explicit}: no such file")
         return json.loads(p.read_text()), str(p)
-    earlier = sorted(d for d in root.iterdir() if d.is_dir() and d.name < run_name and (d / "metrics.json").is_file())
+    earlier = earlier_runs(root, run_name)
     if not earlier:
         return None, None
     return json.loads((earlier[-1] / "metrics.json").read_text()), str(earlier[-1] / "metrics.json")
@@ -114,9 +118,8 @@ TREND_RUNS = 30  # earlier runs a set's trend chart shows
 def history(root: Path, run_name: str, sets: dict) -> dict[str, list[dict]]:
     """Per eval set of this run, its seen-fraction estimates in the earlier runs in root (the
     last TREND_RUNS that hold it) and in this one, oldest first."""
-    earlier = sorted(d for d in root.iterdir() if d.is_dir() and d.name < run_name and (d / "metrics.json").is_file())
     out: dict[str, list[dict]] = {name: [] for name in sets}
-    for d in earlier:
+    for d in earlier_runs(root, run_name):
         try:
             old = json.loads((d / "metrics.json").read_text()).get("sets", {})
         except (OSError, json.JSONDecodeError):
@@ -200,7 +203,7 @@ def _overlap(spec: dict, cfg, root: Path, progress) -> Path | None:
         return Path(spec["overlap"])
     if "corpus" not in spec:
         return None
-    columns = Columns(text=cfg.text_col, label=None, id=cfg.id_col, source=cfg.source_col)
+    columns = columns_from_config(cfg, labels=False)
     items = read_corpus(spec["data"], columns).samples
     folder = root / "overlap" / spec["name"] / eval_fingerprint(items, DEFAULT_N)
     progress(f"{spec['name']}: exact {DEFAULT_N}-gram overlap with {' '.join(spec['corpus'])}")
@@ -211,12 +214,9 @@ def _overlap(spec: dict, cfg, root: Path, progress) -> Path | None:
 
 
 def overlap_summary(folder: Path) -> dict:
-    import polars as pl
+    from scanner.evaluate import overlap_items
 
-    path = folder / "items.parquet"
-    if not path.is_file():
-        raise InputError(f"{folder}: no items.parquet; run `scanner overlap` into it first")
-    cov = pl.read_parquet(path, columns=["coverage"])["coverage"]
+    cov = overlap_items(folder)["coverage"]
     return {"dir": str(folder), "items": len(cov), "any": int((cov > 0).sum()), "whole": int((cov >= 1).sum()),
             "share_any": float((cov > 0).mean()), "share_whole": float((cov >= 1).mean())}
 
@@ -262,7 +262,7 @@ def _inference(spec: dict, set_dir: Path, cfg, detector: TrainedDetector, seed: 
                reference_model: dict | None = None) -> dict:
     """Dataset inference against the set's reference (scanner.infer); the p-value is adjusted
     over the run's sets afterwards (holm)."""
-    columns = Columns(text=cfg.text_col, label=None, id=cfg.id_col, source=cfg.source_col)
+    columns = columns_from_config(cfg, labels=False)
     shift = shift_check(spec["data"], spec["reference"], columns, seed, progress)
     if not shift["verdict"]["usable_for_mia"]:
         return {"verdict": INVALID, "p_value": None, "blind_baseline": shift}

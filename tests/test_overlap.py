@@ -173,6 +173,10 @@ def test_overlap_refuses_a_changed_eval_set_in_the_same_folder(tmp_path, ray_loc
     m = run_overlap([str(tmp_path / "e.jsonl")], [str(tmp_path / "c.jsonl")], str(tmp_path / "out"), n=3,
                     progress=lambda s: None)
     assert m["counts"]["items_with_overlap"] == 1
+    with pytest.raises(InputError, match="--shard-size must be at least 1"):  # refused before any work
+        run_overlap([str(tmp_path / "e.jsonl")], [str(tmp_path / "c.jsonl")], str(tmp_path / "out2"), shard_rows=0,
+                    progress=lambda s: None)
+    assert not (tmp_path / "out2").exists()
     with pytest.raises(InputError, match="holds another run"):
         run_overlap([str(tmp_path / "e.jsonl")], [str(tmp_path / "c.jsonl")], str(tmp_path / "out"), n=4,
                     progress=lambda s: None)
@@ -192,16 +196,18 @@ def test_the_byte_table_path_splits_words_as_the_unicode_regex_does():
 
 def test_evaluate_puts_overlap_beside_the_scores_and_refuses_items_it_lacks(tmp_path):
     from scanner.errors import InputError
-    from scanner.evaluate import overlap_evidence
+    from scanner.evaluate import overlap_evidence, overlap_items
 
     pl.DataFrame({"sample_id": ["a", "b", "c", "d"], "coverage": [1.0, 1.0, 0.2, 0.0], "longest_span": [40, 30, 14, 0],
                   "n_docs": [1, 2, 1, 0], "doc_ids": [["x"], ["x", "y"], ["z"], []]}).write_parquet(tmp_path / "items.parquet")
     dt = pl.DataFrame({"sample_id": ["a", "b", "c", "d"]})
     y = np.array([1, 1, 0, 0])
-    o = overlap_evidence(dt, y, {"loss": np.array([0.9, 0.1, 0.8, 0.2])}, tmp_path)
+    o = overlap_evidence(dt, y, {"loss": np.array([0.9, 0.1, 0.8, 0.2])}, overlap_items(tmp_path), tmp_path)
     assert (o["whole_in_corpus"], o["any_overlap"], o["members_whole"]) == (2, 3, 2)
     assert [r["sample_id"] for r in o["non_members_with_overlap"]] == ["c"]
     assert o["auc"]["loss"] == {"vs_labels": 0.5, "vs_whole_in_corpus": 0.5}
     with pytest.raises(InputError, match="1 of 5 evaluated samples are not among its items"):
         overlap_evidence(pl.DataFrame({"sample_id": ["a", "b", "c", "d", "e"]}), np.r_[y, 0],
-                         {"loss": np.zeros(5)}, tmp_path)
+                         {"loss": np.zeros(5)}, overlap_items(tmp_path), tmp_path)
+    with pytest.raises(InputError, match="no items.parquet"):
+        overlap_items(tmp_path / "elsewhere")

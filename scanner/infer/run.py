@@ -39,7 +39,7 @@ from scanner.contamination import OperatingPoint, contaminated_fraction
 from scanner.corpus import Columns, read_corpus
 from scanner.detector.data import aggregates, available_classic
 from scanner.detector.trained import TrainedDetector
-from scanner.engine import require_complete
+from scanner.engine import columns_from_config, require_complete
 from scanner.errors import InputError
 from scanner.infer.stats import DEFAULT_SPLITS, set_test
 from scanner.report import fmt, fmt_auc, fmt_fraction, two_histograms_png, write_report
@@ -121,7 +121,7 @@ def run_inference(suspect: list[str], reference: list[str], out: str, cfg: ScanC
     if detector is not None:
         detector.check_usable_with(cfg)
     out_ = Path(out)
-    columns = Columns(text=cfg.text_col, label=None, id=cfg.id_col, source=cfg.source_col)
+    columns = columns_from_config(cfg, labels=False)
     shift = shift_check(suspect, reference, columns, seed, progress)
     progress(f"blind baseline: AUC {shift['auc']:.3f} [{shift['auc_ci'][0]:.3f}, {shift['auc_ci'][1]:.3f}]")
     m = {"task": "infer", "model": cfg.model, "reference_model": reference_model, "suspect": suspect,

@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from scanner.corpus import Columns, read_corpus, read_shard
-from scanner.engine import plan
+from scanner.engine import last_line, plan, refuse_file_errors
 from scanner.errors import InputError
 from scanner.inputs import list_inputs
 from scanner.overlap.ngrams import DEFAULT_N, EvalIndex
@@ -92,6 +92,8 @@ def run_overlap(eval_paths: list[str], corpus_paths: list[str], out: str, n: int
         raise InputError(f"--n must be at least 1, not {n}")
     if parallel is not None and parallel < 1:
         raise InputError(f"--actors must be at least 1, not {parallel}")
+    if shard_rows < 1:
+        raise InputError(f"--shard-size must be at least 1, not {shard_rows}")
     evals = read_corpus(eval_paths, eval_columns, progress=progress)
     items = evals.samples
     files = list_inputs(corpus_paths)
@@ -104,9 +106,7 @@ def run_overlap(eval_paths: list[str], corpus_paths: list[str], out: str, n: int
     if not ray.is_initialized():
         ray.init()
     shards, file_errors = plan(files, folder, shard_rows, progress)
-    if file_errors:
-        more = f" (and {len(file_errors) - 1} more)" if len(file_errors) > 1 else ""
-        raise InputError(next(iter(file_errors.values())) + more)
+    refuse_file_errors(file_errors)
     if new:
         folder.save_run(run)
     finished = folder.done()
@@ -145,7 +145,7 @@ def _match_all(pending: list[Shard], folder: RunFolder, index: EvalIndex, column
         try:
             r = ray.get(ref)
         except ray.exceptions.RayError as e:
-            r = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1]}"}
+            r = {"error": last_line(e)}
         if r.get("error"):
             errors[s.name] = r["error"]
             progress(f"shard {s.name} failed: {r['error']}")

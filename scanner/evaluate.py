@@ -239,6 +239,14 @@ def write_evaluation_report(ev: Evaluation, out) -> dict[str, Path]:
                         _blocks(ev.metrics, ev.labels, ev.scores), ev.metrics)
 
 
+def roc_curves(m: dict, y, scores: dict) -> dict[str, tuple]:
+    """The ROC plot's curves: the best MIA score first (drawn thicker), the best of each other
+    family and the detectors, the blind baseline last."""
+    shown = headline_scores(m["scores"])
+    order = [m["best_mia"]] + [n for n in shown if n not in (m["best_mia"], BASELINE)] + [BASELINE]
+    return {name: (y, scores[name]) for name in order}
+
+
 def _blocks(m: dict, y, scores: dict) -> list:
     fprs = list(next(iter(m["scores"].values()))["tpr_at_fpr"])
     table = [[name, fmt_auc(s)] + [fmt_tpr(s, f) for f in fprs] for name, s in m["scores"].items()]
@@ -248,9 +256,7 @@ def _blocks(m: dict, y, scores: dict) -> list:
     headline_plot = roc_png({m["best_mia"]: (y, scores[m["best_mia"]]), BASELINE: (y, scores[BASELINE])}, loglog=False,
                             title=f"{m['best_mia']} minus blind baseline: AUC {d['difference']:+.3f} "
                                   f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]", size=(5, 4.2))
-    # the best MIA score first (drawn thicker), the blind baseline last
-    order = [m["best_mia"]] + [n for n in shown if n not in (m["best_mia"], BASELINE)] + [BASELINE]
-    curves = {name: (y, scores[name]) for name in order}
+    curves = roc_curves(m, y, scores)
     blocks = [
         ("p", f"**{m['conclusion']}**"),
         ("img", "headline_roc.png", headline_plot),

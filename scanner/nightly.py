@@ -58,7 +58,7 @@ from scanner.infer.run import (INVALID, NOT_SHOWN, SEEN, compare_runs, reference
 from scanner.infer.stats import DEFAULT_SPLITS
 from scanner.overlap.ngrams import DEFAULT_N
 from scanner.provenance import package_versions
-from scanner.report import fmt, fmt_auc, fmt_fraction, forest_png, trend_png, write_report
+from scanner.report import fmt, fmt_auc, fmt_fraction, forest_png, fraction_rows, trend_png, write_report
 from scanner.runfolder import RunFolder
 
 NIGHTLY_KEYS = ("detector", "eval_sets", "contamination_threshold", "max_increase", "alpha", "reference_model")
@@ -357,8 +357,9 @@ def nightly_blocks(m: dict) -> list:
                 "; ".join(f"{n}: {m['sets'][n]['status']}" for n in flagged) + f" (of {len(statuses)} sets).")
     estimates = {n: r.get("contamination") for n, r in m["sets"].items()}
     blocks = [("p", f"**{headline} Exit code {m['exit_code']}.**"),
-              ("img", "headline_fractions.png", forest_png(estimates, "Estimated seen fraction per eval set",
-                                                          threshold=s["contamination_threshold"]))]
+              ("img", "headline_fractions.png", forest_png(
+                  fraction_rows(estimates), "Estimated seen fraction per eval set", line=s["contamination_threshold"],
+                  line_label=f"threshold {s['contamination_threshold']:g}"))]
     blocks += [("p", f"Model {m['model']}; detector {m['detector']['path']} ({m['detector']['name']}). Exit code "
                     f"{m['exit_code']}. Contaminated: the 95% CI of the seen fraction lies above "
                     f"{s['contamination_threshold']}; worse: the estimate rose more than {s['max_increase']} since "

@@ -71,11 +71,18 @@ def _png(fig) -> bytes:
 
 def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], loglog: bool, title: str | None = None,
             size: tuple[float, float] = (5.5, 5)) -> bytes:
+    """draw_roc as a PNG."""
+    fig, ax = plt.subplots(figsize=size)
+    draw_roc(ax, curves, loglog)
+    ax.set_title(title or ("ROC, log-log axes" if loglog else "ROC"), fontsize=10)
+    return _png(fig)
+
+
+def draw_roc(ax, curves: dict[str, tuple[np.ndarray, np.ndarray]], loglog: bool) -> None:
     """ROC curves, each in its own colour and line style (curve_styles), AUCs in the legend; the
     first curve is the headline and drawn thicker."""
     from scanner.metrics import roc_auc
 
-    fig, ax = plt.subplots(figsize=size)
     styles = curve_styles(list(curves))
     for i, (name, (y, s)) in enumerate(curves.items()):
         fpr, tpr = roc_points(y, s)
@@ -96,32 +103,64 @@ def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], loglog: bool, titl
         ax.set_ylim(0, 1.01)
     ax.set_xlabel("false positive rate (non-members flagged)")
     ax.set_ylabel("true positive rate (members flagged)")
-    ax.set_title(title or ("ROC, log-log axes" if loglog else "ROC"), fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
+
+
+def fraction_rows(estimates: dict[str, dict | None]) -> dict[str, tuple[float, float, float] | None]:
+    """Contamination estimates (scanner.contamination) as forest rows; not estimable -> None."""
+    return {n: (e["estimate"], *e["ci"]) if e and e.get("estimable") else None for n, e in estimates.items()}
+
+
+def forest_png(rows: dict[str, tuple[float, float, float] | None], title: str,
+               xlabel: str = "estimated seen fraction (95% interval)", line: float | None = None,
+               line_label: str | None = None, xlim: tuple[float, float] | None = (-0.02, 1.02),
+               marks: dict[str, float] | None = None, marks_label: str | None = None) -> bytes:
+    """One row per source, set, split or score: an estimate and its 95% interval; a reference
+    line (a threshold, chance, zero) dashed; optional hollow marks beside the estimates (e.g. the
+    raw flag rate). Rows without an estimate are named, not drawn."""
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.42 * len(names)))
+    for row, name in enumerate(names):
+        if rows[name] is None:
+            ax.text(0.01, row, "not estimable", va="center", fontsize=8, color="#7f7f7f", transform=ax.get_yaxis_transform())
+            continue
+        est, lo, hi = rows[name]
+        ax.errorbar(est, row, xerr=[[est - lo], [hi - est]], fmt="o", color=COLOURS[0], ecolor=COLOURS[0], capsize=3,
+                    label="estimate, 95% interval" if marks and row == 0 else None)
+    if marks:
+        at = [(names.index(n), x) for n, x in marks.items() if n in names]
+        ax.plot([x for _, x in at], [r for r, _ in at], "D", mfc="none", color=COLOURS[3], label=marks_label)
+    if line is not None:
+        ax.axvline(line, color=COLOURS[1], linestyle="--", linewidth=1, label=line_label)
+    if marks or line_label:
+        ax.legend(loc="best", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=9)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    if xlim:
+        ax.set_xlim(*xlim)  # a fraction of 0 or 1 stays visible
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
     return _png(fig)
 
 
-def forest_png(estimates: dict[str, dict | None], title: str, threshold: float | None = None) -> bytes:
-    """One row per source or set: the estimated seen fraction and its 95% interval
-    (scanner.contamination), the contamination threshold as a dashed line; rows without an
-    estimate are named, not drawn."""
-    names = list(estimates)
-    fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.42 * len(names)))
-    for row, name in enumerate(names):
-        e = estimates[name]
-        if e and e.get("estimable"):
-            ax.errorbar(e["estimate"], row, xerr=[[e["estimate"] - e["ci"][0]], [e["ci"][1] - e["estimate"]]],
-                        fmt="o", color=COLOURS[0], ecolor=COLOURS[0], capsize=3)
-        else:
-            ax.text(0.01, row, "not estimable", va="center", fontsize=8, color="#7f7f7f")
-    if threshold is not None:
-        ax.axvline(threshold, color=COLOURS[1], linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
-        ax.legend(loc="lower right", fontsize=8)
+def shares_png(rows: dict[str, dict[str, float]], title: str, xlabel: str) -> bytes:
+    """Horizontal grouped bars: per row (an eval set) one bar per share, the value written beside it."""
+    names = list(rows)
+    keys = list(next(iter(rows.values()))) if rows else []
+    height = 0.8 / max(len(keys), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.25 * len(names) * max(len(keys), 1)))
+    for k, key in enumerate(keys):
+        y = np.arange(len(names)) + (k - (len(keys) - 1) / 2) * height
+        values = [rows[n][key] for n in names]
+        ax.barh(y, values, height=height * 0.9, color=COLOURS[k % len(COLOURS)], label=key)
+        for yy, v in zip(y, values):
+            ax.text(v + 0.01, yy, f"{v:.1%}", va="center", fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=9)
     ax.set_ylim(len(names) - 0.5, -0.5)
-    ax.set_xlim(-0.02, 1.02)  # an estimate of 0 or 1 stays visible
-    ax.set_xlabel("estimated seen fraction (95% interval)")
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
     return _png(fig)
 
 
@@ -254,40 +293,3 @@ TPR_NOTE = (
     "below the target; no interpolation). * = not estimable: fewer than 10/FPR non-members, so the "
     "value rests on under ten false positives."
 )
-
-
-def baseline_blocks(metrics: dict, curves: dict, inputs: list[str], counts: dict) -> list:
-    fprs = list(metrics["tpr_at_fpr"])
-    v = metrics["verdict"]
-    blocks = [
-        ("p", f"**Verdict: {v['status']}.** {v['text']}"),
-        ("p", f"Inputs: {', '.join(inputs)}"),
-        ("table", ["n", "members", "non-members", "AUC [95% CI]"] + [f"TPR@{float(f):.1%} FPR" for f in fprs] + ["best model"],
-         [[metrics["n"], metrics["n_members"], metrics["n_nonmembers"], fmt_auc(metrics)]
-          + [fmt_tpr(metrics, f) for f in fprs] + [metrics["best_model"]]]),
-        ("p", "Headline: out-of-fold scores of the model chosen by nested cross-validation (chosen on "
-              "inner folds of each outer training set; outer folds only evaluate)."),
-        ("h2", "Model families"),
-        ("p", "Each family with its hyper-parameters chosen on inner folds, evaluated on the outer folds. "
-              "Picking the best row here would be selection on the test folds: the headline does not."),
-        ("table", ["model", "AUC [95% CI]"] + [f"TPR@{float(f):.1%}" for f in fprs],
-         [[fam, fmt_auc(m)] + [fmt_tpr(m, f) for f in fprs] for fam, m in metrics["models"].items()]),
-        ("img", "roc.png", roc_png(curves, loglog=False)),
-        ("img", "roc_loglog.png", roc_png(curves, loglog=True)),
-        ("h2", "Outer folds"),
-        ("table", ["fold", "train", "test", "chosen", "inner AUC", "outer AUC", "seconds"],
-         [[f["fold"], f["n_train"], f["n_test"], f["chosen"], fmt(f["chosen_inner_auc"]), fmt(f["outer_auc"]), f["seconds"]]
-          for f in metrics["folds"]]),
-        ("h2", "What gives the split away"),
-        ("p", "Strongest n-gram rules (greedy selection at 5% FPR, fitted on all rows; an explanation, not an evaluation)."),
-    ]
-    for key, label in (("member", "members"), ("non_member", "non-members")):
-        rows = [[r["ngram"], fmt(r["log_odds"]), r["documents"]] for r in metrics["top_ngrams"][key]]
-        blocks.append(("table", [f"n-gram pointing to {label}", "log-odds", "documents"], rows or [["(none)", "", ""]]))
-    blocks += [
-        ("h2", "Data"),
-        ("table", ["read", "kept", "quarantined"] + list(counts["quarantined_by_reason"]),
-         [[counts["read"], counts["kept"], counts["quarantined"]] + list(counts["quarantined_by_reason"].values())]),
-        ("p", TPR_NOTE),
-    ]
-    return blocks

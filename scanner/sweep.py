@@ -22,7 +22,7 @@ from scanner.config import ScanConfig
 from scanner.contamination import contaminated_fraction
 from scanner.detector.trained import TrainedDetector, calibration_note
 from scanner.engine import RunKind, run_shards
-from scanner.report import fmt, fmt_fraction, forest_png, render_report
+from scanner.report import fmt, fmt_fraction, forest_png, fraction_rows, render_report
 from scanner.runfolder import RunFolder
 
 
@@ -71,10 +71,11 @@ def sweep_headline(m: dict) -> str:
 
 def sweep_blocks(m: dict, shards: list[dict]) -> list:
     op = m["detector"]["operating_point"]
+    shown = {**m["sources"], **({"all": m["overall"]} if m["overall"] else {})}
     blocks = [("p", f"**{sweep_headline(m)}**"),
               ("img", "headline_fractions.png", forest_png(
-                  {**m["sources"], **({"all": m["overall"]} if m["overall"] else {})},
-                  "Estimated fraction of each source the model saw")),
+                  fraction_rows(shown), "Estimated fraction of each source the model saw",
+                  marks={s: e["flag_rate"] for s, e in shown.items()}, marks_label="flag rate (uncorrected)")),
               ("p", f"Model {m['model']}; {m['detector']['name']} detector, threshold {fmt(m['detector']['threshold'])}. "
                     f"On its held-out samples it flagged {op['tp']}/{op['n_pos']} members (TPR {fmt(op['tpr'])}) "
                     f"and {op['fp']}/{op['n_neg']} non-members (FPR {fmt(op['fpr'])}).")]

@@ -140,9 +140,10 @@ def test_calibrate_end_to_end_gives_an_honest_detector_that_a_sweep_uses(tmp_pat
     assert "fine-tune step" in res.stderr + res.stdout  # progress per step
     assert json.loads((out / "detector" / "calibration.json").read_text())["exposures"] == [1, 4, 16]
     assert json.loads((out / "detector" / "scan_config.json").read_text())["model"] == str(pretrained)
-    for name in ("report.md", "report.html", "finetune_loss.png"):
+    for name in ("report.md", "report.html", "finetune_loss.png", "headline_auc.png"):
         assert (out / name).is_file()
-    assert "controlled contamination" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "controlled contamination" in md and md.index("**Model ") < md.index("headline_auc.png") < md.index("## ")
 
     # the detector drives a sweep of the tuned copy over a 50/50 mix of members and fresh text
     split = pl.read_parquet(out / "set.parquet")

@@ -52,7 +52,8 @@ def test_baseline_command_writes_consistent_reports(tmp_path):
         assert fmt_auc(m["models"]["random_forest"]) in text
         assert fmt(m["tpr_at_fpr"]["0.05"]) in text
         assert "Verdict: leaky" in text
-    assert html.count("data:image/png;base64,") == 2  # linear and log-log ROC
+    assert html.count("data:image/png;base64,") == 3  # the headline AUCs, linear and log-log ROC
+    assert md.index("Verdict: leaky") < md.index("headline_auc.png") < md.index("roc.png")
     assert (out / "roc.png").stat().st_size > 1000 and (out / "roc_loglog.png").stat().st_size > 1000
     scores = pl.read_parquet(out / "scores.parquet")
     assert scores.height == 120 and scores["sample_id"].n_unique() == 120

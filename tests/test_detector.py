@@ -2,6 +2,7 @@ import json
 import pickle
 import shutil
 
+import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 import pytest
@@ -10,9 +11,9 @@ import torch
 from scanner.detector.data import grouped_split
 from scanner.detector.mlp import MLPDetector
 from scanner.detector.train import train_detectors
-from scanner.evaluate import evaluate, write_evaluation_report
+from scanner.evaluate import evaluate, roc_curves, write_evaluation_report
 from scanner.metrics import roc_auc
-from scanner.report import fmt, fmt_auc
+from scanner.report import draw_roc, fmt, fmt_auc
 from scanner.runfolder import RunFolder
 from tests.fake_scan import write_fake_run
 
@@ -106,6 +107,12 @@ def test_train_and_evaluate_write_consistent_reports(tmp_path):
     for png in ("headline_roc.png", "roc.png", "histograms.png", "histograms_others.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000, png
     assert html.index("headline_roc.png") < html.index("roc_loglog.png")  # the answer's figure comes first
+    curves = roc_curves(m, ev.labels, ev.scores)  # one per family, the detectors and the baseline, none alike
+    assert list(curves)[0] == m["best_mia"] and list(curves)[-1] == "blind baseline" and len(curves) == 8
+    _, ax = plt.subplots()
+    draw_roc(ax, curves, loglog=False)
+    drawn = [(line.get_color(), line.get_linestyle()) for line in ax.get_lines() if not line.get_label().startswith("_")]
+    assert len(drawn) == len(curves) == len(set(drawn))
     assert "<details>" in html and md.index(saved["conclusion"]) < md.index("| score |")
     # runs are matched by run_id: the same run under another path is still held out, another run is not
     shutil.copytree(run, tmp_path / "mounted_elsewhere")

@@ -85,9 +85,11 @@ def test_infer_finds_a_set_with_20_percent_members_where_single_scores_are_near_
     # With 20% members no single score can pass about 0.5 + 0.2 x 0.5 = 0.6 (members perfectly
     # told apart), and 300 vs 300 unseen texts alone move an AUC by about +-0.02: near chance.
     assert single[best] < 0.62
-    for name in ("report.md", "report.html", "held_out_scores.png"):
+    for name in ("report.md", "report.html", "held_out_scores.png", "headline.png"):
         assert (out / name).is_file()
-    assert f"{m['p_value']:.3g}" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert md.index(f"{m['p_value']:.3g}") < md.index("headline.png") < md.index("## ")  # the answer first
+    assert all(s["cohens_d_ci"][0] < s["cohens_d"] < s["cohens_d_ci"][1] for s in m["test"]["splits"])
 
 
 @pytest.mark.slow

@@ -9,10 +9,10 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from scanner.baseline.run import run_baseline
+from scanner.baseline.run import LEAKY_AUC, run_baseline
 from scanner.corpus import Columns, read_corpus
 from scanner.provenance import package_versions
-from scanner.report import baseline_blocks, write_report
+from scanner.report import TPR_NOTE, fmt, fmt_auc, fmt_tpr, forest_png, roc_png, write_report
 
 
 def baseline_report(data: list[str], out: Path, columns: Columns = Columns(), folds: int = 5, seed: int = 0,
@@ -46,3 +46,45 @@ def baseline_report(data: list[str], out: Path, columns: Columns = Columns(), fo
     title = "Leakage baseline" + (" (labels permuted: negative control)" if permute_labels else "")
     paths = write_report(out, title, baseline_blocks(metrics, curves, corpus.files, counts), metrics)
     return metrics | {"_report": str(paths["html"])}
+
+
+def baseline_blocks(metrics: dict, curves: dict, inputs: list[str], counts: dict) -> list:
+    fprs = list(metrics["tpr_at_fpr"])
+    v = metrics["verdict"]
+    blocks = [
+        ("p", f"**Verdict: {v['status']}.** {v['text']}"),
+        ("img", "headline_auc.png", forest_png(
+            {"chosen by nested CV": (metrics["auc"], *metrics["auc_ci"])}
+            | {fam: (m["auc"], *m["auc_ci"]) for fam, m in metrics["models"].items()},
+            "Members told from non-members by their text alone", xlabel="AUC (95% interval)", line=LEAKY_AUC,
+            line_label=f"leaky above {LEAKY_AUC:g}", xlim=(0.0, 1.0))),
+        ("p", f"Inputs: {', '.join(inputs)}"),
+        ("table", ["n", "members", "non-members", "AUC [95% CI]"] + [f"TPR@{float(f):.1%} FPR" for f in fprs] + ["best model"],
+         [[metrics["n"], metrics["n_members"], metrics["n_nonmembers"], fmt_auc(metrics)]
+          + [fmt_tpr(metrics, f) for f in fprs] + [metrics["best_model"]]]),
+        ("p", "Headline: out-of-fold scores of the model chosen by nested cross-validation (chosen on "
+              "inner folds of each outer training set; outer folds only evaluate)."),
+        ("h2", "Model families"),
+        ("p", "Each family with its hyper-parameters chosen on inner folds, evaluated on the outer folds. "
+              "Picking the best row here would be selection on the test folds: the headline does not."),
+        ("table", ["model", "AUC [95% CI]"] + [f"TPR@{float(f):.1%}" for f in fprs],
+         [[fam, fmt_auc(m)] + [fmt_tpr(m, f) for f in fprs] for fam, m in metrics["models"].items()]),
+        ("img", "roc.png", roc_png(curves, loglog=False)),
+        ("img", "roc_loglog.png", roc_png(curves, loglog=True)),
+        ("h2", "Outer folds"),
+        ("table", ["fold", "train", "test", "chosen", "inner AUC", "outer AUC", "seconds"],
+         [[f["fold"], f["n_train"], f["n_test"], f["chosen"], fmt(f["chosen_inner_auc"]), fmt(f["outer_auc"]), f["seconds"]]
+          for f in metrics["folds"]]),
+        ("h2", "What gives the split away"),
+        ("p", "Strongest n-gram rules (greedy selection at 5% FPR, fitted on all rows; an explanation, not an evaluation)."),
+    ]
+    for key, label in (("member", "members"), ("non_member", "non-members")):
+        rows = [[r["ngram"], fmt(r["log_odds"]), r["documents"]] for r in metrics["top_ngrams"][key]]
+        blocks.append(("table", [f"n-gram pointing to {label}", "log-odds", "documents"], rows or [["(none)", "", ""]]))
+    blocks += [
+        ("h2", "Data"),
+        ("table", ["read", "kept", "quarantined"] + list(counts["quarantined_by_reason"]),
+         [[counts["read"], counts["kept"], counts["quarantined"]] + list(counts["quarantined_by_reason"].values())]),
+        ("p", TPR_NOTE),
+    ]
+    return blocks

@@ -36,7 +36,7 @@ from scanner.engine import require_complete
 from scanner.errors import InputError
 from scanner.evaluate import BASELINE
 from scanner.metrics import summarize
-from scanner.report import TPR_NOTE, fmt, fmt_auc, fmt_tpr, line_png, write_report
+from scanner.report import TPR_NOTE, fmt, fmt_auc, fmt_tpr, forest_png, line_png, write_report
 from scanner.runfolder import RunFolder
 from scanner.scan import run_scan
 from scanner.scoring.factory import check_model_path
@@ -208,11 +208,17 @@ def _blocks(m: dict, losses: list[float]) -> list:
     detector_auc = {k: groups[top][f"{k} detector"]["auc"] for k in m["detectors"] if f"{k} detector" in groups[top]}
     classic = max((n for n in groups[top] if "detector" not in n and n != BASELINE), key=lambda n: groups[top][n]["auc"])
     form = m["detectors"].get("tabular", {}).get("form")
-    blocks = [("p", f"Model {m['model']}. At the highest exposure ({top}) the detectors reach AUC "
+    shown = [f"{k} detector" for k in detector_auc] + [classic]
+    rows = {f"{group}: {name}": (s[name]["auc"], *s[name]["auc_ci"]) for group, s in groups.items() for name in shown
+            if name in s} | {BASELINE: (b["auc"], *b["auc_ci"])}
+    blocks = [("p", f"**Model {m['model']}. At the highest exposure ({top}) the detectors reach AUC "
                     + ", ".join(f"{k} {fmt(a)}" for k, a in detector_auc.items())
                     + f" (best single score: {classic}, {fmt(groups[top][classic]['auc'])}); the blind baseline on "
                       f"the same random split: AUC {fmt(b['auc'])} "
-                      f"[{fmt(b['auc_ci'][0])}, {fmt(b['auc_ci'][1])}] (at chance, as it must be)."),
+                      f"[{fmt(b['auc_ci'][0])}, {fmt(b['auc_ci'][1])}] (at chance, as it must be).**"),
+              ("img", "headline_auc.png", forest_png(
+                  rows, "Members told from non-members, by times seen in fine-tuning", line=0.5, line_label="chance",
+                  xlabel="AUC (95% interval)", xlim=(0.0, 1.0))),
               ("p", "Caveat: " + m["caveat"]),
               ("h2", "Split"),
               ("p", f"{c['read']} held-out rows read, {c['quarantined']} quarantined, {c['repeated_texts']} repeating an "
@@ -227,7 +233,7 @@ def _blocks(m: dict, losses: list[float]) -> list:
               ("h2", "Membership signal by exposure"),
               ("p", f"Each group's members against all non-members, on {m['evaluated_on']}. " + TPR_NOTE)]
     if form:
-        blocks.insert(1, ("p", f"The saved tabular detector's form is {form}, chosen by out-of-fold AUC on its training "
+        blocks.insert(2, ("p", f"The saved tabular detector's form is {form}, chosen by out-of-fold AUC on its training "
                                "samples among an MLP, a logistic regression and each classic score alone."
                           + ("" if form in ("mlp", "linear") else
                              " No learned combination beat that score on this many samples, so the detector is that "

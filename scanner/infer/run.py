@@ -42,7 +42,7 @@ from scanner.detector.trained import TrainedDetector
 from scanner.engine import columns_from_config, require_complete
 from scanner.errors import InputError
 from scanner.infer.stats import DEFAULT_SPLITS, set_test
-from scanner.report import fmt, fmt_auc, fmt_fraction, two_histograms_png, write_report
+from scanner.report import fmt, fmt_auc, fmt_fraction, forest_png, two_histograms_png, write_report
 from scanner.runfolder import RunFolder
 from scanner.scan import run_scan
 from scanner.scoring.factory import check_model_path
@@ -194,13 +194,31 @@ def headline(m: dict) -> str:
         said += f"; estimated seen fraction {fmt_fraction(m['seen_fraction'])}"
     elif m["seen_at_least"]:
         said += f"; at least {m['seen_at_least']:.0%} of it was seen (95% lower bound)"
+    if b["verdict"]["status"] == "shifted":
+        return said + (f". Caution: the texts alone tell the sets apart a little (blind baseline AUC {fmt_auc(b)}), so "
+                       "part of the difference may be that shift, not exposure.")
     return said + f". The blind baseline is at chance ({fmt_auc(b)}), so the two sets are comparable."
+
+
+def headline_png(m: dict) -> bytes:
+    """Invalid: the blind baseline's AUC against chance. Else each split's held-out effect size
+    (Cohen's d of the learned score, suspect minus reference) against zero."""
+    b = m["blind_baseline"]
+    if m["verdict"] == INVALID:
+        return forest_png({"blind baseline": (b["auc"], *b["auc_ci"])}, "The texts alone tell the sets apart",
+                          xlabel="AUC, suspect vs reference, text only (95% interval)", line=0.5, line_label="chance",
+                          xlim=(0.0, 1.0))
+    splits = m["test"]["splits"]
+    return forest_png({f"split {i + 1}": (s["cohens_d"], *s["cohens_d_ci"]) for i, s in enumerate(splits)},
+                      f"Suspect minus reference on held-out halves; combined p = {m['p_value']:.3g}",
+                      xlabel="Cohen's d (95% interval); > 0: suspect set more familiar",
+                      line=0.0, line_label="no difference", xlim=None)
 
 
 def _blocks(m: dict) -> list:
     b = m["blind_baseline"]
     against = f", against the reference model {m['reference_model']}" if m.get("reference_model") else ""
-    blocks = [("p", f"**{headline(m)}**"),
+    blocks = [("p", f"**{headline(m)}**"), ("img", "headline.png", headline_png(m)),
               ("p", f"Model {m['model']}{against}. Suspect: {', '.join(m['suspect'])}. Reference (known unseen): "
                     f"{', '.join(m['reference'])}."),
               ("h2", "Are the two sets comparable? (blind baseline, text only)"),

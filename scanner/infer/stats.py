@@ -96,8 +96,9 @@ def one_split(suspect: np.ndarray, reference: np.ndarray, rng: np.random.Generat
     t = stats.ttest_ind(s, r, equal_var=False, alternative="greater")
     pooled = np.sqrt(((len(s) - 1) * s.var(ddof=1) + (len(r) - 1) * r.var(ddof=1)) / (len(s) + len(r) - 2))
     d = float((s.mean() - r.mean()) / pooled) if pooled > 0 else 0.0
+    d_se = np.sqrt((len(s) + len(r)) / (len(s) * len(r)) + d * d / (2 * (len(s) + len(r))))  # Hedges & Olkin
     return ({"t": float(t.statistic), "p": float(t.pvalue), "mean_difference": float(s.mean() - r.mean()),
-             "cohens_d": d, "n_suspect": len(s), "n_reference": len(r),
+             "cohens_d": d, "cohens_d_ci": [d - 1.96 * d_se, d + 1.96 * d_se], "n_suspect": len(s), "n_reference": len(r),
              "seen_at_least": seen_lower_bound(s, r, (1 - SEEN_BOUND_LEVEL) / 2)}, s, r)
 
 

@@ -33,7 +33,7 @@ from scanner.errors import InputError
 from scanner.inputs import list_inputs
 from scanner.overlap.ngrams import DEFAULT_N, EvalIndex
 from scanner.provenance import package_versions
-from scanner.report import fmt, render_report
+from scanner.report import fmt, render_report, shares_png
 from scanner.runfolder import RunFolder
 from scanner.shards import Shard
 
@@ -102,7 +102,7 @@ def run_overlap(eval_paths: list[str], corpus_paths: list[str], out: str, n: int
                                {"n": n, "eval": eval_paths, "corpus": corpus_paths, "shard_rows": shard_rows})
     index = EvalIndex.build(items["sample_id"].to_list(), items["text"].to_list(), n)
     progress(f"{items.height} eval items: {int(index.ngrams_per_item.sum())} {n}-grams "
-             f"({len(index.vocabulary)} distinct words) indexed")
+             f"({len(index.vocabulary.words)} distinct words) indexed")
     if not ray.is_initialized():
         ray.init()
     shards, file_errors = plan(files, folder, shard_rows, progress)
@@ -219,20 +219,26 @@ def summarize(folder: RunFolder, table: pl.DataFrame, shards: list[Shard], error
             "versions": package_versions()}
 
 
+def _coverage_shares(by_set: dict) -> dict[str, float]:
+    """One eval set's share of items with coverage above each threshold, and whole."""
+    return {f"coverage > {t:g}": by_set[f"share_coverage_above_{t:g}"] for t in THRESHOLDS[:-1]} | {
+        "coverage whole": by_set["share_whole"]}
+
+
 def overlap_blocks(m: dict) -> list:
     c = m["counts"]
     head = (f"**{c['items_with_overlap']} of {c['items']} eval items share at least one {m['n']}-gram with the corpus** "
             f"({c['corpus_rows_read']} documents read, {c['corpus_documents_matching']} of them matching; "
             f"{c['corpus_rows_quarantined']} rows quarantined).")
-    blocks = [("p", head)]
+    shares = {s: _coverage_shares(v) for s, v in m["by_eval_set"].items()}
+    blocks = [("p", head), ("img", "headline_shares.png", shares_png(
+        shares, f"Share of eval items whose {m['n']}-grams occur in the corpus", "share of the eval set's items"))]
     if m["errors"]:
         blocks.append(("p", f"{len(m['errors'])} shard(s) failed (run again to retry): "
                             + "; ".join(f"{k}: {v}" for k, v in list(m["errors"].items())[:5])))
-    labels = [f"> {t:g}" for t in THRESHOLDS[:-1]] + ["whole"]
     blocks += [("h2", "Per eval set: share of items whose n-grams occur in the corpus"),
-               ("table", ["eval set", "items", *[f"coverage {x}" for x in labels]],
-                [[s, v["items"], *[f"{v[f'share_coverage_above_{t:g}']:.1%}" for t in THRESHOLDS[:-1]],
-                  f"{v['share_whole']:.1%}"] for s, v in m["by_eval_set"].items()]),
+               ("table", ["eval set", "items", *next(iter(shares.values()), {})],
+                [[s, v["items"], *[f"{x:.1%}" for x in shares[s].values()]] for s, v in m["by_eval_set"].items()]),
                ("h2", "The items with the most overlap"),
                ("table", ["item", "coverage", "longest span (words)", "documents", "e.g. documents"],
                 [[w["sample_id"], fmt(w["coverage"]), w["longest_span"], w["n_docs"], ", ".join(w["doc_ids"])]

@@ -21,12 +21,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from scanner.errors import InputError
 from scanner.inputs import CorpusError, list_inputs
-from scanner.readers import columns_of, records
+from scanner.readers import columnar_batches, columns_of, records
 from scanner.shards import Shard, plan_file
 
 TEXT_COLUMN_DEFAULTS = ("text", "input")
@@ -159,14 +161,26 @@ def _pick_text_column(cols: list[str] | None, first: dict | None, p: str, wanted
     )
 
 
+# A superset of the characters str.strip() removes: a text holding any other character is not
+# blank, and only the rest are checked one by one in Python.
+NOT_BLANK = r"[^\s\x0b\x1c-\x1f\x85\p{Z}\p{Cc}\p{Cf}]"
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
 class RowValidator:
     """Turns the raw records of shards into samples and quarantined rows. Duplicate ids are
     caught among everything this validator has seen (a whole corpus on one machine, one shard in
-    a distributed read)."""
+    a distributed read). Parquet and Arrow shards whose columns have plain types (string text,
+    string or integer ids, numeric labels) are validated column by column, the texts never
+    becoming Python strings; the rules and reasons are the same as row by row."""
 
     def __init__(self, columns: Columns = Columns()):
         self.columns = columns
-        self.samples: dict[str, list] = {k: [] for k in SAMPLE_SCHEMA}
+        self.samples: dict[str, list] = {k: [] for k in SAMPLE_SCHEMA}  # rows not yet in `frames`
+        self.frames: list[pl.DataFrame] = []
         self.quarantine: dict[str, list] = {k: [] for k in QUARANTINE_SCHEMA}
         self.first_seen: dict[str, str] = {}
 
@@ -174,57 +188,141 @@ class RowValidator:
         for k, v in zip(QUARANTINE_SCHEMA, (file, row, reason, sid, None if raw is None else _snippet(raw))):
             self.quarantine[k].append(v)
 
+    def _flush(self) -> None:
+        if self.samples["text"]:
+            self.frames.append(pl.DataFrame(self.samples, schema=SAMPLE_SCHEMA))
+            self.samples = {k: [] for k in SAMPLE_SCHEMA}
+
     def add(self, shard: Shard) -> int:
         """Validates every row of the shard; returns how many rows it read."""
-        columns, fname = self.columns, shard.uri
-        n_before = len(self.samples["text"]) + len(self.quarantine["row"])
+        fname = shard.uri
         try:
             cols = columns_of(shard)
-            text_col = None
-            for row, rec, problem in records(shard):
-                if problem is not None:
-                    self._reject(fname, row, problem, None, None)
-                    continue
-                if text_col is None:
-                    text_col = _pick_text_column(cols, rec, fname, columns.text)
-                where = f"{fname} row {row}"
-                text, why = _text_of(rec.get(text_col))
-                label = None
-                if columns.label is not None and columns.label in rec:
-                    label = _parse_label(rec[columns.label], shard.fmt == "csv", where, columns.label)
-                source = shard.source
-                if columns.source is not None and rec.get(columns.source) not in (None, ""):
-                    source = str(rec[columns.source])
-                id_col = columns.id or "id"
-                if id_col in rec and rec[id_col] not in (None, ""):
-                    raw_id = rec[id_col]
-                    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-                        self._reject(fname, row, f"id is not a string or integer: {raw_id!r}", None, rec.get(text_col))
-                        continue
-                    sid = str(raw_id)
-                elif columns.id is not None:
-                    self._reject(fname, row, f"missing id in column {columns.id!r}", None, rec.get(text_col))
-                    continue
-                else:
-                    sid = stable_id(source, text) if text is not None else None
-                if why is not None:
-                    self._reject(fname, row, why, sid, rec.get(text_col))
-                    continue
-                if sid in self.first_seen:
-                    self._reject(fname, row, f"duplicate id: first seen at {self.first_seen[sid]}", sid, text)
-                    continue
-                self.first_seen[sid] = where
-                for k, v in zip(SAMPLE_SCHEMA, (sid, text, label, source, fname, row)):
-                    self.samples[k].append(v)
+            if cols is not None:
+                batches = list(columnar_batches(shard))
+                n_read = self._add_columns(shard, cols, batches)
+                if n_read is not None:
+                    return n_read
+            return self._add_rows(shard, cols)
         except (OSError, EOFError, ValueError, pa.ArrowException) as e:  # not a bad row: a file that cannot be read
             if isinstance(e, InputError):
                 raise
             raise CorpusError(f"{fname}: cannot be read as {shard.fmt}: {e}") from None
+
+    def _add_rows(self, shard: Shard, cols: list[str] | None) -> int:
+        columns, fname = self.columns, shard.uri
+        n_before = len(self.samples["text"]) + len(self.quarantine["row"])
+        text_col = None
+        for row, rec, problem in records(shard):
+            if problem is not None:
+                self._reject(fname, row, problem, None, None)
+                continue
+            if text_col is None:
+                text_col = _pick_text_column(cols, rec, fname, columns.text)
+            where = f"{fname} row {row}"
+            text, why = _text_of(rec.get(text_col))
+            label = None
+            if columns.label is not None and columns.label in rec:
+                label = _parse_label(rec[columns.label], shard.fmt == "csv", where, columns.label)
+            source = shard.source
+            if columns.source is not None and rec.get(columns.source) not in (None, ""):
+                source = str(rec[columns.source])
+            id_col = columns.id or "id"
+            if id_col in rec and rec[id_col] not in (None, ""):
+                raw_id = rec[id_col]
+                if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+                    self._reject(fname, row, f"id is not a string or integer: {raw_id!r}", None, rec.get(text_col))
+                    continue
+                sid = str(raw_id)
+            elif columns.id is not None:
+                self._reject(fname, row, f"missing id in column {columns.id!r}", None, rec.get(text_col))
+                continue
+            else:
+                sid = stable_id(source, text) if text is not None else None
+            if why is not None:
+                self._reject(fname, row, why, sid, rec.get(text_col))
+                continue
+            if sid in self.first_seen:
+                self._reject(fname, row, f"duplicate id: first seen at {self.first_seen[sid]}", sid, text)
+                continue
+            self.first_seen[sid] = where
+            for k, v in zip(SAMPLE_SCHEMA, (sid, text, label, source, fname, row)):
+                self.samples[k].append(v)
         return len(self.samples["text"]) + len(self.quarantine["row"]) - n_before
 
+    def _add_columns(self, shard: Shard, cols: list[str], batches: list[tuple[int, pa.RecordBatch]]) -> int | None:
+        """_add_rows' rules, column by column; None where a column's type needs the row path."""
+        columns, fname = self.columns, shard.uri
+        n = sum(b.num_rows for _, b in batches)
+        if n == 0:
+            return 0
+        table = pa.Table.from_batches([b for _, b in batches])
+        text_col = _pick_text_column(cols, None, fname, columns.text)
+        id_col = columns.id or "id"
+        label_col = columns.label if columns.label in cols else None
+        source_col = columns.source if columns.source in cols else None
+        types = table.schema
+        if not (_is_string(types.field(text_col).type)
+                and (label_col is None or pa.types.is_integer(types.field(label_col).type)
+                     or pa.types.is_floating(types.field(label_col).type))
+                and (source_col is None or _is_string(types.field(source_col).type))
+                and (id_col not in cols or _is_string(types.field(id_col).type)
+                     or pa.types.is_integer(types.field(id_col).type))):
+            return None
+        self._flush()
+        rows = np.concatenate([np.arange(first, first + b.num_rows) for first, b in batches])
+        text = table.column(text_col).combine_chunks()
+        text.validate(full=True)  # invalid UTF-8: the file cannot be read, as in the row path
+        labels = None
+        if label_col is not None:
+            values = table.column(label_col).to_numpy(zero_copy_only=False).astype(float)
+            bad = ~np.isin(values, (0, 1))  # a null is nan: not a label either
+            if bad.any():
+                at = int(np.argmax(bad))
+                _parse_label(table.column(label_col)[at].as_py(), False, f"{fname} row {rows[at]}", label_col)
+            labels = values.astype(np.int8)
+        source = pa.array(np.full(n, shard.source), pa.string())
+        if source_col is not None:
+            given = table.column(source_col).combine_chunks().cast(pa.string())
+            source = pc.if_else(pc.fill_null(pc.not_equal(given, ""), False), given, source)
+        ids = [None] * n
+        if id_col in cols:
+            ids = table.column(id_col).combine_chunks().cast(pa.string()).to_pylist()
+        missing_text = np.asarray(text.is_null())
+        blank = ~np.asarray(pc.fill_null(pc.match_substring_regex(text, NOT_BLANK), False)) & ~missing_text
+        for i in np.flatnonzero(blank):  # only these need the exact Python rule
+            blank[i] = not text[int(i)].as_py().strip()
+        sources = source.to_pylist() if columns.id is None else None
+        keep = np.zeros(n, dtype=bool)
+        sids: list[str | None] = []
+        for i in range(n):
+            sid, row = ids[i], int(rows[i])
+            why = "missing text" if missing_text[i] else "empty text" if blank[i] else None
+            if sid in (None, ""):
+                if columns.id is not None:
+                    self._reject(fname, row, f"missing id in column {columns.id!r}", None, text[i].as_py())
+                    continue
+                sid = stable_id(sources[i], text[i].as_py()) if why is None else None
+            if why is not None:
+                self._reject(fname, row, why, sid, text[i].as_py())
+                continue
+            if sid in self.first_seen:
+                self._reject(fname, row, f"duplicate id: first seen at {self.first_seen[sid]}", sid, text[i].as_py())
+                continue
+            self.first_seen[sid] = f"{fname} row {row}"
+            keep[i] = True
+            sids.append(sid)
+        kept = pa.array(keep)
+        self.frames.append(pl.DataFrame({
+            "sample_id": pl.Series(sids, dtype=pl.String), "text": pl.from_arrow(text.filter(kept)),
+            "label": None if labels is None else labels[keep], "source": pl.from_arrow(source.filter(kept)),
+            "file": [fname] * int(keep.sum()), "row": rows[keep]}, schema=SAMPLE_SCHEMA))
+        return n
+
     def corpus(self, files: list[str]) -> Corpus:
-        return Corpus(samples=pl.DataFrame(self.samples, schema=SAMPLE_SCHEMA),
-                      quarantine=pl.DataFrame(self.quarantine, schema=QUARANTINE_SCHEMA), files=files)
+        self._flush()
+        samples = pl.concat(self.frames) if self.frames else pl.DataFrame(schema=SAMPLE_SCHEMA)
+        return Corpus(samples=samples, quarantine=pl.DataFrame(self.quarantine, schema=QUARANTINE_SCHEMA), files=files)
 
 
 def read_shard(shard: Shard, columns: Columns = Columns()) -> Corpus:

@@ -125,7 +125,9 @@ def _csv_rows(reader: csv.DictReader, rows) -> Iterator[Record]:
         yield i, rec, None
 
 
-def _columnar(shard: Shard) -> Iterator[Record]:
+def columnar_batches(shard: Shard) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """A Parquet or Arrow shard's rows as record batches, each with the file row number (from 1)
+    of its first row."""
     offset, stop = shard.first_row - 1, shard.first_row - 1 + shard.rows
     if shard.fmt == "parquet":
         pf = pq.ParquetFile(open_input(shard.uri))
@@ -142,11 +144,16 @@ def _columnar(shard: Shard) -> Iterator[Record]:
     for batch in batches:
         lo, hi = max(offset - at, 0), min(stop - at, batch.num_rows)
         if lo < hi:
-            for i, rec in enumerate(batch.slice(lo, hi - lo).to_pylist(), at + lo + 1):
-                yield i, rec, None
+            yield at + lo + 1, batch.slice(lo, hi - lo)
         at += batch.num_rows
         if at >= stop:
             return
+
+
+def _columnar(shard: Shard) -> Iterator[Record]:
+    for first, batch in columnar_batches(shard):
+        for i, rec in enumerate(batch.to_pylist(), first):
+            yield i, rec, None
 
 
 def _check_count(shard: Shard, n: int) -> None:

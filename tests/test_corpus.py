@@ -207,3 +207,49 @@ def test_stable_ids_do_not_depend_on_python_hash_seed():
         for seed in ("1", "2")
     }
     assert outs == {stable_id("src.jsonl", "some text")}
+
+
+TRICKY_TEXTS = ["ok", None, "", "   ", "\u00a0\u2003\u3000", "\x1c\x1f\x85", "\u200b", " x ", "caf\u00e9", "ok",
+                "\t\n", "line\u2028two"]
+
+
+@pytest.mark.parametrize("layout", ["string ids", "int ids", "no ids", "explicit id col", "label and source"])
+def test_parquet_is_validated_by_columns_exactly_as_row_by_row(tmp_path, layout):
+    """The column path (plain Arrow types) keeps, rejects and words everything as the row path."""
+    from scanner.corpus import RowValidator
+    from scanner.readers import columns_of
+    from scanner.shards import plan_file
+    from scanner.inputs import list_inputs
+
+    n = len(TRICKY_TEXTS)
+    data = {"text": TRICKY_TEXTS}
+    columns = Columns(label=None)
+    if layout == "string ids":
+        data["id"] = ["a", "b", None, "d", "e", "", "g", "a", "i", "j", "k", "l"]  # "a" twice, a null, an ""
+    if layout == "int ids":
+        data["id"] = [1, 2, 3, 4, None, 6, 7, 8, 9, 1, 11, 12]
+    if layout == "explicit id col":
+        data["key"] = ["a", None, "c", "d", "e", "f", "", "h", "i", "j", "k", "l"]
+        columns = Columns(label=None, id="key")
+    if layout == "label and source":
+        data["label"] = [1, 0] * (n // 2)
+        data["where"] = ["web", None, "", "books"] * (n // 4)
+        columns = Columns(label="label", source="where")
+    pq.write_table(pa.table(data), tmp_path / "d.parquet", row_group_size=5)
+    shards = [s for f in list_inputs([str(tmp_path / "d.parquet")]) for s in plan_file(f, 7)]  # two shards
+    by_columns, by_rows = RowValidator(columns), RowValidator(columns)
+    for shard in shards:
+        assert by_columns.add(shard) == by_rows._add_rows(shard, columns_of(shard)) == shard.rows
+    a, b = by_columns.corpus(["d"]), by_rows.corpus(["d"])
+    assert a.samples.equals(b.samples) and a.quarantine.equals(b.quarantine)
+    assert a.quarantine.height >= 4 and a.samples.height + a.quarantine.height == n
+    assert len(by_columns.frames) == len(shards) == 2  # one frame per shard: the column path ran
+
+
+def test_parquet_columns_of_other_types_take_the_row_path_with_its_errors(tmp_path):
+    pq.write_table(pa.table({"text": ["a", "b"], "id": [1.5, None]}), tmp_path / "f.parquet")
+    c = read_corpus([str(tmp_path / "f.parquet")], Columns(label=None))
+    assert c.quarantine["reason"].to_list() == ["id is not a string or integer: 1.5"] and c.samples.height == 1
+    pq.write_table(pa.table({"text": ["a", "b"], "label": [1, 7]}), tmp_path / "g.parquet")
+    with pytest.raises(CorpusError, match=r"g.parquet row 2: label column 'label' holds 7"):
+        read_corpus([str(tmp_path / "g.parquet")])

@@ -84,10 +84,14 @@ def as_dict(table: pl.DataFrame) -> dict:
     return {(r["item"], r["doc"]): (r["positions"], r["longest_span"]) for r in table.iter_rows(named=True)}
 
 
-@pytest.mark.parametrize("n", [13, 5])
-def test_matches_equal_a_brute_force_reference_and_no_clean_document_is_flagged(n):
+@pytest.mark.parametrize("n,prime", [(13, None), (5, None), (5, 1)])
+def test_matches_equal_a_brute_force_reference_and_no_clean_document_is_flagged(n, prime, monkeypatch):
+    if prime is not None:  # a hash that collides for any reordering of a window's words: exactness must hold
+        monkeypatch.setattr("scanner.overlap.ngrams.PRIME", np.uint64(prime))
     items, docs, kinds = planted_corpus()
     index = EvalIndex.build([f"i{k}" for k in range(len(items))], items, n=n)
+    if prime is not None:
+        assert any(len(np.unique(t["hashes"])) < len(t["hashes"]) for t in index.lengths.values())
     # the corpus in uneven batches, with a missing text among them: positions are per batch
     got = {}
     for lo, hi in ((0, 17), (17, 50), (50, len(docs))):
@@ -151,7 +155,9 @@ def test_scanner_overlap_end_to_end_counts_every_row_and_resumes(tmp_path):
         assert row["longest_span"] == max((span for _, span in hits.values()), default=0)
         assert row["coverage"] == pytest.approx(matched / ngrams)
         assert row["doc_ids"] == sorted(f"d{d}" for d in hits)[:5]
-    assert "i0" in (tmp_path / "out" / "report.md").read_text()  # a verbatim item is among the worst
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "i0" in md  # a verbatim item is among the worst
+    assert md.index("headline_shares.png") < md.index("## ") and (tmp_path / "out" / "headline_shares.png").is_file()
 
     res = scanner(*args)
     assert res.returncode == 0 and "4 done before, 0 to match" in res.stderr, res.stderr[-2000:]
@@ -182,16 +188,25 @@ def test_overlap_refuses_a_changed_eval_set_in_the_same_folder(tmp_path, ray_loc
                     progress=lambda s: None)
 
 
-def test_the_byte_table_path_splits_words_as_the_unicode_regex_does():
-    from scanner.overlap.ngrams import word_ids, words_of
+def test_the_compiled_scan_splits_words_as_unicode_categories_say():
+    import unicodedata
 
-    texts = ["Hello, World!  it's 2024_v2 -- (x)", "“Café” NAÏVE—ok é", None, "  tabs\tand\nnewlines ", ""]
-    slow = [[w for w in ws or [] if w] for ws in words_of(pa.array(texts)).to_pylist()]  # the regex alone
-    vocabulary = pa.array(sorted({w for ws in slow for w in ws}))
-    ids, doc = word_ids(pa.array(texts), vocabulary)  # byte table, the regex for non-ASCII tokens only
-    fast = [[vocabulary[int(i)].as_py() for i, d in zip(ids, doc) if d == k and i >= 0] for k in range(len(texts))]
-    assert fast == slow == [["hello", "world", "it", "s", "2024", "v2", "x"], ["café", "naïve", "ok", "é"], [],
-                            ["tabs", "and", "newlines"], []]
+    from scanner.overlap.ngrams import split_words
+
+    def reference(text: str) -> list[str]:  # letters and numbers, one code point at a time
+        words, word = [], ""
+        for c in text or "":
+            if unicodedata.category(c)[0] in "LN":
+                word += c.lower()[0]
+            elif word:
+                words, word = words + [word], ""
+        return words + [word] if word else words
+
+    texts = ["Hello, World!  it's 2024_v2 -- (x)", "“Café” NAÏVE—ok é", None, "  tabs\tand\nnewlines ", "",
+             "İstanbul ΣΊΣΥΦΟΣ straße ½ ٣ 𝔘𝔫𝔦 日本語テキスト a\u0301b"]
+    assert split_words(texts) == [reference(t) for t in texts]
+    assert split_words(texts)[:5] == [["hello", "world", "it", "s", "2024", "v2", "x"], ["café", "naïve", "ok", "é"],
+                                      [], ["tabs", "and", "newlines"], []]
 
 
 def test_evaluate_puts_overlap_beside_the_scores_and_refuses_items_it_lacks(tmp_path):
@@ -211,3 +226,38 @@ def test_evaluate_puts_overlap_beside_the_scores_and_refuses_items_it_lacks(tmp_
                          {"loss": np.zeros(5)}, overlap_items(tmp_path), tmp_path)
     with pytest.raises(InputError, match="no items.parquet"):
         overlap_items(tmp_path / "elsewhere")
+
+
+def test_a_word_that_only_shares_a_hash_never_makes_a_match():
+    """Word ids come from 64-bit hashes; a window that matches by ids counts only once its bytes
+    spell the eval words. Simulated: the corpus word "zebra" given the id of the item's "brown"."""
+    from scanner.overlap.ngrams import _Scanned
+
+    item = "the quick brown fox jumps over the lazy dog"
+    index = EvalIndex.build(["i"], [item], n=4)
+    for text, counted in ((item, True), (item.replace("brown", "zebra"), False)):
+        batch = _Scanned.of(pa.array([text]), index.vocabulary, index.filters)
+        brown = index.vocabulary.words.index("brown")
+        batch.ids[2] = brown  # what a collision of zebra's hash with brown's would give
+        length, table = next(iter(index.lengths.items()))
+        found = batch.verify(np.arange(0, 6), length, table)  # every window of the text
+        assert sorted(found["pos"].to_list()) == ([0, 1, 2, 3, 4, 5] if counted else [3, 4, 5])
+
+
+def test_two_vocabulary_words_with_one_hash_are_told_apart_by_their_bytes():
+    from scanner.overlap import kernel
+
+    words = ["alpha", "beta"]
+    cps = np.frombuffer("".join(words).encode("utf-32-le"), dtype="<u4").astype(np.int32)
+    word_at = np.array([0, 5, 9])
+    h = kernel.word_hash(cps, 0, 5)
+    keys, ids, shift, shared = (np.zeros(16, np.uint64), np.full(16, -1, np.int32), np.uint64(60),
+                                np.zeros(16, np.uint8))
+    first = (int(h) * int(kernel.FIBONACCI) % 2**64) >> 60
+    for k, w in ((first, 0), ((first + 1) % 16, 1)):  # both words filed under alpha's hash
+        keys[k], ids[k], shared[k] = h, w, 1
+    data, offsets = kernel.text_buffers(pa.array(["Beta ALPHA gamma"]))
+    _, starts, text_words = kernel.word_hashes(data, offsets, *kernel.unicode_tables())
+    got = kernel.word_ids(data, offsets, np.full(3, h, np.uint64), starts, text_words, keys, ids, shift, shared, cps,
+                          word_at, *kernel.unicode_tables())
+    assert got.tolist() == [1, 0, kernel.NO_WORD]

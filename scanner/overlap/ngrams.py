@@ -1,20 +1,20 @@
-"""Exact word n-gram overlap between eval items and corpus documents, vectorised.
+"""Exact word n-gram overlap between eval items and corpus documents.
 
-Normalisation (the same for both sides): lower case (Unicode), then a word is a maximal run of
-Unicode letters and digits (`\\p{L}\\p{N}`); everything else, punctuation, underscores and
-whitespace alike, only separates words. "Hello, World!" and "hello world" are the same two
-words. An item of at least n words gives its n-grams (start positions 0 .. len - n); a shorter
-one is a single "n-gram" of its whole length (it matches where it occurs whole).
+Normalisation (the same for both sides, scanner.overlap.kernel): a word is a maximal run of
+Unicode letters and numbers (categories L* and N*), lower-cased code point by code point;
+everything else, punctuation, underscores and whitespace alike, only separates words.
+"Hello, World!" and "hello world" are the same two words. An item of at least n words gives its
+n-grams (start positions 0 .. len - n); a shorter one is a single "n-gram" of its whole length
+(it matches where it occurs whole).
 
 Matching: the eval side is small, so its words get ids (a vocabulary) and its n-grams are kept
-as id rows with a 64-bit polynomial hash each. A corpus batch is split into words by Arrow's C++
-kernels (a byte translation table for ASCII, then a whitespace split; only tokens that still hold
-non-ASCII characters take the Unicode regex, several times slower), its words looked up in the vocabulary
-(`index_in`: a word that no item has can never be part of a match). Only windows that open with
-the first two words of some indexed n-gram go on (a bitmap of those bigrams, one numpy pass over
-the batch); their words are gathered, hashed, passed through a bitmap of the index's hashes and
-a binary search, and compared word id by word id with the indexed n-gram, so a hash collision
-never counts.
+as id rows with a 64-bit polynomial hash each, and two bitmaps per window length: of the hashes
+of the n-grams' first PREFIX words, and of the full hashes. A corpus batch goes through the
+compiled passes (scanner.overlap.kernel): words, their vocabulary ids (a word no item has can
+never be part of a match), and the windows that pass both bitmaps. Those candidates are looked
+up by hash (binary search) and compared word id by word id with the indexed n-gram, and the
+windows that match are compared byte by byte with the eval words, so no hash collision, of
+words or of n-grams, ever counts.
 
 Result per (item, document): the item's n-gram start positions found in the document, and the
 longest verbatim span, in words: the longest run of consecutive item n-grams found at
@@ -28,78 +28,43 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
+
+from scanner.overlap import kernel
 
 DEFAULT_N = 13
-WORD_SEPARATORS = r"[^\p{L}\p{N}]+"
 PRIME = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier of the polynomial hash
-INVERSE = np.uint64(pow(int(PRIME), -1, 2**64))
-MAX_BITMAP_BITS = 27  # a prefilter bitmap takes at most 16 MB
+# The scan probes the prefix bitmap at every window: small enough to stay in a core's L2 cache;
+# the full one only for the ~1/8 of windows that pass it, so it may be large and selective.
+PREFIX_BITMAP = (8, 22)  # bits per key, at most 2^22 bits (512 KB)
+FULL_BITMAP = (64, 27)  # at most 16 MB
 PREFIX = 4  # words of a window hashed for the first filter
-CANDIDATES_PER_PASS = 1 << 19  # candidate windows gathered at once (x n words x 8 bytes)
-# ASCII: upper case to lower, letters and digits kept, every other byte a space
-ASCII_WORDS = bytes((b + 32 if 65 <= b <= 90 else b if (97 <= b <= 122 or 48 <= b <= 57) else 32) if b < 128 else b
-                    for b in range(256))
+CANDIDATES_PER_PASS = 1 << 19  # candidate windows verified at once (x n words x 4 bytes)
 
 
-def words_of(texts: pa.Array) -> pa.ListArray:
-    """The normalised words of each text (see the module) by the Unicode regex alone: the
-    definition word_ids implements faster. Empty strings mark leading and trailing separators."""
-    return pc.split_pattern_regex(pc.utf8_lower(texts), pattern=WORD_SEPARATORS)
+def split_words(texts: list[str]) -> list[list[str]]:
+    """Each text's normalised words (see the module)."""
+    data, offsets = kernel.text_buffers(pa.array(texts, pa.large_string()))
+    cps, word_at, text_words = kernel.split_words(data, offsets, *kernel.unicode_tables())
+    words = _strings(cps, word_at)
+    return [words[a:b] for a, b in zip(text_words[:-1], text_words[1:])]
 
 
-def word_ids(texts: pa.Array, vocabulary: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Every text's words as vocabulary ids (-1: not in it), one text after another, and the
-    index of the text each is from. ASCII bytes go through a byte table (upper to lower case, all
-    but letters and digits to a space) and the result is split at whitespace; only the tokens
-    that still hold non-ASCII characters (a few in most text) are split again by the Unicode
-    regex, and their words spliced in by position (ids, not strings, are moved)."""
-    if isinstance(texts, pa.ChunkedArray):
-        texts = texts.combine_chunks()
-    texts = texts.cast(pa.large_string())
-    validity, offsets, data = texts.buffers()
-    folded = pa.py_buffer(data.to_pybytes().translate(ASCII_WORDS)) if data is not None else data
-    tokens = pc.ascii_split_whitespace(pa.Array.from_buffers(texts.type, len(texts), [validity, offsets, folded],
-                                                             texts.null_count, texts.offset))
-    flat, doc = tokens.flatten(), np.asarray(pc.list_parent_indices(tokens), dtype=np.int64)
-    ids = _lookup(flat, vocabulary)  # the empty tokens of leading or trailing whitespace are -1: no word
-    other = np.flatnonzero(~np.asarray(pc.string_is_ascii(flat)))
-    if len(other) == 0:
-        return ids, doc
-    parts = words_of(pc.take(flat, other))
-    part_words = parts.flatten()
-    part_ids = _lookup(part_words, vocabulary)
-    lengths = np.asarray(pc.list_value_length(parts), dtype=np.int64)
-    real = np.asarray(pc.not_equal(part_words, ""))  # a separator at a token's edge is no word
-    kept = np.add.reduceat(real, np.r_[0, np.cumsum(lengths)[:-1]])  # a split gives each token >= 1 string
-    per_token = np.ones(len(flat), dtype=np.int64)
-    per_token[other] = kept
-    start = np.r_[0, np.cumsum(per_token)]
-    out = np.repeat(ids, per_token)  # right for the plain tokens; the others' slots are overwritten
-    part_ids = part_ids[real]
-    within = np.arange(len(part_ids)) - np.repeat(np.cumsum(kept) - kept, kept)
-    out[np.repeat(start[other], kept) + within] = part_ids
-    return out, np.repeat(doc, per_token)
-
-
-def _lookup(words: pa.Array, vocabulary: pa.Array) -> np.ndarray:
-    return np.asarray(pc.fill_null(pc.index_in(words, value_set=vocabulary), -1), dtype=np.int64)
+def _strings(cps: np.ndarray, word_at: np.ndarray) -> list[str]:
+    joined = cps.astype("<u4").tobytes().decode("utf-32-le")
+    return [joined[a:b] for a, b in zip(word_at[:-1].tolist(), word_at[1:].tolist())]
 
 
 class Bitmap:
-    """A bit per key prefix (keys: uint64 hashes), ~64 bits per key: a key not in the set passes
-    with probability ~1/64, a key in it always does."""
+    """A bit per key prefix (keys: uint64 hashes), `per_key` bits per key up to 2^max_bits: a key
+    not in the set passes with probability ~1/per_key, a key in it always does. Probed in
+    scanner.overlap.kernel."""
 
-    def __init__(self, keys: np.ndarray):
-        width = int(np.clip(np.ceil(np.log2(64 * max(len(keys), 1))), 16, MAX_BITMAP_BITS))
+    def __init__(self, keys: np.ndarray, per_key: int, max_bits: int):
+        width = int(np.clip(np.ceil(np.log2(per_key * max(len(keys), 1))), 16, max_bits))
         self.shift = np.uint64(64 - width)
         word = keys >> self.shift
         self.bits = np.zeros(1 << (width - 3), dtype=np.uint8)
         np.bitwise_or.at(self.bits, word >> np.uint64(3), np.uint8(1) << (word & np.uint64(7)).astype(np.uint8))
-
-    def maybe(self, keys: np.ndarray) -> np.ndarray:
-        word = keys >> self.shift
-        return (self.bits[word >> np.uint64(3)] >> (word & np.uint64(7)).astype(np.uint8)) & 1 == 1
 
 
 def column_hashes(columns) -> np.ndarray:
@@ -117,63 +82,99 @@ def row_hashes(rows: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class Vocabulary:
+    """The eval side's distinct words, as the compiled scan looks them up: a word's id is its
+    position in `words`."""
+
+    words: list[str]
+    code_points: np.ndarray  # every word's lower-cased code points, one after another
+    word_at: np.ndarray  # word i is code_points[word_at[i]:word_at[i + 1]]
+    table: tuple  # kernel.vocabulary_table: slot hashes, slot ids, shift, shared
+    is_word: np.ndarray  # kernel.unicode_tables, shipped with the index so no worker builds them
+    lower: np.ndarray
+
+    @classmethod
+    def of(cls, texts: pa.Array) -> "Vocabulary":
+        is_word, lower = kernel.unicode_tables()
+        cps, word_at, _ = kernel.split_words(*kernel.text_buffers(texts), is_word, lower)
+        words = sorted(set(_strings(cps, word_at)))
+        lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+        code_points = np.frombuffer("".join(words).encode("utf-32-le"), dtype="<u4").astype(np.int32)
+        word_at = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+        return cls(words, code_points, word_at, kernel.vocabulary_table(code_points, word_at), is_word, lower)
+
+
+@dataclass
 class EvalIndex:
     """The eval items' n-grams, by window length."""
 
     n: int
-    vocabulary: pa.Array  # the eval side's distinct words; a word's id is its position here
+    vocabulary: Vocabulary
     item_ids: list[str]  # item number -> sample_id
     ngrams_per_item: np.ndarray  # item number -> its n-gram count
     lengths: dict[int, dict]  # window length -> {"hashes" (sorted), "rows" (id rows, same order),
     #                           "starts"/"items"/"positions": occurrences of row i in starts[i]:starts[i+1]}
+    filters: tuple  # the scan's window arguments: lengths, prefix words, bitmaps and where each starts
 
     @classmethod
     def build(cls, item_ids: list[str], texts: list[str], n: int = DEFAULT_N) -> "EvalIndex":
         if n < 1:
             raise ValueError(f"n must be at least 1, not {n}")
-        texts_ = pa.array(texts, pa.string())
-        words = words_of(texts_).flatten()
-        vocabulary = pc.unique(pc.filter(words, pc.not_equal(words, ""))).sort()
-        all_ids, doc = word_ids(texts_, vocabulary)  # the corpus's code path: the same words
-        all_ids, doc = all_ids[all_ids >= 0], doc[all_ids >= 0]
-        bounds = np.searchsorted(doc, np.arange(len(texts) + 1))
-        by_length: dict[int, list[tuple[np.ndarray, int, int]]] = {}
-        counts = np.zeros(len(texts), dtype=np.int64)
-        for item in range(len(texts)):
-            ids = all_ids[bounds[item]:bounds[item + 1]]
-            if len(ids) == 0:
-                continue
-            length = min(n, len(ids))
-            counts[item] = len(ids) - length + 1
-            for pos in range(len(ids) - length + 1):
-                by_length.setdefault(length, []).append((ids[pos:pos + length], item, pos))
-        return cls(n=n, vocabulary=vocabulary, item_ids=list(item_ids), ngrams_per_item=counts,
-                   lengths={length: _table(entries) for length, entries in by_length.items()})
+        texts_ = pa.array(texts, pa.large_string())
+        vocabulary = Vocabulary.of(texts_)
+        scanned = _Scanned.of(texts_, vocabulary, _filters({}))  # the corpus's code path: the same words
+        ids, text_words = scanned.ids, scanned.text_words
+        words = np.diff(text_words)
+        window = np.minimum(words, n)
+        counts = np.where(words > 0, words - window + 1, 0)
+        lengths = {}
+        for length in sorted(set(window[words > 0].tolist()), reverse=True):
+            items = np.flatnonzero((window == length) & (words > 0))
+            per = counts[items]
+            positions = np.arange(per.sum()) - np.repeat(np.cumsum(per) - per, per)
+            starts = np.repeat(text_words[items], per) + positions
+            lengths[length] = _table(ids[starts[:, None] + np.arange(length)], np.repeat(items, per), positions)
+        return cls(n=n, vocabulary=vocabulary, item_ids=list(item_ids), ngrams_per_item=counts, lengths=lengths,
+                   filters=_filters(lengths))
 
     def match(self, texts: pa.Array) -> pl.DataFrame:
         """Every (item, document) pair with a match in this batch of texts: item, doc (the text's
         position in the batch), positions (sorted n-gram starts of the item), longest_span."""
-        ids, doc = word_ids(texts, self.vocabulary)
+        batch = _Scanned.of(texts, self.vocabulary, self.filters)
         found = []
-        for length, table in self.lengths.items():
-            if len(ids) < length:
-                continue
-            m = len(ids) - length + 1
-            k = min(PREFIX, length)  # only windows that open with the first k words of some indexed n-gram
-            starts = np.flatnonzero(table["prefixes"].maybe(column_hashes(ids[i:m + i] for i in range(k))))
+        for k, (length, table) in enumerate(self.lengths.items()):
+            starts = batch.candidates[batch.kind == k]
             for chunk in range(0, len(starts), CANDIDATES_PER_PASS):
-                found.append(self._verify(ids, doc, starts[chunk:chunk + CANDIDATES_PER_PASS], length, table))
+                found.append(batch.verify(starts[chunk:chunk + CANDIDATES_PER_PASS], length, table))
         return spans(pl.concat(found) if found else pl.DataFrame(schema=MATCH_SCHEMA))
 
-    @staticmethod
-    def _verify(ids: np.ndarray, doc: np.ndarray, starts: np.ndarray, length: int, table: dict) -> pl.DataFrame:
-        """The candidate windows that are indexed n-grams, word id by word id, with their occurrences."""
-        windows = ids[starts[:, None] + np.arange(length)]
-        ok = (windows >= 0).all(axis=1) & (doc[starts] == doc[starts + length - 1])
-        starts, windows = starts[ok], windows[ok]
+
+@dataclass
+class _Scanned:
+    """A batch after the compiled passes (scanner.overlap.kernel)."""
+
+    data: np.ndarray  # the texts' UTF-8 bytes
+    offsets: np.ndarray
+    vocabulary: Vocabulary
+    starts: np.ndarray  # each word's first byte
+    ids: np.ndarray  # each word's vocabulary id or kernel.NO_WORD
+    text_words: np.ndarray  # each text's first word, and the end
+    candidates: np.ndarray  # windows that passed the bitmaps: first word
+    kind: np.ndarray  # and the index of their length in the filters
+
+    @classmethod
+    def of(cls, texts: pa.Array, v: Vocabulary, filters: tuple) -> "_Scanned":
+        data, offsets = kernel.text_buffers(texts)
+        hashes, starts, text_words = kernel.word_hashes(data, offsets, v.is_word, v.lower)
+        ids = kernel.word_ids(data, offsets, hashes, starts, text_words, *v.table, v.code_points, v.word_at,
+                              v.is_word, v.lower)
+        return cls(data, offsets, v, starts, ids, text_words, *kernel.candidates(ids, text_words, PRIME, *filters))
+
+    def verify(self, starts: np.ndarray, length: int, table: dict) -> pl.DataFrame:
+        """The candidate windows that are indexed n-grams, word id by word id and then byte by
+        byte, with their occurrences."""
+        windows = self.ids[starts[:, None] + np.arange(length)]
         h = row_hashes(windows)
-        maybe = table["bits"].maybe(h)
-        starts, windows, h = starts[maybe], windows[maybe], h[maybe]
         lo = np.minimum(np.searchsorted(table["hashes"], h), len(table["hashes"]) - 1)
         hit = table["hashes"][lo] == h
         starts, windows, lo, h = starts[hit], windows[hit], lo[hit], h[hit]
@@ -184,11 +185,28 @@ class EvalIndex:
         row = np.repeat(lo, reps) + (np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps))
         same = (windows[window] == table["rows"][row]).all(axis=1)
         at, row = starts[window[same]], row[same]
+        v = self.vocabulary
+        spelled = kernel.confirm_windows(self.data, self.offsets, self.starts, self.text_words, self.ids, at, length,
+                                         v.code_points, v.word_at, v.is_word, v.lower)
+        at, row = at[spelled], row[spelled]
         occ = table["starts"][row + 1] - table["starts"][row]
         first = np.repeat(table["starts"][row], occ) + (np.arange(occ.sum()) - np.repeat(np.cumsum(occ) - occ, occ))
         at = np.repeat(at, occ)
-        return pl.DataFrame({"item": table["items"][first], "pos": table["positions"][first], "doc": doc[at],
-                             "doc_pos": at, "length": np.full(len(at), length)}, schema=MATCH_SCHEMA)
+        return pl.DataFrame({"item": table["items"][first], "pos": table["positions"][first],
+                             "doc": np.searchsorted(self.text_words, at, side="right") - 1, "doc_pos": at,
+                             "length": np.full(len(at), length)}, schema=MATCH_SCHEMA)
+
+
+def _filters(lengths: dict[int, dict]) -> tuple:
+    """Per window length (in the order of `lengths`): its size, prefix words, and its two bitmaps
+    laid end to end in one array, each with its start and shift."""
+    sizes = np.array(list(lengths), dtype=np.int64)
+    prefix_words = np.minimum(sizes, PREFIX)
+    maps = [m for table in lengths.values() for m in (table["prefixes"], table["bits"])]
+    at = np.r_[0, np.cumsum([len(m.bits) for m in maps])].astype(np.int64)
+    bits = np.concatenate([m.bits for m in maps]) if maps else np.zeros(0, np.uint8)
+    shifts = np.array([m.shift for m in maps], dtype=np.uint64)
+    return sizes, prefix_words, bits, at[0:-1:2].copy(), shifts[0::2].copy(), at[1:-1:2].copy(), shifts[1::2].copy()
 
 
 MATCH_SCHEMA = {"item": pl.Int64, "pos": pl.Int64, "doc": pl.Int64, "doc_pos": pl.Int64, "length": pl.Int64}
@@ -205,20 +223,21 @@ def spans(matches: pl.DataFrame) -> pl.DataFrame:
     return positions.join(longest, on=["item", "doc"]).sort("item", "doc")
 
 
-def _table(entries: list[tuple[np.ndarray, int, int]]) -> dict:
-    """Distinct n-grams sorted by hash, each with its occurrences (item, position)."""
-    rows = np.stack([e[0] for e in entries])
-    distinct, inverse = np.unique(rows, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    hashes = row_hashes(distinct)
-    order = np.argsort(hashes, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    occ_row = rank[inverse]
+def _table(rows: np.ndarray, items: np.ndarray, positions: np.ndarray) -> dict:
+    """Distinct n-grams sorted by hash, each with its occurrences (item, position), and the two
+    bitmaps the scan probes."""
+    hashes, first, occ_row = np.unique(row_hashes(rows), return_index=True, return_inverse=True)
+    distinct = rows[first]
+    if not (distinct[occ_row] == rows).all():  # two distinct n-grams share a hash: keep both, sorted by hash
+        distinct, inverse = np.unique(rows, axis=0, return_inverse=True)
+        hashes = row_hashes(distinct)
+        order = np.argsort(hashes, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        distinct, hashes, occ_row = distinct[order], hashes[order], rank[inverse.reshape(-1)]
     by_row = np.argsort(occ_row, kind="stable")
     k = min(PREFIX, distinct.shape[1])
-    prefixes = Bitmap(np.unique(column_hashes(distinct[:, :k].T)))
-    return {"hashes": hashes[order], "rows": distinct[order], "bits": Bitmap(hashes), "prefixes": prefixes,
+    return {"hashes": hashes, "rows": distinct, "bits": Bitmap(hashes, *FULL_BITMAP),
+            "prefixes": Bitmap(np.unique(column_hashes(distinct[:, :k].T)), *PREFIX_BITMAP),
             "starts": np.r_[0, np.cumsum(np.bincount(occ_row, minlength=len(distinct)))],
-            "items": np.array([e[1] for e in entries], dtype=np.int64)[by_row],
-            "positions": np.array([e[2] for e in entries], dtype=np.int64)[by_row]}
+            "items": items[by_row].astype(np.int64), "positions": positions[by_row].astype(np.int64)}

@@ -1,0 +1,328 @@
+"""The corpus side's inner loops, compiled with numba: three tight passes over a batch.
+
+  1. word_hashes: one pass over the UTF-8 bytes: each word's hash and first byte;
+  2. word_ids: each hash looked up in the vocabulary's table (NO_WORD: not in the vocabulary,
+     so never part of a match);
+  3. candidates: a rolling hash over runs of known words; a window is kept only if its first
+     words pass the prefix bitmap and all its words the full one. scanner.overlap.ngrams verifies
+     the candidates id by id, and confirm_windows compares the bytes of the windows that match
+     with the vocabulary words: a hash collision never counts.
+
+Why compiled, and why three passes: with Arrow and numpy kernels the same work is ~10 passes
+over arrays as long as the batch has words, 15-22 MB/s per core. Fused into one loop, numba's
+code ran at ~35 MB/s (the loop body grew past what LLVM keeps in registers); as three simple
+loops it runs several times faster (bench/overlap_throughput.py).
+
+Words (the normalisation of scanner.overlap.ngrams): a word is a maximal run of code points whose
+Unicode category is a letter or a number (L*, N*; Python's unicodedata), each lower-cased by its
+one-to-one (simple) lower-case mapping; everything else separates words.
+"""
+
+from __future__ import annotations
+
+import sys
+import unicodedata
+from functools import cache
+
+import numba
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+FNV_PRIME = np.uint64(0x100000001B3)
+FIBONACCI = np.uint64(0x9E3779B97F4A7C15)  # spreads a word hash over the table's slots
+NO_WORD = -1
+
+
+@cache
+def unicode_tables() -> tuple[np.ndarray, np.ndarray]:
+    """(is_word, lower) per code point: 1 for a letter or number, and its simple lower case."""
+    is_word = np.zeros(sys.maxunicode + 1, dtype=np.uint8)
+    lower = np.arange(sys.maxunicode + 1, dtype=np.int32)
+    for cp in range(sys.maxunicode + 1):
+        c = chr(cp)
+        if unicodedata.category(c)[0] in "LN":
+            is_word[cp] = 1
+        low = c.lower()
+        if low != c:
+            lower[cp] = ord(low[0])  # "İ" -> "i̇": the simple mapping is its first code point
+    return is_word, lower
+
+
+def text_buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A string array's UTF-8 bytes and its n + 1 offsets into them (a null is an empty text)."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    texts = pc.fill_null(texts.cast(pa.large_string()), "")
+    _, offsets, data = texts.buffers()
+    offsets = np.frombuffer(offsets, dtype=np.int64)[texts.offset:texts.offset + len(texts) + 1]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return data, offsets
+
+
+@numba.njit(cache=True, nogil=True)
+def _next_code_point(data, i):
+    """The code point that starts with the non-ASCII byte i of valid UTF-8, and the byte after it.
+    The callers read ASCII bytes themselves, in their loop: through a function returning a tuple
+    the loop runs several times slower."""
+    b = np.int64(data[i])
+    if b < 0xE0:
+        return ((b & 0x1F) << 6) | (np.int64(data[i + 1]) & 0x3F), i + 2
+    if b < 0xF0:
+        return ((b & 0x0F) << 12) | ((np.int64(data[i + 1]) & 0x3F) << 6) | (np.int64(data[i + 2]) & 0x3F), i + 3
+    return (((b & 0x07) << 18) | ((np.int64(data[i + 1]) & 0x3F) << 12) | ((np.int64(data[i + 2]) & 0x3F) << 6)
+            | (np.int64(data[i + 3]) & 0x3F)), i + 4
+
+
+@numba.njit(cache=True, nogil=True)
+def _ascii_fold(is_word, lower):
+    """Per ASCII byte: its lower case if a letter or digit, else 0."""
+    fold = np.zeros(128, dtype=np.int64)
+    for b in range(128):
+        if is_word[b]:
+            fold[b] = lower[b]
+    return fold
+
+
+@numba.njit(cache=True, nogil=True)
+def split_words(data, offsets, is_word, lower):
+    """Every text's words as lower-cased code points: (code points, word offsets into them, each
+    text's first word and the end: len(offsets) values)."""
+    fold = _ascii_fold(is_word, lower)
+    cps = np.empty(len(data), dtype=np.int32)  # a word has at most as many code points as bytes
+    word_at = np.empty(len(data) + 1, dtype=np.int64)
+    text_words = np.empty(len(offsets), dtype=np.int64)
+    n_cps, n_words = 0, 0
+    for t in range(len(offsets) - 1):
+        text_words[t] = n_words
+        i, end, inside = offsets[t], offsets[t + 1], False
+        while i < end:
+            b = data[i]
+            if b < 128:
+                low = fold[b]
+                i += 1
+            else:
+                cp, i = _next_code_point(data, i)
+                low = np.int64(lower[cp]) if is_word[cp] else np.int64(0)
+            if low:
+                if not inside:
+                    word_at[n_words] = n_cps
+                    n_words += 1
+                    inside = True
+                cps[n_cps] = low
+                n_cps += 1
+            else:
+                inside = False
+        word_at[n_words] = n_cps
+    text_words[len(offsets) - 1] = n_words
+    return cps[:n_cps].copy(), word_at[:n_words + 1].copy(), text_words
+
+
+@numba.njit(cache=True, nogil=True)
+def word_hash(cps, start, end):
+    """FNV-1a over a word's lower-cased code points."""
+    h = FNV_OFFSET
+    for j in range(start, end):
+        h = (h ^ np.uint64(cps[j])) * FNV_PRIME
+    return h
+
+
+@numba.njit(cache=True, nogil=True)
+def vocabulary_table(cps, word_at):
+    """Open addressing over the vocabulary's words, at most half full: (slot hashes, slot word
+    ids (NO_WORD: empty), shift: a hash's first slot is (hash * FIBONACCI) >> shift, shared: 1
+    where two vocabulary words have that slot's hash, so a hit must compare the bytes)."""
+    n = len(word_at) - 1
+    bits = 4
+    while (1 << bits) < 2 * n:
+        bits += 1
+    keys = np.zeros(1 << bits, dtype=np.uint64)
+    ids = np.full(1 << bits, NO_WORD, dtype=np.int32)
+    shared = np.zeros(1 << bits, dtype=np.uint8)
+    shift = np.uint64(64 - bits)
+    mask = np.uint64((1 << bits) - 1)
+    for w in range(n):
+        h = word_hash(cps, word_at[w], word_at[w + 1])
+        s = (h * FIBONACCI) >> shift
+        while ids[s] != NO_WORD:
+            if keys[s] == h:
+                shared[s] = 1
+            s = (s + np.uint64(1)) & mask
+        keys[s] = h
+        ids[s] = w
+    for s in range(len(keys)):  # every word of a shared hash is marked, not only the first
+        if ids[s] != NO_WORD and shared[s] == 0:
+            t = (keys[s] * FIBONACCI) >> shift
+            while ids[t] != NO_WORD:
+                if t != s and keys[t] == keys[s]:
+                    shared[s] = 1
+                    break
+                t = (t + np.uint64(1)) & mask
+    return keys, ids, shift, shared
+
+
+@numba.njit(cache=True, nogil=True)
+def word_hashes(data, offsets, is_word, lower):
+    """Pass 1: every word's hash (word_hash of its lower-cased code points) and first byte, and
+    each text's first word (and the end: len(offsets) values)."""
+    fold = _ascii_fold(is_word, lower)
+    hashes = np.empty(len(data) // 2 + len(offsets), dtype=np.uint64)  # a word and a separator take >= 2 bytes
+    starts = np.empty(len(hashes), dtype=np.int64)
+    text_words = np.empty(len(offsets), dtype=np.int64)
+    n = 0
+    for t in range(len(offsets) - 1):
+        text_words[t] = n
+        i, end = offsets[t], offsets[t + 1]
+        h, inside = FNV_OFFSET, False
+        while i < end:
+            at = i
+            b = data[i]
+            if b < 128:
+                low = fold[b]
+                i += 1
+            else:
+                cp, i = _next_code_point(data, i)
+                low = np.int64(lower[cp]) if is_word[cp] else np.int64(0)
+            if low:
+                if not inside:
+                    starts[n] = at
+                    inside = True
+                h = (h ^ np.uint64(low)) * FNV_PRIME
+            elif inside:
+                hashes[n] = h
+                n += 1
+                h, inside = FNV_OFFSET, False
+        if inside:
+            hashes[n] = h
+            n += 1
+    text_words[len(offsets) - 1] = n
+    return hashes[:n], starts[:n], text_words  # views: the untouched rest was never paged in
+
+
+@numba.njit(cache=True, nogil=True)
+def _same_word(data, start, end, vocab_cps, a, b, fold, is_word, lower):
+    """Whether the word at byte `start` (its text ends at `end`) is vocab_cps[a:b]."""
+    i = start
+    for j in range(a, b):
+        if i >= end:
+            return False
+        c = data[i]
+        if c < 128:
+            low = fold[c]
+            i += 1
+        else:
+            cp, i = _next_code_point(data, i)
+            low = np.int64(lower[cp]) if is_word[cp] else np.int64(0)
+        if low != vocab_cps[j]:
+            return False
+    if i >= end:
+        return True
+    c = data[i]
+    if c < 128:
+        return fold[c] == 0
+    cp, _ = _next_code_point(data, i)
+    return is_word[cp] == 0  # the word goes on: longer than the vocabulary word
+
+
+@numba.njit(cache=True, nogil=True)
+def word_ids(data, offsets, hashes, starts, text_words, keys, slot_ids, shift, shared, vocab_cps, vocab_at, is_word,
+             lower):
+    """Pass 2: each word's vocabulary id by its hash, NO_WORD if it has none. Only a hash that
+    two vocabulary words share is settled here by the bytes; any other hit is confirmed by
+    confirm_windows for the windows that match (a corpus word that merely shares a vocabulary
+    word's hash never makes a match count)."""
+    fold = _ascii_fold(is_word, lower)
+    ids = np.empty(len(hashes), dtype=np.int32)
+    mask = np.uint64(len(keys) - 1)
+    for t in range(len(offsets) - 1):
+        for j in range(text_words[t], text_words[t + 1]):
+            h = hashes[j]
+            s = (h * FIBONACCI) >> shift
+            w = NO_WORD
+            while slot_ids[s] != NO_WORD:
+                if keys[s] == h:
+                    v = slot_ids[s]
+                    if shared[s] == 0 or _same_word(data, starts[j], offsets[t + 1], vocab_cps, vocab_at[v],
+                                                    vocab_at[v + 1], fold, is_word, lower):
+                        w = v
+                        break
+                s = (s + np.uint64(1)) & mask
+            ids[j] = w
+    return ids
+
+
+@numba.njit(cache=True, nogil=True)
+def confirm_windows(data, offsets, starts, text_words, ids, firsts, length, vocab_cps, vocab_at, is_word, lower):
+    """Per window (its first word, `length` words): whether every word's bytes spell the
+    vocabulary word its id names."""
+    fold = _ascii_fold(is_word, lower)
+    ok = np.ones(len(firsts), dtype=np.bool_)
+    for c in range(len(firsts)):
+        text = np.searchsorted(text_words, firsts[c], side="right") - 1
+        for j in range(firsts[c], firsts[c] + length):
+            v = ids[j]
+            if not _same_word(data, starts[j], offsets[text + 1], vocab_cps, vocab_at[v], vocab_at[v + 1], fold,
+                              is_word, lower):
+                ok[c] = False
+                break
+    return ok
+
+
+@numba.njit(cache=True, nogil=True)
+def _maybe(bits, at, shift, key):
+    word = key >> shift
+    return (bits[at + np.int64(word >> np.uint64(3))] >> (word & np.uint64(7))) & np.uint8(1) == 1
+
+
+@numba.njit(cache=True, nogil=True)
+def candidates(ids, text_words, prime, lengths, prefix_words, bits, prefix_at, prefix_shift, full_at, full_shift):
+    """Pass 3: (first word, k) of every run of lengths[k] words inside one text, all in the
+    vocabulary, whose first prefix_words[k] ids pass the prefix bitmap k and whose ids pass the
+    full bitmap k (scanner.overlap.ngrams.Bitmap; bitmap k is bits[at[k]:], probed with its
+    shift[k]). Window hashes are scanner.overlap.ngrams.column_hashes, as prefix sums: H[j + 1] =
+    H[j] * prime + id_j + 1 from each run's start, a window's hash H[end] - H[first] * prime^size."""
+    longest = 0
+    for k in range(len(lengths)):
+        longest = max(longest, lengths[k])
+    size = 1
+    while size < longest + 1:
+        size *= 2
+    mask = size - 1
+    ring = np.zeros(size, dtype=np.uint64)  # the last prefix sums: H[j] in ring[j & mask]
+    powers = np.ones(longest + 1, dtype=np.uint64)
+    for k in range(1, longest + 1):
+        powers[k] = powers[k - 1] * prime
+    cand_start = np.empty(1024, dtype=np.int64)
+    cand_kind = np.empty(1024, dtype=np.int64)
+    n_cand = 0
+    for t in range(len(text_words) - 1):
+        run = 0  # words in a row in the vocabulary, in this text
+        for pos in range(text_words[t], text_words[t + 1]):
+            w = ids[pos]
+            if w == NO_WORD:
+                run = 0
+                continue
+            if run == 0:
+                ring[pos & mask] = np.uint64(0)
+            run += 1
+            top = ring[pos & mask] * prime + np.uint64(w + 1)
+            ring[(pos + 1) & mask] = top
+            for k in range(len(lengths)):
+                span = lengths[k]
+                if run < span:
+                    continue
+                first = pos + 1 - span
+                before = ring[first & mask]
+                p = prefix_words[k]
+                if not _maybe(bits, prefix_at[k], prefix_shift[k], ring[(first + p) & mask] - before * powers[p]):
+                    continue
+                if not _maybe(bits, full_at[k], full_shift[k], top - before * powers[span]):
+                    continue
+                if n_cand == len(cand_start):
+                    cand_start = np.concatenate((cand_start, np.empty(n_cand, dtype=np.int64)))
+                    cand_kind = np.concatenate((cand_kind, np.empty(n_cand, dtype=np.int64)))
+                cand_start[n_cand] = first
+                cand_kind[n_cand] = k
+                n_cand += 1
+    return cand_start[:n_cand].copy(), cand_kind[:n_cand].copy()

@@ -249,6 +249,19 @@ def cmd_overlap(args) -> int:
     return 2 if m["errors"] else 0
 
 
+def cmd_hessian(args) -> int:
+    from scanner.hessian.run import HessianSpec, run_hessian
+
+    spec = HessianSpec(model=args.model, probes=args.probes, eigs=args.eigs, lanczos_steps=args.lanczos_steps,
+                       max_tokens=args.max_tokens, max_samples=args.max_samples, seed=args.seed, dtype=args.dtype,
+                       revision=args.revision, adapter=args.adapter, trust_remote_code=args.trust_remote_code,
+                       actors=args.actors)
+    m = run_hessian(args.data, args.out, spec, columns_from_args(args), scan=args.scan, progress=Progress())
+    print(m["conclusion"])
+    print(f"per sample: {args.out}/samples.parquet  report: {args.out}/report.html")
+    return 0
+
+
 def cmd_nightly(args) -> int:
     from scanner.nightly import run_nightly, summary_lines
 
@@ -380,6 +393,27 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--shard-size", type=int, default=20_000, help="at most this many corpus rows per resumable shard "
                                                                    "(default 20000)")
     o.set_defaults(func=cmd_overlap)
+
+    h = sub.add_parser("hessian", help="test the Hessian explanation of perturbation attacks: trace and extreme "
+                                       "eigenvalues of the input-space Hessian beside the attacks' AUCs")
+    _add_corpus_args(h)
+    h.add_argument("--model", required=True, help="hub id or local path of a causal LM")
+    h.add_argument("--out", required=True, help="output folder (re-running resumes it)")
+    h.add_argument("--scan", help="a `scanner scan` run of the same data: its neighborhood, LOSS and Min-K%%++ "
+                                  "scores (default: LOSS and Min-K%%++ from this command's own forward passes)")
+    h.add_argument("--probes", type=int, default=32, help="Rademacher probes per sample for the trace (default 32)")
+    h.add_argument("--eigs", type=int, default=8, help="samples that also get the extreme eigenvalues (default 8)")
+    h.add_argument("--lanczos-steps", type=int, default=20, help="Lanczos iterations per such sample (default 20)")
+    h.add_argument("--max-tokens", type=int, default=128, help="tokens per text, the rest cut (default 128)")
+    h.add_argument("--max-samples", type=int, help="a seeded subset of this many samples (default: all)")
+    h.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"],
+                   help="model precision for the second derivatives (default float32)")
+    h.add_argument("--actors", type=int, help="model actors (default: one per GPU, else one)")
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--revision", help="model revision (branch, tag or commit)")
+    h.add_argument("--adapter", help="a peft adapter folder (LoRA) to merge into the model, e.g. calibrate's fine-tune")
+    h.add_argument("--trust-remote-code", action="store_true", help="allow the model repo's own code (off by default)")
+    h.set_defaults(func=cmd_hessian)
 
     d = sub.add_parser("demo", help="run the embedded default end to end (offline, ~4 minutes on 2 cores)")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

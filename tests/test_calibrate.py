@@ -190,8 +190,8 @@ def test_a_split_the_text_alone_separates_stops_the_run(tmp_path):
     assert json.loads((tmp_path / "baseline.json").read_text())["auc"] > 0.9  # kept: a rerun does not redo it
 
 
-def test_calibrate_command_rejects_bad_options_in_one_line(tmp_path):
-    from tests.test_cli import scanner
+def test_calibrate_command_rejects_bad_options_in_one_line(tmp_path, capfd):
+    from scanner.cli import main
 
     model = tmp_path / "m"
     model.mkdir()
@@ -202,9 +202,13 @@ def test_calibrate_command_rejects_bad_options_in_one_line(tmp_path):
                           (["--method", "qlora"], "is not one of"),
                           (["--members-fraction", "1.5"], "strictly between 0 and 1"),
                           (["--model", str(tmp_path / "nowhere")], "no such folder")):
-        res = scanner("calibrate", str(data), "--out", str(tmp_path / "out"), *(["--model", str(model)] if
-                      "--model" not in args else []), *args)
-        assert res.returncode == 2 and message in res.stderr, (args, res.stderr[-2000:])
+        try:
+            code = main(["calibrate", str(data), "--out", str(tmp_path / "out"), *(["--model", str(model)] if
+                         "--model" not in args else []), *args])
+        except SystemExit as e:  # argparse's own refusals
+            code = e.code
+        err = capfd.readouterr().err
+        assert code == 2 and message in err, (args, err[-2000:])
 
 
 def test_a_scan_scores_base_plus_adapter_as_the_peft_model_does(tmp_path):

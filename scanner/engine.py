@@ -148,7 +148,10 @@ class ScoringPool:
     gives each only cpus_per_actor logical CPUs (the rest stays for read tasks), but its torch
     threads are the node's cores divided among the actors placed there."""
 
-    def __init__(self, cfg: ScanConfig, actor_args: tuple, progress: Callable[[str], None]):
+    def __init__(self, cfg: ScanConfig, actor_args: tuple, progress: Callable[[str], None], actor_cls=None,
+                 reads: bool = True):
+        """actor_cls: another model actor with ready() like ScoreActor's (`scanner hessian`);
+        reads: whether read tasks must find a CPU beside the actors."""
         import ray
 
         self.cfg, self.actor_args, self.progress = cfg, actor_args, progress
@@ -156,13 +159,13 @@ class ScoringPool:
         n = default_actors(cfg, gpus)
         self.options = dict(num_cpus=cfg.cpus_per_actor, num_gpus=gpus, max_restarts=ACTOR_RESTARTS,
                             max_task_retries=ACTOR_RESTARTS, scheduling_strategy="SPREAD")
-        self.cls = ray.remote(ScoreActor)
+        self.cls = ray.remote(actor_cls or ScoreActor)
         progress(f"starting {n} scoring actor(s): {gpus:g} GPU and {cfg.cpus_per_actor:g} CPU each")
         self.actors = [self.cls.options(**self.options).remote(*actor_args) for _ in range(n)]
         self.generation = [0] * n
         self.infos = self._wait_ready(self.actors)
         left = ray.cluster_resources().get("CPU", 0) - n * cfg.cpus_per_actor  # once placed (autoscaled)
-        if left < READ_CPUS:  # the read tasks would wait for ever
+        if reads and left < READ_CPUS:  # the read tasks would wait for ever
             self.shutdown()
             raise InputError(f"the {n} scoring actor(s) take every CPU of the cluster ({cfg.cpus_per_actor:g} each), "
                              f"and reading a shard needs {READ_CPUS:g}: lower cpus_per_actor or --actors")
@@ -210,38 +213,43 @@ class ScoringPool:
         self._wait_ready([self.actors[k]])
 
     def run(self, shards: list[Shard], read: Callable[[Shard], object], on_record: Callable[[Shard, dict], None]) -> None:
+        self.map(shards, lambda actor, s, threads: actor.score_shard.remote(s.to_dict(), read(s), threads), on_record,
+                 lambda s, error: {"shard": s.name, "error": error})
+
+    def map(self, items: list, submit: Callable, on_result: Callable, failed: Callable) -> None:
+        """Each item through submit(actor, item, threads) -> a result ref, QUEUED_PER_ACTOR at a
+        time per actor; on_result(item, result) as they finish, in any order. An actor that dies
+        more often than Ray restarts it is replaced, and each of its items gets one more try
+        there; an item that still fails, or whose task raised, gets failed(item, error) instead."""
         import ray
 
-        queue, inflight, lost = deque(shards), {}, Counter()
+        queue, inflight, lost = deque(enumerate(items)), {}, Counter()
 
         def feed(k: int) -> None:
             if queue:
-                s = queue.popleft()
-                ref = self.actors[k].score_shard.remote(s.to_dict(), read(s), self.threads[k])
-                inflight[ref] = (k, self.generation[k], s)
+                i, item = queue.popleft()
+                inflight[submit(self.actors[k], item, self.threads[k])] = (k, self.generation[k], i, item)
 
         for k in range(len(self.actors)):
             for _ in range(QUEUED_PER_ACTOR):
                 feed(k)
         while inflight:
             (ref,), _ = ray.wait(list(inflight), num_returns=1)
-            k, generation, shard = inflight.pop(ref)
+            k, generation, i, item = inflight.pop(ref)
             try:
-                record = ray.get(ref)
+                result = ray.get(ref)
             except ray.exceptions.RayActorError as e:
-                # the actor died more often than Ray restarts it: a new one takes its place; each
-                # of its shards gets one more try there, then counts as failed
                 if generation == self.generation[k]:
                     self._replace(k)
-                lost[shard.name] += 1
-                if lost[shard.name] == 1:
-                    queue.appendleft(shard)
+                lost[i] += 1
+                if lost[i] == 1:
+                    queue.appendleft((i, item))
                     feed(k)
                     continue
-                record = {"shard": shard.name, "error": f"its scoring actor kept dying: {last_line(e)}"}
+                result = failed(item, f"its scoring actor kept dying: {last_line(e)}")
             except ray.exceptions.RayTaskError as e:
-                record = {"shard": shard.name, "error": last_line(e)}
-            on_record(shard, record)
+                result = failed(item, last_line(e))
+            on_result(item, result)
             feed(k)
 
     def shutdown(self) -> None:

@@ -80,3 +80,8 @@ def test_hessian_command_end_to_end_resumes_and_sets_the_trace_beside_the_attack
     assert "neighborhood" in again["auc"] and again["auc"]["trace"] == m["auc"]["trace"]
     assert pl.read_parquet(out / "samples.parquet")["trace"].equals(s["trace"])
     assert main(args[:-2] + ["--max-tokens", "16"]) == 2  # other settings in the same folder: refused
+    capfd.readouterr()
+    assert main(["hessian", str(data), "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "h2")]) == 2
+    assert main(args + ["--probes", "1"]) == 2
+    err = capfd.readouterr().err
+    assert "nowhere: no such folder" in err and "--probes must be at least 2" in err

@@ -2,7 +2,8 @@
 
   1. Labelled samples are read and validated (the scan's readers); `--max-samples` keeps a
      stable, seeded subset. `--eigs` of them (half members where possible) also get Lanczos.
-  2. Ray actors (one per GPU, else one on the CPU cores) each load the model once and measure
+  2. The scan engine's actors (scanner.engine.ScoringPool: one per GPU, else one per node;
+     restarted or replaced when they die) each load the model once and measure
      chunks of samples (scanner.hessian.curvature): loss, Hutchinson's trace and its standard
      error, the trace per token, the extreme eigenvalues where asked, and the light scan's
      scores (LOSS, zlib, Min-K%, Min-K%++) from the same forward pass. Each chunk is written to
@@ -30,11 +31,13 @@ import polars as pl
 
 from scanner.corpus import Columns, read_corpus
 from scanner.detector.data import member_score, split_of
-from scanner.engine import last_line
+from scanner.config import ScanConfig
+from scanner.engine import ScoringPool
 from scanner.errors import InputError
 from scanner.metrics import summarize
 from scanner.provenance import package_versions
 from scanner.report import fmt, fmt_auc, forest_png, two_histograms_png, write_report
+from scanner.scoring.factory import check_adapter_path, check_model_path
 from scanner.scoring.stats import text_scores
 
 CHUNK = 8  # samples per actor call and per part file
@@ -95,7 +98,10 @@ class CurvatureActor:
         self.tokenize = TextTokenizer(tok, spec.max_tokens)
 
     def ready(self) -> dict:
-        return {"error": self.error, "device": self.device, "cores": len(os.sched_getaffinity(0))}
+        import ray
+
+        return {"error": self.error, "device": self.device, "cores": len(os.sched_getaffinity(0)),
+                "node": ray.get_runtime_context().get_node_id()}
 
     def measure(self, chunk: int, rows: list[dict], threads: int | None) -> tuple[int, list[dict]]:
         import torch
@@ -143,9 +149,6 @@ def _fingerprint(spec: HessianSpec, samples: pl.DataFrame) -> str:
 
 
 def _measure_all(samples: pl.DataFrame, spec: HessianSpec, parts: Path, progress) -> None:
-    import ray
-    from ray.util import ActorPool
-
     rows = [r | {"seed": _stable_seed(spec.seed, r["sample_id"])}
             for r in samples.select("sample_id", "text", "eigs").to_dicts()]
     chunks = [(k, rows[i:i + CHUNK]) for k, i in enumerate(range(0, len(rows), CHUNK))]
@@ -153,26 +156,29 @@ def _measure_all(samples: pl.DataFrame, spec: HessianSpec, parts: Path, progress
     progress(f"{len(rows)} samples in {len(chunks)} chunks: {len(chunks) - len(todo)} done before, {len(todo)} to measure")
     if not todo:
         return
-    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    n = spec.actors or (int(ray.cluster_resources()["GPU"]) if gpus else 1)
-    actors = [ray.remote(CurvatureActor).options(num_cpus=1, num_gpus=gpus).remote(spec) for _ in range(n)]
-    infos = ray.get([a.ready.remote() for a in actors])
-    if infos[0]["error"]:
-        raise InputError(infos[0]["error"])
-    threads = None if gpus else max(1, infos[0]["cores"] // n)
-    progress(f"{n} actor(s) on {infos[0]['device']}" + (f", {threads} torch threads each" if threads else ""))
-    pool, t0, done, total = ActorPool(actors), time.perf_counter(), 0, sum(len(c) for _, c in todo)
+    pool = ScoringPool(ScanConfig(model=spec.model, actors=spec.actors), (spec,), progress, actor_cls=CurvatureActor,
+                       reads=False)
+    t0, done, total, failed = time.perf_counter(), 0, sum(len(c) for _, c in todo), []
+
+    def save(chunk: tuple, result) -> None:
+        nonlocal done
+        if isinstance(result, str):  # the chunk's error
+            failed.append(result)
+            return
+        k, measured = result
+        pl.DataFrame(measured).write_parquet(parts / f"{k:06d}.tmp")
+        os.replace(parts / f"{k:06d}.tmp", parts / f"{k:06d}.parquet")  # whole or absent
+        done += len(measured)
+        progress(f"[{done}/{total}] {done / (time.perf_counter() - t0):.2f} samples/s")
+
     try:
-        for k, result in pool.map_unordered(lambda a, kc: a.measure.remote(kc[0], kc[1], threads), todo):
-            pl.DataFrame(result).write_parquet(parts / f"{k:06d}.tmp")
-            os.replace(parts / f"{k:06d}.tmp", parts / f"{k:06d}.parquet")  # whole or absent
-            done += len(result)
-            progress(f"[{done}/{total}] {done / (time.perf_counter() - t0):.2f} samples/s")
-    except ray.exceptions.RayError as e:  # the finished chunks stay: a rerun measures the rest
-        raise InputError(f"measuring failed after {done} of {total} samples: {last_line(e)}") from None
+        pool.map(todo, lambda actor, kc, threads: actor.measure.remote(kc[0], kc[1], threads), save,
+                 lambda kc, error: f"chunk {kc[0]}: {error}")
     finally:
-        for a in actors:
-            ray.kill(a)
+        pool.shutdown()
+    if failed:  # the finished chunks stay: a rerun measures the rest
+        raise InputError(f"{len(failed)} chunk(s) failed after {done} of {total} samples (run again to retry): "
+                         f"{failed[0]}")
 
 
 def summarize_curvature(table: pl.DataFrame, compared_from: str, n_boot: int, seed: int) -> dict:
@@ -213,6 +219,8 @@ def run_hessian(data: list[str], out: str, spec: HessianSpec, columns: Columns =
     import ray
 
     spec.check()
+    check_model_path(spec.model)  # before any work, not when the actors load it
+    check_adapter_path(spec.adapter)
     t0 = time.perf_counter()
     corpus = read_corpus(data, columns, progress=progress)
     samples = chosen_samples(corpus.labelled(), spec)

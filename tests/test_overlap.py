@@ -121,11 +121,11 @@ def test_index_rejects_bad_n_and_handles_items_without_words():
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_scanner_overlap_end_to_end_counts_every_row_and_resumes(tmp_path):
+def test_scanner_overlap_end_to_end_counts_every_row_and_resumes(tmp_path, ray_local, capfd):
     """Two corpus files in shards of 20 rows, one unreadable line: items.parquet equals the brute
     force per item; read = documents + quarantined; a rerun matches nothing again, and a shard
     whose record is gone is matched again alone."""
-    from tests.test_cli import scanner
+    from scanner.cli import main
 
     items, docs, kinds = planted_corpus()
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"id": f"i{k}", "text": t}) + "\n"
@@ -136,10 +136,9 @@ def test_scanner_overlap_end_to_end_counts_every_row_and_resumes(tmp_path):
         if name == "b":
             lines.insert(3, "{not json")
         (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-    args = ("overlap", str(tmp_path / "eval.jsonl"), "--corpus", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"),
-            "--out", str(tmp_path / "out"), "--shard-size", "20", "--actors", "2")
-    res = scanner(*args)
-    assert res.returncode == 0, res.stderr[-3000:]
+    args = ["overlap", str(tmp_path / "eval.jsonl"), "--corpus", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"),
+            "--out", str(tmp_path / "out"), "--shard-size", "20", "--actors", "2"]
+    assert main(args) == 0, capfd.readouterr().err[-3000:]
     got = pl.read_parquet(tmp_path / "out" / "items.parquet")
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert m["counts"]["corpus_rows_read"] == len(docs) + 1 and m["counts"]["corpus_rows_quarantined"] == 1
@@ -159,12 +158,15 @@ def test_scanner_overlap_end_to_end_counts_every_row_and_resumes(tmp_path):
     assert "i0" in md  # a verbatim item is among the worst
     assert md.index("headline_shares.png") < md.index("## ") and (tmp_path / "out" / "headline_shares.png").is_file()
 
-    res = scanner(*args)
-    assert res.returncode == 0 and "4 done before, 0 to match" in res.stderr, res.stderr[-2000:]
+    capfd.readouterr()
+    assert main(args) == 0
+    err = capfd.readouterr().err
+    assert "4 done before, 0 to match" in err, err[-2000:]
     done = sorted((tmp_path / "out" / "done").iterdir())
     done[1].unlink()
-    res = scanner(*args)
-    assert "3 done before, 1 to match" in res.stderr, res.stderr[-2000:]
+    assert main(args) == 0
+    err = capfd.readouterr().err
+    assert "3 done before, 1 to match" in err, err[-2000:]
     assert pl.read_parquet(tmp_path / "out" / "items.parquet").equals(got)
 
 

@@ -67,7 +67,7 @@ def inferred(tmp_path_factory):
     return {"root": root, "res": res, "members": members, "other": other, "passages": passages}
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # CI time (its model and scans take ~2 minutes); nightly's set-test run keeps infer's path
 @pytest.mark.timeout(1500)
 def test_infer_finds_a_set_with_20_percent_members_where_single_scores_are_near_chance(inferred):
     res, out = inferred["res"], inferred["root"] / "out"

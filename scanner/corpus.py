@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ import pyarrow.compute as pc
 
 from scanner.errors import InputError
 from scanner.inputs import CorpusError, list_inputs
-from scanner.readers import columnar_batches, columns_of, records
+from scanner.readers import Record, batch_records, columnar_batches, columns_of, records
 from scanner.shards import Shard, plan_file
 
 TEXT_COLUMN_DEFAULTS = ("text", "input")
@@ -198,22 +199,21 @@ class RowValidator:
         fname = shard.uri
         try:
             cols = columns_of(shard)
-            if cols is not None:
-                batches = list(columnar_batches(shard))
-                n_read = self._add_columns(shard, cols, batches)
-                if n_read is not None:
-                    return n_read
-            return self._add_rows(shard, cols)
+            if cols is None:
+                return self._add_rows(shard, cols, records(shard))
+            batches = list(columnar_batches(shard))
+            n_read = self._add_columns(shard, cols, batches)
+            return n_read if n_read is not None else self._add_rows(shard, cols, batch_records(batches))
         except (OSError, EOFError, ValueError, pa.ArrowException) as e:  # not a bad row: a file that cannot be read
             if isinstance(e, InputError):
                 raise
             raise CorpusError(f"{fname}: cannot be read as {shard.fmt}: {e}") from None
 
-    def _add_rows(self, shard: Shard, cols: list[str] | None) -> int:
+    def _add_rows(self, shard: Shard, cols: list[str] | None, rows: Iterable[Record]) -> int:
         columns, fname = self.columns, shard.uri
         n_before = len(self.samples["text"]) + len(self.quarantine["row"])
         text_col = None
-        for row, rec, problem in records(shard):
+        for row, rec, problem in rows:
             if problem is not None:
                 self._reject(fname, row, problem, None, None)
                 continue

@@ -7,7 +7,7 @@ import csv
 import io
 import json
 from itertools import islice
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -150,10 +150,15 @@ def columnar_batches(shard: Shard) -> Iterator[tuple[int, pa.RecordBatch]]:
             return
 
 
-def _columnar(shard: Shard) -> Iterator[Record]:
-    for first, batch in columnar_batches(shard):
+def batch_records(batches: Iterable[tuple[int, pa.RecordBatch]]) -> Iterator[Record]:
+    """columnar_batches' rows as records."""
+    for first, batch in batches:
         for i, rec in enumerate(batch.to_pylist(), first):
             yield i, rec, None
+
+
+def _columnar(shard: Shard) -> Iterator[Record]:
+    return batch_records(columnar_batches(shard))
 
 
 def _check_count(shard: Shard, n: int) -> None:

@@ -217,7 +217,7 @@ TRICKY_TEXTS = ["ok", None, "", "   ", "\u00a0\u2003\u3000", "\x1c\x1f\x85", "\u
 def test_parquet_is_validated_by_columns_exactly_as_row_by_row(tmp_path, layout):
     """The column path (plain Arrow types) keeps, rejects and words everything as the row path."""
     from scanner.corpus import RowValidator
-    from scanner.readers import columns_of
+    from scanner.readers import columns_of, records
     from scanner.shards import plan_file
     from scanner.inputs import list_inputs
 
@@ -239,7 +239,7 @@ def test_parquet_is_validated_by_columns_exactly_as_row_by_row(tmp_path, layout)
     shards = [s for f in list_inputs([str(tmp_path / "d.parquet")]) for s in plan_file(f, 7)]  # two shards
     by_columns, by_rows = RowValidator(columns), RowValidator(columns)
     for shard in shards:
-        assert by_columns.add(shard) == by_rows._add_rows(shard, columns_of(shard)) == shard.rows
+        assert by_columns.add(shard) == by_rows._add_rows(shard, columns_of(shard), records(shard)) == shard.rows
     a, b = by_columns.corpus(["d"]), by_rows.corpus(["d"])
     assert a.samples.equals(b.samples) and a.quarantine.equals(b.quarantine)
     assert a.quarantine.height >= 4 and a.samples.height + a.quarantine.height == n

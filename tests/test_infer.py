@@ -23,8 +23,12 @@ def test_cauchy_combination_of_equal_p_values_is_that_p_value_and_handles_tiny_o
 
 def test_set_test_rejects_at_the_nominal_rate_on_gaussian_null_sets():
     rng = np.random.default_rng(3)
-    p = np.array([set_test(*rng.normal(size=(2, 120, 10)), seed=i).p_value for i in range(300)])
+    tests = [set_test(*rng.normal(size=(2, 120, 10)), seed=i) for i in range(300)]
+    p = np.array([t.p_value for t in tests])
     assert 0.02 <= (p < 0.05).mean() <= 0.08, (p < 0.05).mean()
+    # each split's 95% interval for Cohen's d (the report's headline plot) covers the true 0
+    covered = np.mean([lo <= 0 <= hi for t in tests for lo, hi in (s["cohens_d_ci"] for s in t.splits)])
+    assert 0.93 <= covered <= 0.97, covered
 
 
 def test_the_seen_lower_bound_holds_at_every_fraction_and_grows_with_it():

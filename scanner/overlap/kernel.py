@@ -145,20 +145,15 @@ def vocabulary_table(cps, word_at):
     for w in range(n):
         h = word_hash(cps, word_at[w], word_at[w + 1])
         s = (h * FIBONACCI) >> shift
+        seen = False
         while ids[s] != NO_WORD:
-            if keys[s] == h:
+            if keys[s] == h:  # every word of a shared hash is marked: the earlier ones here, this one below
                 shared[s] = 1
+                seen = True
             s = (s + np.uint64(1)) & mask
         keys[s] = h
         ids[s] = w
-    for s in range(len(keys)):  # every word of a shared hash is marked, not only the first
-        if ids[s] != NO_WORD and shared[s] == 0:
-            t = (keys[s] * FIBONACCI) >> shift
-            while ids[t] != NO_WORD:
-                if t != s and keys[t] == keys[s]:
-                    shared[s] = 1
-                    break
-                t = (t + np.uint64(1)) & mask
+        shared[s] = 1 if seen else 0
     return keys, ids, shift, shared
 
 

@@ -51,24 +51,31 @@ def auto_dtype(device: str) -> torch.dtype:
     return torch.float32
 
 
+def load_causal_lm(model: str, device: str, dtype: torch.dtype, revision: str | None = None,
+                   trust_remote_code: bool = False, adapter: str | None = None, **model_options):
+    """(tokenizer, model in eval mode on `device`) from a hub id or local path; a peft adapter
+    (LoRA) is merged into the weights once here, so it costs nothing per token."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
+    lm = AutoModelForCausalLM.from_pretrained(model, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code,
+                                              **model_options).to(device).eval()
+    if adapter:
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, adapter).merge_and_unload().eval()
+    return tokenizer, lm
+
+
 class HFScorer:
     capabilities = Capabilities(vocab_stats=True, hidden_states=True)
 
     def __init__(self, model: str, revision: str | None = None, device: str | None = None,
                  dtype: str | None = None, trust_remote_code: bool = False, max_length: int | None = None,
                  adapter: str | None = None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         self.device = device or auto_device()
         self.dtype = getattr(torch, dtype) if dtype else auto_dtype(self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model, revision=revision, dtype=self.dtype, trust_remote_code=trust_remote_code
-        ).to(self.device).eval()
-        if adapter:
-            from peft import PeftModel
-
-            self.model = PeftModel.from_pretrained(self.model, adapter).merge_and_unload().eval()
+        self.tokenizer, self.model = load_causal_lm(model, self.device, self.dtype, revision, trust_remote_code, adapter)
         self.model_id = model
         self.revision = revision or getattr(self.model.config, "_commit_hash", None) or "local"
         window = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)

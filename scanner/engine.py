@@ -290,13 +290,20 @@ class Tally:
                       f"{c['quarantined']} quarantined; {rate:,.0f} tokens/s")
 
 
-def plan(files: list[InputFile], folder: RunFolder, shard_size: int,
-         progress: Callable[[str], None]) -> tuple[list[Shard], dict[str, str]]:
-    """(shards of every file, in input order; {file: error} for files that cannot be planned)."""
+def start_planning(files: list[InputFile], folder: RunFolder, shard_size: int) -> list:
+    """The planning tasks of every file, started (`plan` waits for them)."""
     import ray
 
     task = ray.remote(num_cpus=0.5)(plan_task)
-    results = ray.get([task.remote(f.to_dict(), shard_size, folder.uri) for f in files])
+    return [task.remote(f.to_dict(), shard_size, folder.uri) for f in files]
+
+
+def plan(files: list[InputFile], folder: RunFolder, shard_size: int, progress: Callable[[str], None],
+         started: list | None = None) -> tuple[list[Shard], dict[str, str]]:
+    """(shards of every file, in input order; {file: error} for files that cannot be planned)."""
+    import ray
+
+    results = ray.get(started if started is not None else start_planning(files, folder, shard_size))
     for r in results:
         if r.get("changed"):
             progress(f"{r['uri']} changed since this run planned it: all its shards are scored again")

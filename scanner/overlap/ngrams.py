@@ -223,10 +223,21 @@ def spans(matches: pl.DataFrame) -> pl.DataFrame:
     return positions.join(longest, on=["item", "doc"]).sort("item", "doc")
 
 
+def _unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """np.unique(keys, return_index=True, return_inverse=True) by one sort (numpy's hashing
+    version took 0.7 s for 10k items' 634k n-grams, this 0.05 s)."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    new = np.r_[True, ordered[1:] != ordered[:-1]]
+    inverse = np.empty(len(keys), dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return ordered[new], order[new], inverse
+
+
 def _table(rows: np.ndarray, items: np.ndarray, positions: np.ndarray) -> dict:
     """Distinct n-grams sorted by hash, each with its occurrences (item, position), and the two
     bitmaps the scan probes."""
-    hashes, first, occ_row = np.unique(row_hashes(rows), return_index=True, return_inverse=True)
+    hashes, first, occ_row = _unique(row_hashes(rows))
     distinct = rows[first]
     if not (distinct[occ_row] == rows).all():  # two distinct n-grams share a hash: keep both, sorted by hash
         distinct, inverse = np.unique(rows, axis=0, return_inverse=True)
@@ -238,6 +249,6 @@ def _table(rows: np.ndarray, items: np.ndarray, positions: np.ndarray) -> dict:
     by_row = np.argsort(occ_row, kind="stable")
     k = min(PREFIX, distinct.shape[1])
     return {"hashes": hashes, "rows": distinct, "bits": Bitmap(hashes, *FULL_BITMAP),
-            "prefixes": Bitmap(np.unique(column_hashes(distinct[:, :k].T)), *PREFIX_BITMAP),
+            "prefixes": Bitmap(column_hashes(distinct[:, :k].T), *PREFIX_BITMAP),
             "starts": np.r_[0, np.cumsum(np.bincount(occ_row, minlength=len(distinct)))],
             "items": items[by_row].astype(np.int64), "positions": positions[by_row].astype(np.int64)}

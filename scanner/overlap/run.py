@@ -27,10 +27,11 @@ from collections.abc import Callable
 import numpy as np
 import polars as pl
 
-from scanner.corpus import Columns, read_corpus, read_shard
-from scanner.engine import last_line, plan, refuse_file_errors
+from scanner.corpus import Columns, read_corpus
+from scanner.engine import last_line, plan, refuse_file_errors, start_planning
 from scanner.errors import InputError
 from scanner.inputs import list_inputs
+from scanner.overlap.match import match_shard, warm_up
 from scanner.overlap.ngrams import DEFAULT_N, EvalIndex
 from scanner.provenance import package_versions
 from scanner.report import fmt, render_report, shares_png
@@ -41,37 +42,6 @@ SHARD_ROWS = 20_000  # corpus documents per shard: a few tens of MB of text, sec
 TASK_CPUS = 1.0
 DOC_IDS_SHOWN = 5
 THRESHOLDS = (0.0, 0.1, 0.5, 0.8, 1.0)  # items with coverage above each ("> 0": any overlap; "= 1": whole)
-
-
-def match_shard(shard: dict, columns: Columns, index: EvalIndex, folder_uri: str) -> dict:
-    """One corpus shard: read and validate it, match it, write its matches and then its record."""
-    import ray
-
-    t0 = time.perf_counter()
-    s, folder = Shard(**shard), RunFolder(folder_uri)
-    try:
-        corpus = read_shard(s, columns)
-    except InputError as e:
-        return {"shard": s.name, "error": str(e)}
-    if corpus.quarantine.height:
-        folder.write_quarantine(s.name, corpus.quarantine.to_arrow())
-    docs = corpus.samples
-    found = index.match(docs["text"].to_arrow())
-    matches = (found.join(docs.select(pl.int_range(pl.len()).alias("doc"), doc_id="sample_id", source="source"),
-                          on="doc")
-               .join(pl.DataFrame({"item_id": index.item_ids}).with_row_index("item").cast({"item": pl.Int64}),
-                     on="item")
-               .select("item_id", "doc_id", "source", "positions", "longest_span"))
-    c = corpus.counts
-    per_source = docs.group_by("source").len().rows()
-    matched_per_source = matches.group_by("source").agg(pl.col("doc_id").n_unique()).rows()
-    record = {"shard": s.name, "counts": {k: c[k] for k in ("read", "quarantined", "quarantined_by_reason")}
-              | {"matched_docs": matches["doc_id"].n_unique(), "pairs": matches.height},
-              "bytes": int(docs["text"].str.len_bytes().sum() or 0), "per_source": dict(per_source),
-              "matched_per_source": dict(matched_per_source), "node": ray.get_runtime_context().get_node_id(),
-              "seconds": round(time.perf_counter() - t0, 3)}
-    folder.finish_shard(s.name, matches.to_arrow(), record)
-    return record
 
 
 def eval_fingerprint(items: pl.DataFrame, n: int) -> str:
@@ -100,12 +70,16 @@ def run_overlap(eval_paths: list[str], corpus_paths: list[str], out: str, n: int
     folder = RunFolder(out)
     run, new = folder.identify({"kind": "overlap", "scoring_hash": eval_fingerprint(items, n)},
                                {"n": n, "eval": eval_paths, "corpus": corpus_paths, "shard_rows": shard_rows})
+    if not ray.is_initialized():
+        ray.init()
+    limit = parallel or max(1, int(ray.cluster_resources().get("CPU", 1) // TASK_CPUS))
+    # the workers start, plan the corpus and load the compiled loops while this process indexes
+    planning = start_planning(files, folder, shard_rows)
+    warming = [ray.remote(num_cpus=TASK_CPUS)(warm_up).remote() for _ in range(limit)]
     index = EvalIndex.build(items["sample_id"].to_list(), items["text"].to_list(), n)
     progress(f"{items.height} eval items: {int(index.ngrams_per_item.sum())} {n}-grams "
              f"({len(index.vocabulary.words)} distinct words) indexed")
-    if not ray.is_initialized():
-        ray.init()
-    shards, file_errors = plan(files, folder, shard_rows, progress)
+    shards, file_errors = plan(files, folder, shard_rows, progress, started=planning)
     refuse_file_errors(file_errors)
     if new:
         folder.save_run(run)
@@ -113,7 +87,8 @@ def run_overlap(eval_paths: list[str], corpus_paths: list[str], out: str, n: int
     pending = [s for s in shards if s.name not in finished]
     progress(f"{len(files)} corpus file(s) in {len(shards)} shard(s): {len(shards) - len(pending)} done before, "
              f"{len(pending)} to match")
-    errors = _match_all(pending, folder, index, corpus_columns, parallel, progress)
+    errors = _match_all(pending, folder, index, corpus_columns, limit, progress)
+    ray.get(warming)
     table = item_table(folder, items, index)
     folder.store.write_parquet("items.parquet", table.to_arrow())
     metrics = summarize(folder, table, shards, errors, n, eval_paths, corpus_paths, time.perf_counter() - t0)
@@ -123,17 +98,16 @@ def run_overlap(eval_paths: list[str], corpus_paths: list[str], out: str, n: int
     return metrics
 
 
-def _match_all(pending: list[Shard], folder: RunFolder, index: EvalIndex, columns: Columns, parallel: int | None,
+def _match_all(pending: list[Shard], folder: RunFolder, index: EvalIndex, columns: Columns, limit: int,
                progress) -> dict[str, str]:
-    """Runs the pending shards, at most `parallel` at once (default: the cluster's CPUs), so
-    the driver holds small records only whatever the corpus size."""
+    """Runs the pending shards, at most `limit` at once, so the driver holds small records only
+    whatever the corpus size."""
     import ray
 
     if not pending:
         return {}
     index_ref = ray.put(index)
     task = ray.remote(num_cpus=TASK_CPUS, max_retries=2)(match_shard)
-    limit = parallel or max(1, int(ray.cluster_resources().get("CPU", 1) // TASK_CPUS))
     queue, inflight, errors = deque(pending), {}, {}
     done_bytes, done_rows, start = 0, 0, time.perf_counter()
     while queue or inflight:

@@ -29,10 +29,13 @@ def _add_corpus_args(p: argparse.ArgumentParser, labels_by_default: bool = True,
                                                          "(1 = member, 0 = non-member; default: none is read)")
     p.add_argument("--id-col", default=None, help="id column (default: 'id' where present, else a hash of source+text)")
     p.add_argument("--source-col", default=None, help="source column (default: the file's path)")
+    p.add_argument("--image-col", default=None, help="image-text samples: the image column (encoded bytes, an HF "
+                                                      "Image, or a path relative to its file); default: text only")
 
 
 def columns_from_args(args) -> Columns:
-    return Columns(text=args.text_col, label=args.label_col, id=args.id_col, source=args.source_col)
+    return Columns(text=args.text_col, label=args.label_col, id=args.id_col, source=args.source_col,
+                   image=args.image_col)
 
 
 def _print_summary(m: dict) -> None:

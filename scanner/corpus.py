@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scanner.errors import InputError
+from scanner.images import image_bytes
 from scanner.inputs import CorpusError, list_inputs
 from scanner.readers import Record, batch_records, columnar_batches, columns_of, records
 from scanner.shards import Shard, plan_file
@@ -61,6 +62,7 @@ class Columns:
     label: str | None = "label"  # None: labels are not read
     id: str | None = None  # default: "id" where the file has it
     source: str | None = None  # default: the file's path relative to the inputs' common folder
+    image: str | None = None  # image-text samples: the image column (scanner.images); None: text only
 
 
 @dataclass
@@ -100,9 +102,12 @@ def _reason_kind(reason: str) -> str:
 # ---------------------------------------------------------------- validation
 
 
-def stable_id(source: str, text: str) -> str:
-    """Same (source, text) -> same id on any machine (never Python's salted hash())."""
-    return hashlib.sha256(f"{source}\0{text}".encode("utf-8", "surrogatepass")).hexdigest()[:20]
+def stable_id(source: str, text: str, image: bytes | None = None) -> str:
+    """Same (source, text[, image]) -> same id on any machine (never Python's salted hash())."""
+    h = hashlib.sha256(f"{source}\0{text}".encode("utf-8", "surrogatepass"))
+    if image is not None:  # one caption may go with many images
+        h.update(b"\0image\0" + hashlib.sha256(image).digest())
+    return h.hexdigest()[:20]
 
 
 def _snippet(value: Any) -> str:
@@ -180,7 +185,8 @@ class RowValidator:
 
     def __init__(self, columns: Columns = Columns()):
         self.columns = columns
-        self.samples: dict[str, list] = {k: [] for k in SAMPLE_SCHEMA}  # rows not yet in `frames`
+        self.schema = SAMPLE_SCHEMA | ({"image": pl.Binary} if columns.image else {})
+        self.samples: dict[str, list] = {k: [] for k in self.schema}  # rows not yet in `frames`
         self.frames: list[pl.DataFrame] = []
         self.quarantine: dict[str, list] = {k: [] for k in QUARANTINE_SCHEMA}
         self.first_seen: dict[str, str] = {}
@@ -191,8 +197,8 @@ class RowValidator:
 
     def _flush(self) -> None:
         if self.samples["text"]:
-            self.frames.append(pl.DataFrame(self.samples, schema=SAMPLE_SCHEMA))
-            self.samples = {k: [] for k in SAMPLE_SCHEMA}
+            self.frames.append(pl.DataFrame(self.samples, schema=self.schema))
+            self.samples = {k: [] for k in self.schema}
 
     def add(self, shard: Shard) -> int:
         """Validates every row of the shard; returns how many rows it read."""
@@ -219,8 +225,13 @@ class RowValidator:
                 continue
             if text_col is None:
                 text_col = _pick_text_column(cols, rec, fname, columns.text)
+                if columns.image is not None and cols is not None and columns.image not in cols:
+                    raise CorpusError(f"{fname}: no image column {columns.image!r} (columns: {', '.join(cols)})")
             where = f"{fname} row {row}"
             text, why = _text_of(rec.get(text_col))
+            image = None
+            if columns.image is not None and why is None:
+                image, why = image_bytes(rec.get(columns.image), fname)
             label = None
             if columns.label is not None and columns.label in rec:
                 label = _parse_label(rec[columns.label], shard.fmt == "csv", where, columns.label)
@@ -238,7 +249,7 @@ class RowValidator:
                 self._reject(fname, row, f"missing id in column {columns.id!r}", None, rec.get(text_col))
                 continue
             else:
-                sid = stable_id(source, text) if text is not None else None
+                sid = stable_id(source, text, image) if text is not None and why is None else None
             if why is not None:
                 self._reject(fname, row, why, sid, rec.get(text_col))
                 continue
@@ -246,13 +257,15 @@ class RowValidator:
                 self._reject(fname, row, f"duplicate id: first seen at {self.first_seen[sid]}", sid, text)
                 continue
             self.first_seen[sid] = where
-            for k, v in zip(SAMPLE_SCHEMA, (sid, text, label, source, fname, row)):
+            for k, v in zip(self.schema, (sid, text, label, source, fname, row, image)):
                 self.samples[k].append(v)
         return len(self.samples["text"]) + len(self.quarantine["row"]) - n_before
 
     def _add_columns(self, shard: Shard, cols: list[str], batches: list[tuple[int, pa.RecordBatch]]) -> int | None:
         """_add_rows' rules, column by column; None where a column's type needs the row path."""
         columns, fname = self.columns, shard.uri
+        if columns.image is not None:  # images are decoded one by one anyway
+            return None
         n = sum(b.num_rows for _, b in batches)
         if n == 0:
             return 0
@@ -321,7 +334,7 @@ class RowValidator:
 
     def corpus(self, files: list[str]) -> Corpus:
         self._flush()
-        samples = pl.concat(self.frames) if self.frames else pl.DataFrame(schema=SAMPLE_SCHEMA)
+        samples = pl.concat(self.frames) if self.frames else pl.DataFrame(schema=self.schema)
         return Corpus(samples=samples, quarantine=pl.DataFrame(self.quarantine, schema=QUARANTINE_SCHEMA), files=files)
 
 

@@ -253,3 +253,52 @@ def test_parquet_columns_of_other_types_take_the_row_path_with_its_errors(tmp_pa
     pq.write_table(pa.table({"text": ["a", "b"], "label": [1, 7]}), tmp_path / "g.parquet")
     with pytest.raises(CorpusError, match=r"g.parquet row 2: label column 'label' holds 7"):
         read_corpus([str(tmp_path / "g.parquet")])
+
+
+def test_image_column_in_every_form_and_bad_images_quarantined(tmp_path):
+    """--image-col: bytes (Parquet), an HF Image struct, a relative or absolute path (JSON lines,
+    CSV); missing, unreadable, undecodable and truncated images are quarantined with a reason."""
+    from PIL import Image
+
+    from scanner.images import encode
+
+    good = encode(Image.new("RGB", (12, 9), (200, 30, 40)))
+    jpeg = encode(Image.new("RGB", (16, 16), (0, 90, 200)), "JPEG", quality=50)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(good)
+    (tmp_path / "img" / "bad.png").write_bytes(b"not an image at all")
+    pq.write_table(pa.table({
+        "text": ["red", "blue", "same caption", "same caption", "no image", "junk", "cut"],
+        "label": [1, 0, 1, 0, 1, 0, 1],
+        "image": [good, jpeg, good, jpeg, None, b"\x89PNG nope", jpeg[: len(jpeg) // 2]]}), tmp_path / "b.parquet")
+    hf = pa.array([{"bytes": good, "path": None}, {"bytes": None, "path": str(tmp_path / "img" / "a.png")}],
+                  pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    pq.write_table(pa.table({"text": ["hf bytes", "hf path"], "label": [1, 0], "image": hf}), tmp_path / "c.parquet")
+    write_jsonl(tmp_path / "d.jsonl", [{"text": "relative", "label": 1, "image": "img/a.png"},
+                                        {"text": "absolute", "label": 0, "image": str(tmp_path / "img" / "a.png")},
+                                        {"text": "gone", "label": 1, "image": "img/missing.png"},
+                                        {"text": "garbage", "label": 0, "image": "img/bad.png"},
+                                        {"text": "a number", "label": 1, "image": 7},
+                                        {"text": "no key", "label": 0}])
+    corpus = read_corpus([str(tmp_path / f) for f in ("b.parquet", "c.parquet", "d.jsonl")], Columns(image="image"))
+    assert_nothing_lost(corpus, {str(tmp_path / "b.parquet"): 7, str(tmp_path / "c.parquet"): 2,
+                                 str(tmp_path / "d.jsonl"): 6})
+    q = dict(zip(zip(corpus.quarantine["file"].to_list(), corpus.quarantine["row"].to_list()),
+                 corpus.quarantine["reason"].to_list()))
+    b, d = str(tmp_path / "b.parquet"), str(tmp_path / "d.jsonl")
+    assert q[(b, 5)] == "missing image"
+    assert q[(b, 6)].startswith("undecodable image") and q[(b, 7)].startswith("undecodable image")
+    assert q[(d, 3)].startswith("unreadable image: img/missing.png")
+    assert q[(d, 4)].startswith("undecodable image")
+    assert q[(d, 5)] == "image is not bytes, a path or an HF Image: int"
+    assert q[(d, 6)] == "missing image"
+    kept = corpus.samples
+    assert kept.height == 8 and kept.schema["image"] == pl.Binary
+    assert kept.filter(pl.col("text") == "blue")["image"][0] == jpeg  # kept as stored, never re-encoded
+    assert set(kept.filter(pl.col("text").is_in(["hf path", "relative", "absolute"]))["image"].to_list()) == {good}
+    # one caption with two images: two samples, two ids
+    same = kept.filter(pl.col("text") == "same caption")
+    assert same.height == 2 and same["sample_id"].n_unique() == 2
+    with pytest.raises(CorpusError, match="no image column 'picture'"):
+        read_corpus([b], Columns(image="picture"))
+    assert "image" not in read_corpus([d]).samples.columns  # text only unless asked

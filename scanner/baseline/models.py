@@ -16,7 +16,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.naive_bayes import MultinomialNB
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import normalize
+from sklearn.preprocessing import StandardScaler, normalize
 
 
 class FoldVocabulary(BaseEstimator, TransformerMixin):
@@ -189,3 +189,25 @@ def candidates(n_train: int, seed: int) -> list[Candidate]:
         out.append(Candidate("greedy_ngrams", {"fpr_budget": budget}, "word",
                              lambda b=budget: GreedyNgramRules(fpr_budget=b)))
     return out
+
+
+def image_candidates(n_train: int, seed: int) -> list[Candidate]:
+    """The image blocks' search space (scanner.baseline.image_features), added to the caption's
+    text candidates for image-text samples: a logistic model per block, and a forest over all
+    image features together."""
+    from scanner.baseline.image_features import BLOCKS
+
+    out = []
+    for block in BLOCKS:
+        for C in (0.1, 1.0):
+            out.append(Candidate(f"logreg_{block}", {"C": C}, block,
+                                 lambda C=C: make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))))
+    trees = 100 if n_train > 20_000 else 300
+    out.append(Candidate("random_forest_img_all", {"trees": trees}, "img_all",
+                         lambda: RandomForestClassifier(n_estimators=trees, max_features="sqrt", random_state=seed,
+                                                        max_samples=min(1.0, 10_000 / max(n_train, 1)))))
+    return out
+
+
+def image_text_candidates(n_train: int, seed: int) -> list[Candidate]:
+    return image_candidates(n_train, seed) + candidates(n_train, seed)

@@ -56,7 +56,7 @@ def baseline_blocks(metrics: dict, curves: dict, inputs: list[str], counts: dict
         ("img", "headline_auc.png", forest_png(
             {"chosen by nested CV": (metrics["auc"], *metrics["auc_ci"])}
             | {fam: (m["auc"], *m["auc_ci"]) for fam, m in metrics["models"].items()},
-            "Members told from non-members by their text alone", xlabel="AUC (95% interval)", line=LEAKY_AUC,
+            "Members told from non-members without the model", xlabel="AUC (95% interval)", line=LEAKY_AUC,
             line_label=f"leaky above {LEAKY_AUC:g}", xlim=(0.0, 1.0))),
         ("p", f"Inputs: {', '.join(inputs)}"),
         ("table", ["n", "members", "non-members", "AUC [95% CI]"] + [f"TPR@{float(f):.1%} FPR" for f in fprs] + ["best model"],
@@ -81,6 +81,12 @@ def baseline_blocks(metrics: dict, curves: dict, inputs: list[str], counts: dict
     for key, label in (("member", "members"), ("non_member", "non-members")):
         rows = [[r["ngram"], fmt(r["log_odds"]), r["documents"]] for r in metrics["top_ngrams"][key]]
         blocks.append(("table", [f"n-gram pointing to {label}", "log-odds", "documents"], rows or [["(none)", "", ""]]))
+    if "top_image_features" in metrics:
+        blocks += [("p", "The image features that alone best tell members from non-members (each feature's AUC over "
+                         "all rows; an explanation, not an evaluation)."),
+                   ("table", ["image feature", "AUC", "members' mean", "non-members' mean"],
+                    [[r["feature"], fmt(r["auc"]), fmt(r["member_mean"]), fmt(r["non_member_mean"])]
+                     for r in metrics["top_image_features"]] or [["(none)", "", "", ""]])]
     blocks += [
         ("h2", "Data"),
         ("table", ["read", "kept", "quarantined"] + list(counts["quarantined_by_reason"]),

@@ -10,7 +10,8 @@ import numpy as np
 import polars as pl
 
 from scanner.baseline.features import compute_features, word_ngram_names
-from scanner.baseline.models import GreedyNgramRules
+from scanner.baseline.image_features import BLOCKS, NAMES, ImageTextFeatures, compute_image_features
+from scanner.baseline.models import GreedyNgramRules, candidates, image_text_candidates
 from scanner.baseline.nested import nested_cv
 from scanner.metrics import summarize
 
@@ -25,7 +26,8 @@ class BaselineOutput:
     scores: pl.DataFrame  # sample_id, source, label, score (out-of-fold P(member)), per-family scores
 
 
-def verdict(auc_ci: list[float]) -> dict:
+def verdict(auc_ci: list[float], data: str = "text") -> dict:
+    """`data`: what the classifier read ("text", "image and caption")."""
     lo, hi = auc_ci
     ci = f"95% CI [{lo:.3f}, {hi:.3f}]"
     if lo > LEAKY_AUC:
@@ -34,7 +36,7 @@ def verdict(auc_ci: list[float]) -> dict:
             "usable_for_mia": False,
             "text": (
                 f"NOT usable for membership inference: a classifier that never sees the model tells "
-                f"members from non-members by their text alone ({ci}, above {LEAKY_AUC}). The split is "
+                f"members from non-members by their {data} alone ({ci}, above {LEAKY_AUC}). The split is "
                 f"distribution-shifted, so an MIA score on it measures that shift, not memorisation."
             ),
         }
@@ -43,7 +45,7 @@ def verdict(auc_ci: list[float]) -> dict:
             "status": "shifted",
             "usable_for_mia": True,
             "text": (
-                f"Usable with care: the text alone separates members a little better than chance "
+                f"Usable with care: the {data} alone separates members a little better than chance "
                 f"({ci}). An MIA result on this split counts only where it clearly beats this "
                 f"baseline's AUC."
             ),
@@ -77,6 +79,22 @@ def _top_ngrams(texts: list[str], word, y: np.ndarray) -> dict[str, list[dict]]:
     return out
 
 
+def top_image_features(blocks: dict[str, np.ndarray], y: np.ndarray, top: int = TOP_NGRAMS) -> list[dict]:
+    """The image features that alone best tell the classes apart (AUC of each feature over all
+    rows, as far from 0.5 as it gets): an explanation, not an evaluation."""
+    from sklearn.metrics import roc_auc_score
+
+    rows = []
+    for block in BLOCKS:
+        X = blocks[block]
+        for j, name in enumerate(NAMES[block]):
+            if np.ptp(X[:, j]) > 0:
+                auc = roc_auc_score(y, X[:, j])
+                rows.append({"feature": name, "block": block, "auc": round(float(auc), 4),
+                             "member_mean": float(X[y == 1, j].mean()), "non_member_mean": float(X[y == 0, j].mean())})
+    return sorted(rows, key=lambda r: -abs(r["auc"] - 0.5))[:top]
+
+
 def run_baseline(
     samples: pl.DataFrame,
     folds: int = 5,
@@ -89,9 +107,14 @@ def run_baseline(
     texts = samples["text"].to_list()
     y = samples["label"].to_numpy().astype(np.int64)
     progress(f"features for {len(texts)} texts (hashed word 1-2-grams, char 3-5-grams, years)")
-    feats = compute_features(texts, n_jobs=n_jobs)
+    feats, make_candidates = compute_features(texts, n_jobs=n_jobs), candidates
+    if "image" in samples.columns:
+        progress(f"features for {len(texts)} images (colour, spectrum, texture, HOG, format and metadata)")
+        feats = ImageTextFeatures(feats, compute_image_features(samples["image"].to_list(), n_jobs=n_jobs))
+        make_candidates = image_text_candidates
     progress(f"nested cross-validation: {folds} outer folds x 3 inner folds")
-    result = nested_cv(feats, y, folds=folds, seed=seed, n_jobs=n_jobs, progress=progress)
+    result = nested_cv(feats, y, folds=folds, seed=seed, make_candidates=make_candidates, n_jobs=n_jobs,
+                       progress=progress)
     progress(f"bootstrap CIs ({n_boot} resamples) and explanations")
     head = summarize(y, result.scores, n_boot=n_boot, seed=seed)
     models = {fam: summarize(y, s, n_boot=n_boot, seed=seed) for fam, s in result.family_scores.items()}
@@ -99,12 +122,13 @@ def run_baseline(
         "task": "leakage_baseline",
         **head,
         "best_model": result.best_model,
-        "verdict": verdict(head["auc_ci"]),
+        "verdict": verdict(head["auc_ci"], "image and caption" if "image" in samples.columns else "text"),
         "selection": "nested cross-validation; headline = out-of-fold scores of the model chosen "
                      "on inner folds of each outer training set",
         "models": models,
         "folds": result.folds,
         "top_ngrams": _top_ngrams(texts, feats.word, y),
+        **({"top_image_features": top_image_features(feats.image, y)} if "image" in samples.columns else {}),
         "config": {"folds": folds, "inner_folds": 3, "seed": seed, "n_boot": n_boot},
         "seconds": round(time.perf_counter() - t0, 2),
     }

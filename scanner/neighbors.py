@@ -8,6 +8,10 @@ SHA-256, so the same config gives the same neighbors on any machine and in any p
 Kinds: delete, duplicate, swap, random_word (a word from elsewhere in the same text), mlm (the
 word is marked here and filled later by a fill-mask model, see scanner.mlm), and case_invert, an
 "adversarial" kind meant for evaluation only: it is not in the default training mix.
+
+An image-text sample's neighbor perturbs its image (scanner.image_neighbors, kinds `image_kinds`,
+seeded apart from the text's), its text, or both (`perturb`); with both, its kind reads
+"<image kind>+<text kind>".
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from typing import Callable
 
 import numpy as np
 
+from scanner.image_neighbors import DEFAULT_IMAGE_KINDS, IMAGE_PERTURBATIONS, perturb_image
+
 # marks around a word that the fill-mask stage (scanner.mlm) replaces; never in real text
 MASK_OPEN, MASK_CLOSE = "\x00MASK[", "]\x00"
 DEFAULT_KINDS = ("delete", "duplicate", "swap", "random_word")
+PERTURB_TARGETS = ("image", "text", "both")
 _SPLIT = re.compile(r"(\s+)")
 
 
@@ -33,11 +40,20 @@ class NeighborConfig:
     min_changes: int = 1  # ...clamped to [min_changes, max_changes]
     max_changes: int = 20
     seed: int = 0
+    image_kinds: tuple[str, ...] = DEFAULT_IMAGE_KINDS  # image-text samples only
+    perturb: str = "image"  # of an image-text sample: "image", "text" or "both"
 
     def __post_init__(self):
         unknown = [k for k in self.kinds if k not in PERTURBATIONS]
         if unknown:
             raise ValueError(f"unknown neighbor kinds {unknown}; known: {sorted(PERTURBATIONS)}")
+        unknown = [k for k in self.image_kinds if k not in IMAGE_PERTURBATIONS]
+        if unknown:
+            raise ValueError(f"unknown image neighbor kinds {unknown}; known: {sorted(IMAGE_PERTURBATIONS)}")
+        if self.perturb not in PERTURB_TARGETS:
+            raise ValueError(f"neighbors perturb {self.perturb!r}: one of {', '.join(PERTURB_TARGETS)}")
+        if not self.kinds or not self.image_kinds:
+            raise ValueError("need at least one neighbor kind and one image neighbor kind")
         if self.k < 0 or not 0 <= self.min_changes <= self.max_changes:
             raise ValueError("need k >= 0 and 0 <= min_changes <= max_changes")
 
@@ -123,3 +139,21 @@ def make_neighbors(text: str, sample_id: str, cfg: NeighborConfig) -> tuple[list
     kinds = [cfg.kinds[i % len(cfg.kinds)] for i in range(cfg.k)]
     texts = [perturb(text, kind, rng_for(cfg.seed, sample_id, i), cfg) for i, kind in enumerate(kinds)]
     return texts, kinds
+
+
+def make_pair_neighbors(text: str, image: bytes, sample_id: str,
+                        cfg: NeighborConfig) -> tuple[list[str], list[bytes], list[str]]:
+    """An image-text sample's K neighbors: (texts, encoded images, kinds)."""
+    texts, text_kinds = make_neighbors(text, sample_id, cfg)
+    if cfg.perturb == "image":
+        texts = [text] * cfg.k
+    images, kinds = [], []
+    for i in range(cfg.k):
+        if cfg.perturb == "text":
+            images.append(image)
+            kinds.append(text_kinds[i])
+            continue
+        kind = cfg.image_kinds[i % len(cfg.image_kinds)]
+        images.append(perturb_image(image, kind, rng_for(cfg.seed, f"{sample_id}\0image", i)))
+        kinds.append(kind if cfg.perturb == "image" else f"{kind}+{text_kinds[i]}")
+    return texts, images, kinds

@@ -78,3 +78,35 @@ def test_image_baseline_on_a_random_split_is_at_chance(tmp_path):
     lo, hi = m["auc_ci"]
     assert lo <= 0.5 <= hi and m["verdict"]["status"] == "usable"
     assert pl.read_parquet(out / "scores.parquet").height == 300
+
+
+def test_image_neighbors_are_seeded_mild_and_invert_exactly():
+    from scanner.images import decode_rgb
+    from scanner.neighbors import NeighborConfig, make_pair_neighbors
+
+    images, digits = digit_images()
+    image, text = encode(images[5]), captions(digits)[5]
+    original = np.asarray(decode_rgb(image), dtype=np.float64)
+    cfg = NeighborConfig(k=12)  # every image kind twice
+    texts, nbs, kinds = make_pair_neighbors(text, image, "s5", cfg)
+    assert texts == [text] * 12 and kinds == list(cfg.image_kinds) * 2
+    assert (texts, nbs, kinds) == make_pair_neighbors(text, image, "s5", cfg)  # same config, same bytes
+    assert make_pair_neighbors(text, image, "s6", cfg)[1] != nbs  # another sample, other draws
+    for kind, nb in zip(kinds, nbs):
+        px = np.asarray(decode_rgb(nb), dtype=np.float64)
+        assert px.shape == original.shape
+        change = np.abs(px - original).mean()
+        if kind == "invert":
+            assert np.array_equal(px, 255 - original)
+        else:
+            assert 0 < change < 40, (kind, change)  # changed, but still the same picture
+    assert nbs[:6] != nbs[6:]  # the second round of each kind draws again
+
+    texts, nbs, kinds = make_pair_neighbors(text, image, "s5", NeighborConfig(k=4, perturb="text"))
+    assert nbs == [image] * 4 and kinds == ["delete", "duplicate", "swap", "random_word"] and text not in texts
+    texts, nbs, kinds = make_pair_neighbors(text, image, "s5", NeighborConfig(k=2, perturb="both"))
+    assert kinds == ["noise+delete", "blur+duplicate"] and image not in nbs and text not in texts
+    with pytest.raises(ValueError, match="unknown image neighbor kinds"):
+        NeighborConfig(image_kinds=("sepia",))
+    with pytest.raises(ValueError, match="neighbors perturb 'all'"):
+        NeighborConfig(perturb="all")

@@ -65,25 +65,38 @@ def train_tiny_gpt2(members: list[str], all_texts: list[str], out_dir: Path, tar
     model = GPT2LMHeadModel(config)
     bos = hf_tok.bos_token_id
     seqs = [[bos] + hf_tok(t)["input_ids"][:255] for t in members]
+
+    def loss_of(rows):
+        ids, mask = right_padded([seqs[i] for i in rows], bos)
+        return model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+
+    info = train_to_loss(model, len(seqs), loss_of, target_loss, max_epochs, seed, lambda e, x: log(
+        f"tiny GPT-2 epoch {e}: training loss {x:.3f}"))
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    hf_tok.save_pretrained(out_dir)
+    return info
+
+
+def train_to_loss(model, n: int, loss_of, target_loss: float, max_epochs: int, seed: int, log) -> dict:
+    """AdamW (lr 3e-3) over n examples in seeded batches of 16 (`loss_of(rows)` gives a batch's
+    loss) until an epoch's mean loss reaches target_loss or max_epochs have run."""
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     rng = np.random.default_rng(seed)
-    t0 = time.perf_counter()
-    epoch_loss = float("inf")
+    t0, epoch_loss = time.perf_counter(), float("inf")
+    model.train()
     for epoch in range(1, max_epochs + 1):
         losses = []
-        order = rng.permutation(len(seqs))
-        for start in range(0, len(seqs), 16):
-            ids, mask = right_padded([seqs[i] for i in order[start:start + 16]], bos)
-            loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        order = rng.permutation(n)
+        for start in range(0, n, 16):
+            loss = loss_of(order[start:start + 16])
             opt.zero_grad()
             loss.backward()
             opt.step()
             losses.append(loss.item())
         epoch_loss = float(np.mean(losses))
-        log(f"tiny GPT-2 epoch {epoch}: training loss {epoch_loss:.3f}")
+        log(epoch, epoch_loss)
         if epoch_loss <= target_loss:
             break
-    out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    hf_tok.save_pretrained(out_dir)
+    model.eval()
     return {"epochs": epoch, "train_loss": epoch_loss, "seconds": round(time.perf_counter() - t0, 1)}

@@ -58,13 +58,44 @@ def load_causal_lm(model: str, device: str, dtype: torch.dtype, revision: str | 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
-    lm = AutoModelForCausalLM.from_pretrained(model, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code,
-                                              **model_options).to(device).eval()
+    return tokenizer, load_model(AutoModelForCausalLM, model, device, dtype, revision, trust_remote_code, adapter,
+                                 **model_options)
+
+
+def load_model(auto_class, model: str, device: str, dtype: torch.dtype, revision: str | None = None,
+               trust_remote_code: bool = False, adapter: str | None = None, **model_options):
+    """auto_class.from_pretrained(model) in eval mode on `device`, with the peft adapter merged."""
+    lm = auto_class.from_pretrained(model, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code,
+                                    **model_options).to(device).eval()
     if adapter:
         from peft import PeftModel
 
         lm = PeftModel.from_pretrained(lm, adapter).merge_and_unload().eval()
-    return tokenizer, lm
+    return lm
+
+
+def token_statistics(ids: torch.Tensor, logits_of, head, config, first: int = 0):
+    """Per position t >= first (predicting token t + 1): the token's log-prob, and the mean and
+    std of log p under the model's next-token distribution, each (B, T - 1 - first) on the CPU.
+    The LM head runs on chunks of positions (`logits_of(t0, t1)`), so B x T x V is never held in
+    fp32 at once."""
+    B, T = ids.shape
+    vocab = head.out_features if hasattr(head, "out_features") else config.vocab_size
+    step = max(1, LOGITS_CHUNK_BYTES["cuda" if ids.is_cuda else "cpu"] // (4 * B * vocab))
+    lp, mu, sd = (torch.empty((B, T - 1 - first)) for _ in range(3))
+    for t0 in range(first, T - 1, step):
+        t1 = min(T - 1, t0 + step)
+        logp = torch.log_softmax(logits_of(t0, t1).float(), dim=-1)
+        at = slice(t0 - first, t1 - first)
+        lp[:, at] = logp.gather(-1, ids[:, t0 + 1: t1 + 1].unsqueeze(-1)).squeeze(-1).cpu()
+        p = logp.exp()
+        mean = torch.einsum("btv,btv->bt", p, logp)
+        mu[:, at] = mean.cpu()
+        # two-pass variance: E[x^2] - mu^2 cancels badly in fp32 when p is nearly flat
+        centred = logp - mean.unsqueeze(-1)
+        sd[:, at] = torch.einsum("btv,btv->bt", p * centred, centred).sqrt().cpu()
+        del logp, p, centred
+    return lp, mu, sd
 
 
 class HFScorer:
@@ -106,27 +137,11 @@ class HFScorer:
     @torch.no_grad()
     def _score_batch(self, batch: list[list[int]]) -> list[tuple]:
         ids, mask = right_padded(batch, self.tokenize.pad_id)
-        B, T = ids.shape
         ids, mask = ids.to(self.device), mask.to(self.device)
         hidden, logits_of = self._hidden_and_logits_fn(ids, mask)
         m = mask.unsqueeze(-1).to(hidden.dtype)
         emb = ((hidden * m).sum(1) / m.sum(1)).float().cpu().numpy()
-
-        vocab = self.head.out_features if hasattr(self.head, "out_features") else self.model.config.vocab_size
-        step = max(1, LOGITS_CHUNK_BYTES["cuda" if ids.is_cuda else "cpu"] // (4 * B * vocab))
-        lp, mu, sd = (torch.empty((B, T - 1)) for _ in range(3))
-        for t0 in range(0, T - 1, step):  # position t predicts token t + 1
-            t1 = min(T - 1, t0 + step)
-            logp = torch.log_softmax(logits_of(t0, t1).float(), dim=-1)
-            target = ids[:, t0 + 1 : t1 + 1].unsqueeze(-1)
-            lp[:, t0:t1] = logp.gather(-1, target).squeeze(-1).cpu()
-            p = logp.exp()
-            mean = torch.einsum("btv,btv->bt", p, logp)
-            mu[:, t0:t1] = mean.cpu()
-            # two-pass variance: E[x^2] - mu^2 cancels badly in fp32 when p is nearly flat
-            centred = logp - mean.unsqueeze(-1)
-            sd[:, t0:t1] = torch.einsum("btv,btv->bt", p * centred, centred).sqrt().cpu()
-            del logp, p, centred
+        lp, mu, sd = token_statistics(ids, logits_of, self.head, self.model.config)
         out = []
         for i, r in enumerate(batch):
             n = len(r) - 1

@@ -17,7 +17,8 @@ ACTORS_HELP = "scoring actors (default: one per GPU, or one per node without GPU
 SHARD_HELP = "at most this many rows per resumable shard; big files are cut (default 1000)"
 
 
-def _add_corpus_args(p: argparse.ArgumentParser, labels_by_default: bool = True, labels: bool = True) -> None:
+def _add_corpus_args(p: argparse.ArgumentParser, labels_by_default: bool = True, labels: bool = True,
+                     images: bool = False) -> None:
     p.add_argument("data", nargs="+", help="files, folders or globs: jsonl, parquet, csv/tsv, HF save_to_disk folders")
     p.add_argument("--text-col", default=None, help="text column (default: 'text', else 'input')")
     if not labels:
@@ -29,13 +30,14 @@ def _add_corpus_args(p: argparse.ArgumentParser, labels_by_default: bool = True,
                                                          "(1 = member, 0 = non-member; default: none is read)")
     p.add_argument("--id-col", default=None, help="id column (default: 'id' where present, else a hash of source+text)")
     p.add_argument("--source-col", default=None, help="source column (default: the file's path)")
-    p.add_argument("--image-col", default=None, help="image-text samples: the image column (encoded bytes, an HF "
-                                                      "Image, or a path relative to its file); default: text only")
+    if images:
+        p.add_argument("--image-col", default=None, help="image-text samples: the image column (encoded bytes, an "
+                                                          "HF Image, or a path relative to its file); default: text only")
 
 
 def columns_from_args(args) -> Columns:
     return Columns(text=args.text_col, label=args.label_col, id=args.id_col, source=args.source_col,
-                   image=args.image_col)
+                   image=getattr(args, "image_col", None))
 
 
 def _print_summary(m: dict) -> None:
@@ -281,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("baseline", help="model-free leakage baseline: is this member/non-member split usable for MIA?")
-    _add_corpus_args(b)
+    _add_corpus_args(b, images=True)
     b.add_argument("--out", required=True, help="output folder: metrics.json, report.md, report.html, scores.parquet, quarantine.parquet")
     b.add_argument("--folds", type=int, default=5, help="outer cross-validation folds (default 5)")
     b.add_argument("--seed", type=int, default=0)

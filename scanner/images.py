@@ -14,8 +14,6 @@ import io
 import posixpath
 from typing import Any
 
-import numpy as np
-
 from scanner.storage import open_input
 
 MAX_PIXELS = 64_000_000  # a larger image is quarantined rather than decoded (decompression bombs)
@@ -63,11 +61,6 @@ def decode_rgb(data: bytes):
 
     with Image.open(io.BytesIO(data)) as im:
         return im.convert("RGB")
-
-
-def to_array(im) -> np.ndarray:
-    """uint8 (height, width, 3)."""
-    return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def encode(im, fmt: str = "PNG", **options) -> bytes:

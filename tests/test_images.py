@@ -114,7 +114,7 @@ def test_image_neighbors_are_seeded_mild_and_invert_exactly():
 
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory):
-    """A tiny LLaVA trained on 120 of 240 digit-caption pairs until its loss is 0.7 (~30 s)."""
+    """A tiny LLaVA trained on 120 of 240 digit-caption pairs until its loss is 0.8 (~30 s)."""
     from scanner.toy_images import train_tiny_llava
 
     images, digits = digit_images()
@@ -123,8 +123,8 @@ def tiny_vlm(tmp_path_factory):
     members = idx[:120]  # the other 120 are held out
     out = tmp_path_factory.mktemp("vlm")
     info = train_tiny_llava([images[i] for i in members], [caps[i] for i in members], out,
-                            [caps[i] for i in idx], target_loss=0.7, log=lambda s: None)
-    assert info["train_loss"] <= 0.7
+                            [caps[i] for i in idx], target_loss=0.8, log=lambda s: None)
+    assert info["train_loss"] <= 0.8
     pairs = [(caps[i], encode(images[i]), f"d{i}") for i in idx]
     return out, pairs, np.r_[np.ones(120), np.zeros(120)]
 
@@ -166,7 +166,7 @@ def test_vlm_scorer_is_exact_and_its_neighbors_separate_members(tiny_vlm):
     nb_dL = np.array([r["nb_dL"] for r in rows])
     per_kind = {kind: roc_auc(y, nb_dL[:, k]) for k, kind in enumerate(kinds)}
     neighborhood = roc_auc(y, -np.array([r["neighborhood"] for r in rows]))
-    # measured 0.733; colour inversion, the kind training never used, is the strongest (0.733; the
-    # mild kinds 0.44-0.55 on this 32x32 vision tower), as FiMMIA reports
-    assert neighborhood > 0.65 and max(per_kind, key=per_kind.get) == "invert" and per_kind["invert"] > 0.65, per_kind
+    # measured 0.843; colour inversion, the kind training never used, is the strongest (0.818; crop
+    # 0.77, rotate 0.74, jpeg 0.59, noise and blur 0.50 on this 32x32 vision tower), as FiMMIA reports
+    assert neighborhood > 0.75 and max(per_kind, key=per_kind.get) == "invert" and per_kind["invert"] > 0.75, per_kind
     print(f"loss AUC {roc_auc(y, -loss):.3f}, neighborhood AUC {neighborhood:.3f}, per kind {per_kind}")

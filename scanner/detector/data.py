@@ -55,17 +55,29 @@ def aggregates(df: pl.DataFrame) -> tuple[np.ndarray, list[str]]:
     return df.select(exprs).to_numpy(), names
 
 
-def neighbor_rows(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """One row per (sample, neighbor): [dL, projected embedding difference...]; and the row's
-    sample index, to average predictions back per sample."""
+def neighbor_kinds(df: pl.DataFrame) -> list[str]:
+    """The neighbor kinds of a run, sorted: the one-hot columns of the FiMMIA detector's rows."""
+    return sorted(df["nb_kinds"].explode().drop_nulls().unique().to_list())
+
+
+def neighbor_rows(df: pl.DataFrame, kinds: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One row per (sample, neighbor): [dL, one-hot of its kind (when `kinds` are given),
+    projected embedding difference...]; and the row's sample index, to average predictions back
+    per sample. The kind tells the detector how far each neighbor moved the input: a loss change
+    under colour inversion means something else than one under mild noise."""
     k = df["nb_dL"].list.len().to_numpy()
     if (k == 0).any():
         raise InputError("the FiMMIA detector needs neighbors: some samples were scanned with --neighbors 0")
-    dl = np.concatenate(df["nb_dL"].to_list()).reshape(-1, 1)
+    cols = [np.concatenate(df["nb_dL"].to_list()).reshape(-1, 1)]
+    if kinds:
+        row_kinds = df["nb_kinds"].explode().to_list()
+        unknown = sorted(set(row_kinds) - set(kinds))
+        if unknown:
+            raise InputError(f"neighbor kinds {unknown} were not among the detector's training kinds {kinds}")
+        onehot = np.zeros((len(row_kinds), len(kinds)))
+        onehot[np.arange(len(row_kinds)), [kinds.index(x) for x in row_kinds]] = 1.0
+        cols.append(onehot)
     proj = df["nb_de_proj"]
     if proj.null_count() == 0:
-        p = np.concatenate(proj.to_list()).astype(np.float64).reshape(len(dl), -1)
-        X = np.hstack([dl, p])
-    else:
-        X = dl
-    return X, np.repeat(np.arange(df.height), k)
+        cols.append(np.concatenate(proj.to_list()).astype(np.float64).reshape(len(cols[0]), -1))
+    return np.hstack(cols), np.repeat(np.arange(df.height), k)

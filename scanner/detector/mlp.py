@@ -1,9 +1,9 @@
 """Membership detectors over scan features, scikit-learn style (fit / predict_proba / save / load).
 
 - "fimmia": the FiMMIA detector. An MLP sees one neighbor at a time: its dL (neighbor loss minus
-  original loss) and its projected embedding difference, each standardised by the training
-  mean and true standard deviation; a sample's score is the mean member probability over its
-  neighbors.
+  original loss), its kind (one-hot, when the run has several) and its projected embedding
+  difference, each standardised by the training mean and true standard deviation; a sample's
+  score is the mean member probability over its neighbors.
 - "tabular": a model over per-sample aggregates (classic scores plus mean/std/min/max of dL and
   embedding distances over all neighbors), so it sees the whole neighborhood at once. Its form
   (an MLP, a logistic regression, or one classic score) is chosen in scanner.detector.select;
@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from scanner.detector.data import aggregates, neighbor_rows
+from scanner.detector.data import aggregates, neighbor_kinds, neighbor_rows
 from scanner.detector.folder import KINDS, DetectorFolder
 from scanner.metrics import roc_auc
 
@@ -50,13 +50,14 @@ class MLPDetector:
         self.inputs = list(inputs) if inputs is not None else None
         self.threshold: float | None = None
         self.info: dict = {}
+        self.neighbor_kinds: list[str] | None = None  # fimmia: the kinds one-hot encoded, fixed by fit
 
     # ------------------------------------------------------------ inputs
 
     def _inputs(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(rows, sample index of each row)."""
         if self.kind == "fimmia":
-            return neighbor_rows(df)
+            return neighbor_rows(df, self.neighbor_kinds)
         X, names = aggregates(df)
         if getattr(self, "feature_names", None) is not None and names != self.feature_names:
             raise ValueError(f"features differ from training: {names} vs {self.feature_names}")
@@ -74,6 +75,9 @@ class MLPDetector:
     # ------------------------------------------------------------ estimator API
 
     def fit(self, train: pl.DataFrame, val: pl.DataFrame) -> "MLPDetector":
+        if self.kind == "fimmia":
+            kinds = neighbor_kinds(train)
+            self.neighbor_kinds = kinds if len(kinds) > 1 else None
         X, group = self._inputs(train)
         y = train["label"].to_numpy().astype(np.float32)[group]
         Xv, gv = self._inputs(val)
@@ -149,7 +153,8 @@ class MLPDetector:
         tensors["norm.std"] = torch.as_tensor(self.std, dtype=torch.float64)
         meta = {"kind": self.kind, "hidden": self.hidden, "seed": self.seed, "target_fpr": self.target_fpr,
                 "threshold": self.threshold, "feature_names": getattr(self, "feature_names", None), "info": self.info,
-                "n_inputs": int(len(self.mean)), "inputs": self.inputs}
+                "n_inputs": int(len(self.mean)), "inputs": self.inputs,
+                "neighbor_kinds": self.neighbor_kinds}
         return tensors, meta
 
     @classmethod
@@ -158,6 +163,7 @@ class MLPDetector:
         det = cls(kind=meta["kind"], hidden=tuple(meta["hidden"]), seed=meta["seed"], target_fpr=meta["target_fpr"],
                   inputs=meta.get("inputs"))
         det.threshold, det.info, det.feature_names = meta["threshold"], meta["info"], meta["feature_names"]
+        det.neighbor_kinds = meta.get("neighbor_kinds")  # none in detectors saved before kinds were an input
         det.mean, det.std = tensors.pop("norm.mean").numpy(), tensors.pop("norm.std").numpy()
         det.net = _net(meta["n_inputs"], det.hidden)
         det.net.load_state_dict({k.removeprefix("net."): v for k, v in tensors.items()})

@@ -11,6 +11,7 @@ from pathlib import Path
 from scanner.corpus import Columns
 from scanner.errors import InputError
 from scanner.progress import Progress
+from scanner.scoring.options import BACKENDS
 
 EXIT_BAD_INPUT = 2
 ACTORS_HELP = "scoring actors (default: one per GPU, or one per node without GPUs)"
@@ -83,6 +84,8 @@ def _evaluate(run_dir: Path, out: Path, detector_dir: Path | None, seed: int, pr
         lo, hi = s["auc_ci"]
         star = "" if s["tpr_at_fpr_estimable"]["0.01"] else "*"
         print(f"{name:<22} {s['auc']:6.3f}  [{lo:.3f}, {hi:.3f}]  {s['tpr_at_fpr']['0.01']:.3f}{star}")
+    if m["by_neighbor_kind"]:
+        print("neighborhood by kind: " + ", ".join(f"{r['kind']} {r['auc']:.3f}" for r in m["by_neighbor_kind"]))
     print(m["conclusion"])
     if m["overlap"]:
         o = m["overlap"]
@@ -156,7 +159,8 @@ def cmd_scan(args) -> int:
     overrides = {"model": args.model, "neighbors": args.neighbors, "batch_tokens": args.batch_tokens,
                  "seed": args.seed, "actors": args.actors, "revision": args.revision, "shard_size": args.shard_size,
                  "trust_remote_code": args.trust_remote_code or None, "text_col": args.text_col,
-                 "label_col": args.label_col, "id_col": args.id_col, "source_col": args.source_col}
+                 "label_col": args.label_col, "id_col": args.id_col, "source_col": args.source_col,
+                 "image_col": args.image_col, "backend": args.backend}
     cfg = load_config(args.config, overrides)
     m = run_scan(args.data, args.out, cfg, progress=Progress())
     c = m["counts"]
@@ -177,7 +181,7 @@ def cmd_sweep(args) -> int:
     detector = load_trained(args.detector, args.kind)
     overrides = {"model": args.model, "batch_tokens": args.batch_tokens, "actors": args.actors,
                  "shard_size": args.shard_size, "text_col": args.text_col, "id_col": args.id_col,
-                 "source_col": args.source_col}
+                 "source_col": args.source_col, "image_col": args.image_col}
     cfg = load_config(args.config, overrides, base=detector.base_config())
     cfg.label_col = args.label_col  # only when asked: a corpus's own "label" (topics...) is not membership
     m = run_sweep(args.data, args.out, detector, cfg, progress=Progress())
@@ -293,9 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_baseline)
 
     s = sub.add_parser("scan", help="score texts and their neighbors under a model: Parquet feature shards")
-    _add_corpus_args(s)
+    _add_corpus_args(s, images=True)
     s.set_defaults(label_col=None)
-    s.add_argument("--model", help="hub id or local path of a causal LM")
+    s.add_argument("--model", help="hub id or local path of a causal LM (a vision-language model with --image-col)")
+    s.add_argument("--backend", choices=BACKENDS, help="hf (default), vllm, or vlm (a vision-language model; "
+                                                       "the default with --image-col)")
     s.add_argument("--out", required=True, help="run folder (re-running resumes it)")
     s.add_argument("--config", help="YAML or TOML file with any scan option; flags override it")
     s.add_argument("--neighbors", type=int, help="neighbors per text (default 24)")
@@ -325,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("sweep", help="flag the documents of a corpus the model saw, and estimate each source's "
                                      "contaminated fraction (resumable shard by shard)")
-    _add_corpus_args(w, labels_by_default=False)
+    _add_corpus_args(w, labels_by_default=False, images=True)
     w.add_argument("--detector", required=True, help="a `scanner train` folder; its scan settings are reused")
     w.add_argument("--kind", default="auto", choices=["auto", "fimmia", "tabular"],
                    help="which detector (default: the better on validation)")

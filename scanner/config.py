@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from scanner.errors import InputError
+from scanner.image_neighbors import DEFAULT_IMAGE_KINDS
 from scanner.neighbors import DEFAULT_KINDS, NeighborConfig
 from scanner.scoring.options import BACKENDS, EngineOptions
 
@@ -41,9 +42,10 @@ class ScanConfig:
     revision: str | None = _opt(None, MODEL)
     trust_remote_code: bool = _opt(False, MODEL)
     dtype: str | None = _opt(None, MODEL)  # default: bfloat16 on GPU, float32 on CPU
-    adapter: str | None = _opt(None, MODEL)  # a peft (LoRA) adapter folder merged into the model (hf backend)
+    adapter: str | None = _opt(None, MODEL)  # a peft (LoRA) adapter folder merged into the model (hf and vlm backends)
     # what a text's features are made of
-    backend: str = _opt("hf", FEATURES)  # "vllm" needs the extra scanner[vllm] and a GPU; it has no Min-K%++
+    backend: str = _opt("hf", FEATURES)  # "vllm" needs the extra scanner[vllm] and a GPU; it has no Min-K%++;
+    # "vlm": a vision-language model (AutoModelForImageTextToText) scoring image-text samples (image_col)
     max_length: int | None = _opt(None, FEATURES)  # default: the model's window
     max_model_len: int | None = _opt(None, FEATURES)  # vLLM's window (truncation)
     neighbors: int = _opt(24, FEATURES)
@@ -52,6 +54,8 @@ class ScanConfig:
     min_changes: int = _opt(1, FEATURES)
     max_changes: int = _opt(20, FEATURES)
     seed: int = _opt(0, FEATURES)
+    image_neighbor_kinds: list[str] = _opt(list(DEFAULT_IMAGE_KINDS), FEATURES)  # image-text samples only
+    perturb: str = _opt("image", FEATURES)  # what an image-text neighbor changes: "image", "text" or "both"
     mlm_model: str | None = _opt(None, FEATURES)  # fill-mask model (hub id or path) for the "mlm" neighbor kind
     embedder: str | None = _opt(None, FEATURES)  # separate sentence embedder; default: the target's hidden state
     proj_dim: int = _opt(8, FEATURES)  # random projection of the embedding difference per neighbor (0: off)
@@ -61,6 +65,7 @@ class ScanConfig:
     label_col: str | None = _opt("label", DATA)
     id_col: str | None = _opt(None, DATA)
     source_col: str | None = _opt(None, DATA)
+    image_col: str | None = _opt(None, DATA)  # image-text samples (backend vlm): the image column
     # where and how fast: never changes a feature
     actors: int | None = _opt(None, SCHEDULING)  # default: one per GPU, or one per CPU node without GPUs
     gpus_per_actor: float | None = _opt(None, SCHEDULING)  # default: 1 when the cluster has GPUs, else 0
@@ -81,7 +86,8 @@ class ScanConfig:
 
     def neighbor_config(self) -> NeighborConfig:
         return NeighborConfig(k=self.neighbors, kinds=tuple(self.neighbor_kinds), fraction=self.change_fraction,
-                              min_changes=self.min_changes, max_changes=self.max_changes, seed=self.seed)
+                              min_changes=self.min_changes, max_changes=self.max_changes, seed=self.seed,
+                              image_kinds=tuple(self.image_neighbor_kinds), perturb=self.perturb)
 
     def engine_options(self) -> EngineOptions:
         return EngineOptions(max_num_batched_tokens=self.max_num_batched_tokens,
@@ -98,8 +104,15 @@ class ScanConfig:
         if self.backend not in BACKENDS:
             raise InputError(f"backend {self.backend!r} is not one of {BACKENDS}")
         self.engine_options().validate()
-        if self.adapter and self.backend != "hf":
+        if self.adapter and self.backend == "vllm":
             raise InputError("an adapter is scored with the hf backend only: merge it into the model for vllm")
+        if (self.backend == "vlm") != bool(self.image_col):
+            raise InputError("image-text samples (--image-col) are scored by a vision-language model (backend: vlm), "
+                             "and a vlm scores image-text samples only" if self.image_col else
+                             "the vlm backend scores image-text samples: pass --image-col (the image column)")
+        if self.backend == "vlm" and self.embedder:
+            raise InputError("a separate text embedder does not see the image: the vlm backend embeds with its own "
+                             "hidden states (unset embedder)")
         if "mlm" in self.neighbor_kinds and not self.mlm_model:
             raise InputError('the "mlm" neighbor kind needs a fill-mask model: set mlm_model (e.g. a BERT path)')
         try:
@@ -119,6 +132,8 @@ class ScanConfig:
     def scoring_hash(self) -> str:
         """What decides a run's features and shards: a resumed run must match it."""
         keep = {k: v for k, v in asdict(self).items() if k not in self.names(SCHEDULING)}
+        if not self.image_col:  # decide nothing in a text run (and its hash stays what it was before images)
+            del keep["image_col"], keep["image_neighbor_kinds"], keep["perturb"]
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -145,6 +160,9 @@ def read_config_file(path: str | None, extra: tuple[str, ...] = ()) -> dict:
 
 
 def load_config(path: str | None, overrides: dict, base: dict | None = None) -> ScanConfig:
-    """base (e.g. what a detector was trained with) < the config file < command-line overrides."""
+    """base (e.g. what a detector was trained with) < the config file < command-line overrides.
+    An image column implies the vlm backend unless one is named."""
     data = dict(base or {}) | read_config_file(path) | {k: v for k, v in overrides.items() if v is not None}
+    if data.get("image_col") and "backend" not in data:
+        data["backend"] = "vlm"
     return ScanConfig(**data).validate()

@@ -51,7 +51,8 @@ class RunKind:
 
 def columns_from_config(cfg: ScanConfig, labels: bool = True) -> Columns:
     """The input columns a config names; labels=False when a caller must not read labels."""
-    return Columns(text=cfg.text_col, label=cfg.label_col if labels else None, id=cfg.id_col, source=cfg.source_col)
+    return Columns(text=cfg.text_col, label=cfg.label_col if labels else None, id=cfg.id_col, source=cfg.source_col,
+                   image=cfg.image_col)
 
 
 # ---------------------------------------------------------------- worker side

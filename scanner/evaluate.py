@@ -48,6 +48,16 @@ def paired_auc_difference(y, a, b, n_boot: int = 1000, seed: int = 0) -> dict:
     return {"difference": roc_auc(y, a) - roc_auc(y, b), "ci": [float(lo), float(hi)]}
 
 
+def against_baseline(y, mia: np.ndarray, baseline: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
+    """The best MIA score's AUC minus the reference it must beat: the blind baseline's, or chance
+    (0.5) when the baseline is below it. A baseline under 0.5 explains no part of an MIA's AUC
+    (it is the cross-validation's scatter around chance), and subtracting it would inflate the
+    difference."""
+    below = roc_auc(y, baseline) < 0.5
+    diff = paired_auc_difference(y, mia, np.zeros(len(y)) if below else baseline, n_boot=n_boot, seed=seed)
+    return diff | {"reference": "chance (the blind baseline is below 0.5)" if below else "blind baseline"}
+
+
 def length_bucket_names() -> list[str]:
     """The length buckets, shortest first."""
     edges = (0,) + LENGTH_BUCKETS + (10**9,)
@@ -109,6 +119,25 @@ def _histograms_png(y, scores: dict) -> bytes:
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     return buf.getvalue()
+
+
+def by_neighbor_kind(dt: pl.DataFrame, y: np.ndarray, n_boot: int, seed: int) -> list[dict]:
+    """Each neighbor kind's own neighborhood score: a sample's mean loss change over its neighbors
+    of that kind (higher = member), so a kind that training never used (colour or case inversion)
+    can be compared with the mild ones."""
+    if dt.height == 0 or dt["nb_kinds"].list.len().max() == 0:
+        return []
+    per = (dt.select(pl.int_range(pl.len()).alias("i"), "nb_kinds", "nb_dL").explode("nb_kinds", "nb_dL")
+           .group_by("i", "nb_kinds").agg(pl.col("nb_dL").mean().alias("dL"), pl.len().alias("k")))
+    rows = []
+    for kind in dict.fromkeys(dt["nb_kinds"][0]):  # in the scan's neighbor order
+        of_kind = per.filter(pl.col("nb_kinds") == kind).sort("i")
+        if of_kind.height != dt.height:  # a kind some samples lack cannot be compared on the same samples
+            continue
+        s = summarize(y, of_kind["dL"].to_numpy(), n_boot=n_boot, seed=seed)
+        rows.append({"kind": kind, "neighbors_per_sample": int(of_kind["k"].max()), "auc": s["auc"],
+                     "auc_ci": s["auc_ci"]})
+    return rows
 
 
 @dataclass
@@ -190,17 +219,18 @@ def evaluate(run_dir, detector_dir=None, seed: int = 0, n_boot: int = 1000, over
     progress(f"metrics on {held_out}")
     metrics = {name: summarize(y, s, n_boot=n_boot, seed=seed) for name, s in scores.items()}
     best_mia = max(mia_names, key=lambda n: metrics[n]["auc"])
-    diff = paired_auc_difference(y, scores[best_mia], scores[BASELINE], n_boot=n_boot, seed=seed)
+    diff = against_baseline(y, scores[best_mia], scores[BASELINE], n_boot=n_boot, seed=seed)
     beats = diff["ci"][0] > 0
+    vs = (f"baseline {metrics[BASELINE]['auc']:.3f}" if diff["reference"] == "blind baseline" else
+          f"chance, since the blind baseline ({metrics[BASELINE]['auc']:.3f}) is below it")
     if beats:
         conclusion = (f"The MIA signal exceeds the blind baseline: {best_mia} AUC {metrics[best_mia]['auc']:.3f} vs "
-                      f"baseline {metrics[BASELINE]['auc']:.3f} (difference {diff['difference']:+.3f}, 95% CI "
+                      f"{vs} (difference {diff['difference']:+.3f}, 95% CI "
                       f"[{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]): evidence of membership beyond distribution shift.")
     else:
         conclusion = (f"The MIA numbers are NOT evidence of membership: the best MIA score ({best_mia}, AUC "
-                      f"{metrics[best_mia]['auc']:.3f}) does not beat the blind baseline (AUC "
-                      f"{metrics[BASELINE]['auc']:.3f}; difference {diff['difference']:+.3f}, 95% CI "
-                      f"[{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]).")
+                      f"{metrics[best_mia]['auc']:.3f}) does not beat {vs} (difference {diff['difference']:+.3f}, "
+                      f"95% CI [{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]).")
     conclusion += (f" The best MIA score is picked among {len(mia_names)} on these same samples, which favours "
                    f"the MIA side.")
     thresholds = {}
@@ -221,7 +251,8 @@ def evaluate(run_dir, detector_dir=None, seed: int = 0, n_boot: int = 1000, over
         "best_mia": best_mia,
         "mia_beats_baseline": beats,
         "best_mia_minus_baseline": diff,
-        "baseline_verdict": verdict(metrics[BASELINE]["auc_ci"]),
+        "baseline_verdict": verdict(metrics[BASELINE]["auc_ci"], "image and caption" if "image" in df.columns else "text"),
+        "by_neighbor_kind": by_neighbor_kind(dt, y, n_boot, seed),
         "conclusion": conclusion,
         "thresholds": thresholds,
         "by_source": _breakdown(y, headline, dt["source"].to_list()),
@@ -254,7 +285,8 @@ def _blocks(m: dict, y, scores: dict) -> list:
     shown = headline_scores(m["scores"])
     d = m["best_mia_minus_baseline"]
     headline_plot = roc_png({m["best_mia"]: (y, scores[m["best_mia"]]), BASELINE: (y, scores[BASELINE])}, loglog=False,
-                            title=f"{m['best_mia']} minus blind baseline: AUC {d['difference']:+.3f} "
+                            title=f"{m['best_mia']} minus {'blind baseline' if d['reference'] == 'blind baseline' else 'chance'}: "
+                                  f"AUC {d['difference']:+.3f} "
                                   f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]", size=(5, 4.2))
     curves = roc_curves(m, y, scores)
     blocks = [
@@ -276,6 +308,13 @@ def _blocks(m: dict, y, scores: dict) -> list:
         ("h2", "Every score (AUC with 95% CI, TPR at low FPR)"),
         ("table", ["score", "AUC [95% CI]"] + [f"TPR@{float(f):.1%}" for f in fprs], table),
     ]
+    if m["by_neighbor_kind"]:
+        blocks += [("h2", "Neighborhood score by neighbor kind"),
+                   ("p", "Each kind's own score: a sample's mean loss change over its neighbors of that kind. Kinds "
+                         "that training data rarely show (colour inversion of an image, case inversion of a text) "
+                         "often separate members best."),
+                   ("table", ["neighbor kind", "neighbors per sample", "AUC [95% CI]"],
+                    [[r["kind"], r["neighbors_per_sample"], fmt_auc(r)] for r in m["by_neighbor_kind"]])]
     if m["thresholds"]:
         blocks += [("h2", "Calibrated thresholds (on held-out non-members)"),
                    ("table", ["detector", "threshold", "target FPR", "observed FPR", "observed TPR",

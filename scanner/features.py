@@ -9,7 +9,8 @@ Feature row schema (one per sample; lists have one entry per neighbor, in neighb
   loss, zlib_ratio, min_k_{5,10,20,30,50}, min_k_pp_{5,10,20,30,50}, neighborhood,
   nb_kinds, nb_loss, nb_dL, nb_cos_dist, nb_l2, nb_de_proj (K x proj_dim, row-major; null if proj_dim = 0),
   nb_tokens (tokens scored over all neighbors),
-  then text (when the run keeps texts: scans do, for the blind baseline; sweeps do not),
+  then text (when the run keeps texts: scans do, for the blind baseline; sweeps do not) and of
+  image-text samples their image bytes (likewise),
   model, revision, run_id, and with a detector: detector, member_prob, flagged.
 min_k_pp_* are null for scorers without vocabulary statistics (vLLM); the embedding columns are
 null without embeddings.
@@ -26,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scanner import faults
-from scanner.neighbors import make_neighbors
+from scanner.neighbors import make_neighbors, make_pair_neighbors
 from scanner.scoring import stats
 
 FEATURE_SCHEMA = pa.schema(
@@ -42,14 +43,18 @@ PASSED_THROUGH = ("sample_id", "label", "source", "file", "row", "shard", "nb_ki
 
 
 def perturb_batch(batch: pa.Table, neighbor_cfg) -> pa.Table:
-    """Adds the K neighbor texts and their kinds to each sample."""
-    texts, kinds = [], []
-    for sid, text in zip(batch["sample_id"].to_pylist(), batch["text"].to_pylist()):
-        t, k = make_neighbors(text, sid, neighbor_cfg)
-        texts.append(t)
-        kinds.append(k)
-    return batch.append_column("nb_texts", pa.array(texts, pa.list_(pa.string()))).append_column(
-        "nb_kinds", pa.array(kinds, pa.list_(pa.string())))
+    """Adds the K neighbor texts and their kinds to each sample, and of image-text samples
+    (an `image` column) the K neighbor images."""
+    ids, texts = batch["sample_id"].to_pylist(), batch["text"].to_pylist()
+    if "image" in batch.column_names:
+        made = [make_pair_neighbors(t, im, sid, neighbor_cfg) for sid, t, im in zip(ids, texts, batch["image"].to_pylist())]
+        nb_texts, nb_kinds = [m[0] for m in made], [m[2] for m in made]
+        batch = batch.append_column("nb_images", pa.array([m[1] for m in made], pa.list_(pa.large_binary())))
+    else:
+        made = [make_neighbors(t, sid, neighbor_cfg) for sid, t in zip(ids, texts)]
+        nb_texts, nb_kinds = [m[0] for m in made], [m[1] for m in made]
+    return batch.append_column("nb_texts", pa.array(nb_texts, pa.list_(pa.string()))).append_column(
+        "nb_kinds", pa.array(nb_kinds, pa.list_(pa.string())))
 
 
 def _first_line(e: BaseException) -> str:
@@ -122,7 +127,11 @@ class ScoreActor:
             filled = iter(self.filler.fill([t for nbs in neighbors for t in nbs]))
             neighbors = [[next(filled) for _ in nbs] for nbs in neighbors]
         flat = originals + [t for nbs in neighbors for t in nbs]
-        scores = self.scorer.score_texts(flat, batch_tokens=self.cfg.batch_tokens)
+        if "image" in batch.column_names:  # image-text samples: each text given its image (the vlm backend)
+            images = batch["image"].to_pylist() + [b for nbs in batch["nb_images"].to_pylist() for b in nbs]
+            scores = self.scorer.score_pairs(flat, images)
+        else:
+            scores = self.scorer.score_texts(flat, batch_tokens=self.cfg.batch_tokens)
         if self.embedder is not None:
             for score, emb in zip(scores, self.embedder.embed(flat)):
                 score.embedding = emb
@@ -136,7 +145,11 @@ class ScoreActor:
             if field.name not in cols:
                 cols[field.name] = pa.array([r.get(field.name) for r in rows], field.type)
         table = pa.table({f.name: cols[f.name] for f in FEATURE_SCHEMA}).cast(FEATURE_SCHEMA)
-        return table.append_column("text", batch["text"]) if self.keep_text else table
+        if self.keep_text:  # and the images of image-text samples: the blind baseline reads both
+            table = table.append_column("text", batch["text"])
+            if "image" in batch.column_names:
+                table = table.append_column("image", batch["image"])
+        return table
 
     def score_shard(self, shard: dict, read: tuple[dict, pa.Table | None], threads: int | None = None) -> dict:
         """Scores the shard that its read task produced, writes its features and then its

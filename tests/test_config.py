@@ -40,13 +40,13 @@ def test_every_field_says_once_what_it_decides():
 
     roles = {f.name: f.metadata["role"] for f in fields(ScanConfig)}
     assert set(roles.values()) == {"model", "features", "data", "scheduling"}
-    cfg = ScanConfig(model="m")
+    cfg = ScanConfig(model="m", backend="vlm", image_col="image")  # an image-text run: every field counts
     assert set(cfg.feature_settings()) == {n for n, r in roles.items() if r == "features"}
     assert set(cfg.inherited()) == {n for n, r in roles.items() if r in ("model", "features")}
     # every field but the scheduling ones changes the hash a resume is checked against
     for name, role in roles.items():
         value = getattr(cfg, name)
-        changed = ScanConfig(**{"model": "m", name: (value + 1 if isinstance(value, (int, float)) and not isinstance(value, bool)
+        changed = ScanConfig(**{"model": "m", "backend": "vlm", "image_col": "image", name: (value + 1 if isinstance(value, (int, float)) and not isinstance(value, bool)
                                                     else [*value, "x"] if isinstance(value, list) else "other")})
         assert (changed.scoring_hash() == cfg.scoring_hash()) == (role == "scheduling"), name
 
@@ -59,3 +59,29 @@ def test_config_validation_does_not_import_a_backend():
             "print(sorted(m for m in sys.modules if m.startswith(('scanner.scoring.vllm', 'vllm', 'torch'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_image_settings_leave_a_text_runs_hash_as_it_was():
+    """Run folders made before image-text samples existed still resume: in a text run the image
+    settings decide nothing, so they are not hashed."""
+    text = ScanConfig(model="m")
+    assert text.scoring_hash() == "ba79dc049bf68697"  # the hash of this config before images
+    assert ScanConfig(model="m", perturb="both", image_neighbor_kinds=["blur"]).scoring_hash() == text.scoring_hash()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"image_col": "image", "backend": "hf"}, "scored by a vision-language model"),
+    ({"backend": "vlm"}, "pass --image-col"),
+    ({"image_col": "image", "embedder": "e"}, "embedder does not see the image"),
+    ({"image_col": "image", "perturb": "all"}, "neighbors perturb 'all'"),
+    ({"image_col": "image", "image_neighbor_kinds": ["sepia"]}, "unknown image neighbor kinds"),
+    ({"image_col": "image", "backend": "vllm"}, "scored by a vision-language model"),
+])
+def test_image_text_configs_are_checked_before_any_work(overrides, message):
+    with pytest.raises(InputError, match=message):
+        load_config(None, {"model": "m"} | overrides)
+
+
+def test_an_image_column_implies_the_vlm_backend():
+    assert load_config(None, {"model": "m", "image_col": "image"}).backend == "vlm"
+    assert load_config(None, {"model": "m"}).backend == "hf"

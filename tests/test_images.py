@@ -80,6 +80,34 @@ def test_image_baseline_on_a_random_split_is_at_chance(tmp_path):
     assert pl.read_parquet(out / "scores.parquet").height == 300
 
 
+@pytest.mark.heavy
+@pytest.mark.timeout(3600)
+@pytest.mark.xfail(strict=True, reason="measured: 4 of 40 random splits called shifted; the bootstrap interval "
+                                       "misses the cross-validation's own variance (issue 15, open)")
+def test_image_baseline_is_calibrated_over_many_random_splits():
+    """Null calibration: 40 i.i.d. member/non-member splits of 200 PNG digits. The verdict must
+    not call a random split leaky or shifted more often than its one-sided 2.5% allows."""
+    from scanner.baseline.run import run_baseline
+
+    images, digits = digit_images()
+    caps = captions(digits)
+    runs = []
+    for seed in range(40):
+        rng = np.random.default_rng(1000 + seed)
+        idx = rng.permutation(len(images))[:200]
+        df = pl.DataFrame({"sample_id": [f"d{i}" for i in idx], "label": rng.permutation(np.arange(200) % 2),
+                           "source": ["s"] * 200, "text": [caps[i] for i in idx],
+                           "image": [encode(images[i]) for i in idx]})
+        m = run_baseline(df, folds=5, seed=seed, n_boot=500, n_jobs=2).metrics
+        runs.append((m["auc"], m["auc_ci"][1], m["verdict"]["status"]))
+    aucs = np.array([r[0] for r in runs])
+    flagged = sum(r[2] != "usable" for r in runs)
+    print(f"mean AUC {aucs.mean():.3f} (sd {aucs.std():.3f}); not usable {flagged} of {len(runs)}; "
+          f"interval below 0.5 {sum(r[1] < 0.5 for r in runs)}")
+    assert flagged <= 3, runs  # P(>= 4 of 40 | 2.5%) < 2%
+    assert 0.40 < aucs.mean() < 0.55, aucs
+
+
 def test_image_neighbors_are_seeded_mild_and_invert_exactly():
     from scanner.images import decode_rgb
     from scanner.neighbors import NeighborConfig, make_pair_neighbors
@@ -130,13 +158,12 @@ def tiny_vlm(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_vlm_scorer_is_exact_and_its_neighbors_separate_members(tiny_vlm):
-    """The text's token log-probs given the image equal a direct forward pass; the loss and the
-    image neighbors' loss change tell members from held-out pairs, per neighbor kind."""
+def test_vlm_scorer_is_exact_and_its_loss_separates_members(tiny_vlm):
+    """The text's token log-probs given the image equal a direct forward pass, and their loss
+    tells members from held-out pairs."""
     import torch
 
     from scanner.metrics import roc_auc
-    from scanner.neighbors import NeighborConfig, make_pair_neighbors
     from scanner.scoring import stats
     from scanner.scoring.vlm import VLMScorer
 
@@ -158,15 +185,98 @@ def test_vlm_scorer_is_exact_and_its_neighbors_separate_members(tiny_vlm):
     loss = np.array([stats.loss(s.token_logprobs) for s in scores])
     assert roc_auc(y, -loss) > 0.9
 
-    cfg = NeighborConfig(k=6)  # each image kind once
-    rows = []
-    for (text, image, sid), original in zip(pairs, scores):
-        nb_texts, nb_images, kinds = make_pair_neighbors(text, image, sid, cfg)
-        rows.append(stats.sample_features(text, original, scorer.score_pairs(nb_texts, nb_images), None))
-    nb_dL = np.array([r["nb_dL"] for r in rows])
-    per_kind = {kind: roc_auc(y, nb_dL[:, k]) for k, kind in enumerate(kinds)}
-    neighborhood = roc_auc(y, -np.array([r["neighborhood"] for r in rows]))
-    # measured 0.843; colour inversion, the kind training never used, is the strongest (0.818; crop
-    # 0.77, rotate 0.74, jpeg 0.59, noise and blur 0.50 on this 32x32 vision tower), as FiMMIA reports
-    assert neighborhood > 0.75 and max(per_kind, key=per_kind.get) == "invert" and per_kind["invert"] > 0.75, per_kind
-    print(f"loss AUC {roc_auc(y, -loss):.3f}, neighborhood AUC {neighborhood:.3f}, per kind {per_kind}")
+
+def pair_table(pairs, y, path, corrupt=True):
+    """The fixture's pairs as Parquet (image bytes, label, subset seen/unseen), plus one image cut short."""
+    rows = {"id": [p[2] for p in pairs], "text": [p[0] for p in pairs], "image": [p[1] for p in pairs],
+            "label": y.astype(int).tolist(), "subset": ["seen" if v else "unseen" for v in y]}
+    if corrupt:
+        for k, v in (("id", "broken"), ("text", "a digit whose file was cut short"), ("image", pairs[0][1][:40]),
+                     ("label", 1), ("subset", "seen")):
+            rows[k].append(v)
+    pq.write_table(pa.table(rows), path)
+    return str(path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_image_text_scan_train_evaluate_and_sweep(tiny_vlm, ray_local, tmp_path):
+    """The same commands as for text plus --image-col: a corrupt image is quarantined, the image
+    neighbors separate members per kind (colour inversion the strongest), the detectors train
+    and evaluate with the image baseline beside them, and a sweep flags the seen pairs."""
+    from scanner.evaluate import by_neighbor_kind
+    from scanner.metrics import roc_auc
+    from scanner.runfolder import RunFolder
+
+    folder, pairs, y = tiny_vlm
+    data = pair_table(pairs, y, tmp_path / "pairs.parquet")
+    scan = tmp_path / "scan"
+    assert main(["scan", data, "--image-col", "image", "--model", str(folder), "--neighbors", "6",
+                 "--label-col", "label", "--shard-size", "100", "--out", str(scan)]) == 0
+    m = json.loads((scan / "manifest.json").read_text())
+    assert m["config"]["backend"] == "vlm" and m["counts"]["scored"] == 240
+    assert m["counts"]["quarantined_by_reason"] == {"undecodable image": 1}
+    features = RunFolder(scan).features()
+    stored = dict(zip([p[2] for p in pairs], [p[1] for p in pairs]))
+    assert all(stored[s] == b for s, b in zip(features["sample_id"], features["image"]))  # kept as stored
+    assert features["nb_kinds"][0].to_list() == ["noise", "blur", "crop", "rotate", "jpeg", "invert"]
+
+    per_kind = {r["kind"]: r["auc"] for r in by_neighbor_kind(features, features["label"].to_numpy(), 200, 0)}
+    # measured: invert 0.818, crop 0.77, rotate 0.74, jpeg 0.59, noise and blur 0.50 (this 32x32
+    # vision tower hardly notices them): the kind training never used is the strongest, as FiMMIA reports
+    assert max(per_kind, key=per_kind.get) == "invert" and per_kind["invert"] > 0.75, per_kind
+    assert roc_auc(features["label"].to_numpy(), -features["neighborhood"].to_numpy()) > 0.75  # measured 0.843
+
+    assert main(["train", str(scan), "--out", str(tmp_path / "det")]) == 0
+    assert main(["evaluate", str(scan), "--detector", str(tmp_path / "det"), "--out", str(tmp_path / "ev")]) == 0
+    ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert {"fimmia detector", "tabular detector"} <= set(ev["scores"]) and ev["scores"]["loss"]["auc"] > 0.9
+    assert [r["kind"] for r in ev["by_neighbor_kind"]] == list(per_kind)
+    assert "image and caption" in ev["baseline_verdict"]["text"]
+    html = (tmp_path / "ev" / "report.html").read_text()
+    assert "Neighborhood score by neighbor kind" in html and "invert" in html
+
+    unlabelled = pair_table(pairs, y, tmp_path / "corpus.parquet")
+    out = tmp_path / "sweep"
+    assert main(["sweep", unlabelled, "--image-col", "image", "--detector", str(tmp_path / "det"),
+                 "--source-col", "subset", "--out", str(out)]) == 0
+    sw = json.loads((out / "metrics.json").read_text())
+    assert sw["sources"]["seen"]["n"] == 120 and sw["sources"]["unseen"]["n"] == 120
+    assert sw["sources"]["seen"]["flag_rate"] > sw["sources"]["unseen"]["flag_rate"] + 0.5, sw["sources"]
+    assert RunFolder(out).manifest["counts"]["quarantined_by_reason"] == {"undecodable image": 1}
+
+
+@pytest.mark.heavy
+@pytest.mark.timeout(1800)
+def test_neighbor_detector_on_a_tiny_llava_trained_on_half_of_300_pairs(ray_local, tmp_path):
+    """The acceptance figure: a tiny LLaVA trained on 150 of 300 digit-caption pairs to loss 0.45;
+    the FiMMIA detector (image neighbors only, 24 per pair) separates members from held-out pairs
+    with AUC > 0.8, measured out of fold over all 300 (each pair scored by detectors that never
+    saw it; the single train/test split of `scanner train` holds only ~60 test pairs)."""
+    from scanner.detector.train import cross_fitted_scores, labelled_features
+    from scanner.metrics import roc_auc
+    from scanner.runfolder import RunFolder
+    from scanner.toy_images import train_tiny_llava
+
+    images, digits = digit_images()
+    caps = captions(digits)
+    idx = np.random.default_rng(0).permutation(len(images))[:300]
+    info = train_tiny_llava([images[i] for i in idx[:150]], [caps[i] for i in idx[:150]], tmp_path / "model",
+                            [caps[i] for i in idx], target_loss=0.45, max_epochs=200, log=lambda s: None)
+    assert info["train_loss"] <= 0.45
+    pairs = [(caps[i], encode(images[i]), f"d{i}") for i in idx]
+    data = pair_table(pairs, np.r_[np.ones(150), np.zeros(150)], tmp_path / "pairs.parquet", corrupt=False)
+    scan = tmp_path / "scan"
+    assert main(["scan", data, "--image-col", "image", "--model", str(tmp_path / "model"), "--neighbors", "24",
+                 "--label-col", "label", "--out", str(scan)]) == 0
+    assert main(["train", str(scan), "--out", str(tmp_path / "det")]) == 0
+    assert main(["evaluate", str(scan), "--detector", str(tmp_path / "det"), "--out", str(tmp_path / "ev")]) == 0
+    ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    df = labelled_features(RunFolder(scan))
+    y = df["label"].to_numpy()
+    crossfit = cross_fitted_scores(df, 0, 5)
+    auc = {kind: roc_auc(y, crossfit[kind].to_numpy()) for kind in ("fimmia", "tabular")}
+    print(f"out of fold over 300: {auc}; on the {ev['n']} test pairs: "
+          f"{ {k: round(s['auc'], 3) for k, s in ev['scores'].items() if 'detector' in k or k == 'neighborhood'} }; "
+          f"by kind {[(r['kind'], round(r['auc'], 3)) for r in ev['by_neighbor_kind']]}")
+    assert auc["fimmia"] > 0.8, auc  # measured 0.846

@@ -55,7 +55,10 @@ def verdict(auc_ci: list[float], data: str = "text") -> dict:
         "usable_for_mia": True,
         "text": (
             f"Usable for membership inference: no model-free classifier separated members from "
-            f"non-members better than chance ({ci} includes 0.5 or lies below it)."
+            f"non-members by their {data} better than chance ({ci} includes 0.5 or lies below it)."
+            + (" An interval below 0.5 is not a signal either: a classifier that learns nothing scores "
+               "around 0.5, and cross-validation on small or clustered sets (alike images, one topic) "
+               "scatters widely around it." if hi < 0.5 else "")
         ),
     }
 

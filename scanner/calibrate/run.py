@@ -169,6 +169,8 @@ def run_calibration(heldout: list[str], out: str, cfg: ScanConfig, spec: Finetun
     import ray
 
     check_model_path(cfg.model)  # before any work, not when the scan's actors load it
+    if cfg.backend == "vlm":
+        raise InputError("calibrate fine-tunes causal language models on text; it has no vision-language path yet")
     out_ = Path(out)
     out_.mkdir(parents=True, exist_ok=True)
     split, counts = _split(heldout, columns, members_fraction, exposures, seed, out_, progress)

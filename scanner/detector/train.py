@@ -37,12 +37,13 @@ def labelled_features(run: RunFolder) -> pl.DataFrame:
 
 
 def blind_baseline(df: pl.DataFrame, seed: int, n_jobs: int | None = None, progress=lambda m: None):
-    """The model-free baseline over the texts of df's samples (the scan keeps them): nested CV, so
-    each sample's out-of-fold score comes from a model that never saw its text."""
+    """The model-free baseline over the texts (and the images of image-text samples) of df's
+    samples, which the scan keeps: nested CV, so each sample's out-of-fold score comes from a model
+    that never saw it."""
     if "text" not in df.columns:
         raise InputError("these features hold no texts (a sweep's output): the blind baseline needs a scan run")
-    return run_baseline(df.select("sample_id", "label", "source", "text"), seed=seed, n_boot=200, n_jobs=n_jobs,
-                        progress=progress)
+    keep = ["sample_id", "label", "source", "text"] + (["image"] if "image" in df.columns else [])
+    return run_baseline(df.select(keep), seed=seed, n_boot=200, n_jobs=n_jobs, progress=progress)
 
 
 def cross_fitted_scores(df: pl.DataFrame, seed: int, folds: int) -> pl.DataFrame:

@@ -39,13 +39,18 @@ def check_adapter_path(adapter: str | None) -> None:
 
 
 def make_scorer(cfg) -> Scorer:
-    """The configured backend; both return TextScores for the same token ids."""
+    """The configured backend. hf and vllm return TextScores for the same token ids; vlm scores
+    image-text pairs (score_pairs) into the same TextScores."""
     common = dict(revision=cfg.revision, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                   max_length=cfg.max_length)
     if cfg.backend == "vllm":
         from scanner.scoring.vllm import VLLMScorer
 
         return VLLMScorer(cfg.model, engine=cfg.engine_options(), **common)
+    if cfg.backend == "vlm":
+        from scanner.scoring.vlm import VLMScorer
+
+        return VLMScorer(cfg.model, device=cfg.device, adapter=cfg.adapter, **common)
     from scanner.scoring.hf import HFScorer
 
     return HFScorer(cfg.model, device=cfg.device, adapter=cfg.adapter, **common)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from scanner.errors import InputError
 
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm", "vlm")
 
 
 @dataclass

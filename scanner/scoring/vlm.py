@@ -8,7 +8,9 @@
   it, the first one given the image alone. Token log-probs, the Min-K%++ statistics (the same
   chunked LM-head pass as the text backend, scanner.scoring.hf.token_statistics) and the
   embedding (mean last hidden state over the text's tokens) come from one forward pass, so the
-  feature rows are those of a text scan and every later step works unchanged.
+  feature rows are those of a text scan and every later step works unchanged. As in the text
+  backend, the base model runs alone and the LM head on chunks of the text's positions, when
+  that gives the model's own logits (checked at load); else one full forward pass.
 - Texts are scored whole (the image's tokens must not be cut): `truncated` is always false.
 """
 
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 from scanner.errors import InputError
-from scanner.images import decode_rgb
+from scanner.images import decode_rgb, encode
 from scanner.scoring.hf import auto_device, auto_dtype, load_model, token_statistics
 from scanner.scoring.interface import Capabilities, TextScore
 
@@ -50,6 +52,8 @@ class VLMScorer:
         self.revision = revision or getattr(self.model.config, "_commit_hash", None) or "local"
         self.head = self.model.get_output_embeddings()
         self.text_config = self.model.config.get_text_config()
+        self.base = getattr(self.model, self.model.base_model_prefix, None)
+        self.split_head = self.base is not None and self._split_head_matches()
 
     @property
     def hidden_size(self) -> int:
@@ -63,25 +67,43 @@ class VLMScorer:
                              return_tensors="pt", padding=True)
         return {k: v.to(self.device) for k, v in enc.items()}
 
-    @torch.no_grad()
-    def _score_batch(self, texts: list[str], images: list[bytes]) -> list[TextScore]:
-        enc = self._inputs(texts, images)
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        T = ids.shape[1]
-        positions = torch.arange(T, device=ids.device)
-        # a row's text starts after its last image token and ends at its last real token
-        starts = torch.where(ids == self.image_token_id, positions, -1).max(dim=1).values + 1
-        ends = torch.where(mask.bool(), positions, -1).max(dim=1).values + 1
-        first = int(starts.min()) - 1  # statistics only from the first text position on
+    def _split_head_matches(self) -> bool:
+        """The base model's last hidden state through the LM head must give the model's own
+        logits (some models scale or soft-cap them inside forward); then the head runs in chunks
+        over the text's positions only and no other layer's hidden states are kept."""
+        from PIL import Image
+
+        enc = self._inputs(["a check"], [encode(Image.new("RGB", (32, 32), (128, 96, 64)))])
+        with torch.no_grad():
+            full = self.model(**enc).logits.float()
+            split = self.head(self.base(**enc).last_hidden_state).float()
+        return full.shape == split.shape and bool(torch.allclose(full, split, atol=1e-3, rtol=1e-3))
+
+    def _hidden_and_logits_fn(self, enc: dict, first: int):
+        """(last hidden state, logits_of(t0, t1) for positions t0..t1 >= first)."""
+        if self.split_head:
+            hidden = self.base(**enc).last_hidden_state
+            return hidden, lambda t0, t1: self.head(hidden[:, t0:t1])
+        T = enc["input_ids"].shape[1]
         try:  # the LM head only over the text's positions (the image's tokens come first)
             out = self.model(**enc, output_hidden_states=True, logits_to_keep=T - first)
             kept = first
         except TypeError:  # a model without logits_to_keep: all positions
             out = self.model(**enc, output_hidden_states=True)
             kept = 0
-        hidden = out.hidden_states[-1]
-        lp, mu, sd = token_statistics(ids, lambda t0, t1: out.logits[:, t0 - kept:t1 - kept], self.head,
-                                      self.text_config, first)
+        return out.hidden_states[-1], lambda t0, t1: out.logits[:, t0 - kept:t1 - kept]
+
+    @torch.no_grad()
+    def _score_batch(self, texts: list[str], images: list[bytes]) -> list[TextScore]:
+        enc = self._inputs(texts, images)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        # a row's text starts after its last image token and ends at its last real token
+        starts = torch.where(ids == self.image_token_id, positions, -1).max(dim=1).values + 1
+        ends = torch.where(mask.bool(), positions, -1).max(dim=1).values + 1
+        first = int(starts.min()) - 1  # statistics only from the first text position on
+        hidden, logits_of = self._hidden_and_logits_fn(enc, first)
+        lp, mu, sd = token_statistics(ids, logits_of, self.head, self.text_config, first)
         scores = []
         for i in range(len(texts)):
             s, e = int(starts[i]), int(ends[i])

@@ -51,6 +51,25 @@ def auto_dtype(device: str) -> torch.dtype:
     return torch.float32
 
 
+def device_and_dtype(device: str | None, dtype: str | None) -> tuple[str, torch.dtype]:
+    """The scorer's device and dtype as configured, else automatic (bf16 on a GPU, fp32 on the CPU)."""
+    device = device or auto_device()
+    return device, getattr(torch, dtype) if dtype else auto_dtype(device)
+
+
+def split_head_matches(model, base, head, inputs: dict) -> bool:
+    """Whether the base model's last hidden state through the LM head gives the model's own logits
+    on `inputs` (some models scale or soft-cap logits inside forward, or their base takes other
+    inputs): only then may a scorer run the head itself, in chunks over the positions it needs."""
+    try:
+        with torch.no_grad():
+            full = model(**inputs).logits.float()
+            split = head(base(**inputs).last_hidden_state).float()
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return full.shape == split.shape and bool(torch.allclose(full, split, atol=1e-3, rtol=1e-3))
+
+
 def load_causal_lm(model: str, device: str, dtype: torch.dtype, revision: str | None = None,
                    trust_remote_code: bool = False, adapter: str | None = None, **model_options):
     """(tokenizer, model in eval mode on `device`) from a hub id or local path; a peft adapter
@@ -104,8 +123,7 @@ class HFScorer:
     def __init__(self, model: str, revision: str | None = None, device: str | None = None,
                  dtype: str | None = None, trust_remote_code: bool = False, max_length: int | None = None,
                  adapter: str | None = None):
-        self.device = device or auto_device()
-        self.dtype = getattr(torch, dtype) if dtype else auto_dtype(self.device)
+        self.device, self.dtype = device_and_dtype(device, dtype)
         self.tokenizer, self.model = load_causal_lm(model, self.device, self.dtype, revision, trust_remote_code, adapter)
         self.model_id = model
         self.revision = revision or getattr(self.model.config, "_commit_hash", None) or "local"
@@ -114,18 +132,10 @@ class HFScorer:
         self.tokenize = TextTokenizer(self.tokenizer, self.max_length)
         self.base = getattr(self.model, self.model.base_model_prefix)
         self.head = self.model.get_output_embeddings()
-        self.split_head = self._split_head_matches()
+        ids = torch.tensor([[self.tokenize.prefix_id or 0, 1, 2, 3]], device=self.device)
+        self.split_head = split_head_matches(self.model, self.base, self.head, {"input_ids": ids})
 
     # ------------------------------------------------------------ forward
-
-    def _split_head_matches(self) -> bool:
-        """Running base model + head separately must equal the model's own logits (some models
-        scale or soft-cap logits inside forward); otherwise fall back to the full forward."""
-        ids = torch.tensor([[self.tokenize.prefix_id or 0, 1, 2, 3]], device=self.device)
-        with torch.no_grad():
-            full = self.model(input_ids=ids).logits.float()
-            split = self.head(self.base(input_ids=ids).last_hidden_state).float()
-        return bool(torch.allclose(full, split, atol=1e-3, rtol=1e-3))
 
     def _hidden_and_logits_fn(self, input_ids, attention_mask):
         if self.split_head:

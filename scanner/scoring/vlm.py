@@ -21,7 +21,7 @@ import torch
 
 from scanner.errors import InputError
 from scanner.images import decode_rgb, encode
-from scanner.scoring.hf import auto_device, auto_dtype, load_model, token_statistics
+from scanner.scoring.hf import device_and_dtype, load_model, split_head_matches, token_statistics
 from scanner.scoring.interface import Capabilities, TextScore
 
 PAIRS_PER_BATCH = {"cpu": 8, "cuda": 32}
@@ -33,10 +33,10 @@ class VLMScorer:
     def __init__(self, model: str, revision: str | None = None, device: str | None = None,
                  dtype: str | None = None, trust_remote_code: bool = False, max_length: int | None = None,
                  adapter: str | None = None):
+        from PIL import Image
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        self.device = device or auto_device()
-        self.dtype = getattr(torch, dtype) if dtype else auto_dtype(self.device)
+        self.device, self.dtype = device_and_dtype(device, dtype)
         self.processor = AutoProcessor.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
         self.image_token = getattr(self.processor, "image_token", None)
         if not self.image_token:
@@ -53,7 +53,8 @@ class VLMScorer:
         self.head = self.model.get_output_embeddings()
         self.text_config = self.model.config.get_text_config()
         self.base = getattr(self.model, self.model.base_model_prefix, None)
-        self.split_head = self.base is not None and self._split_head_matches()
+        check = self._inputs(["a check"], [encode(Image.new("RGB", (32, 32), (128, 96, 64)))])
+        self.split_head = self.base is not None and split_head_matches(self.model, self.base, self.head, check)
 
     @property
     def hidden_size(self) -> int:
@@ -66,21 +67,6 @@ class VLMScorer:
         enc = self.processor(images=[decode_rgb(b) for b in images], text=[self.image_token + t for t in texts],
                              return_tensors="pt", padding=True)
         return {k: v.to(self.device) for k, v in enc.items()}
-
-    def _split_head_matches(self) -> bool:
-        """The base model's last hidden state through the LM head must give the model's own
-        logits (some models scale or soft-cap them inside forward); then the head runs in chunks
-        over the text's positions only and no other layer's hidden states are kept."""
-        from PIL import Image
-
-        enc = self._inputs(["a check"], [encode(Image.new("RGB", (32, 32), (128, 96, 64)))])
-        try:
-            with torch.no_grad():
-                full = self.model(**enc).logits.float()
-                split = self.head(self.base(**enc).last_hidden_state).float()
-        except (TypeError, ValueError, AttributeError):  # a base model that takes other inputs: the full pass
-            return False
-        return full.shape == split.shape and bool(torch.allclose(full, split, atol=1e-3, rtol=1e-3))
 
     def _hidden_and_logits_fn(self, enc: dict, first: int):
         """(last hidden state, logits_of(t0, t1) for positions t0..t1 >= first)."""

@@ -18,12 +18,12 @@ from pathlib import Path
 import ray
 
 from scanner.baseline.report import baseline_report
-from scanner.cli import build_parser
+from scanner.cli import build_parser, columns_from_args
 from scanner.corpus import Columns
 from scanner.errors import InputError
 from scanner.progress import Progress
 
-OPTIONS = ("folds", "seed", "n_boot", "jobs", "permute_labels")
+OPTIONS = ("folds", "seed", "n_boot", "jobs", "permute_labels", "cv_repeats")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print("scanner: error: --folds must be at least 2", file=sys.stderr)
         return 2
     ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
-    columns = Columns(text=args.text_col, label=args.label_col, id=args.id_col, source=args.source_col)
+    columns = columns_from_args(args)
     options = {k: getattr(args, k) for k in OPTIONS}
     result = ray.get(baseline_task.options(num_cpus=args.jobs).remote(args.data, columns, options))
     if "error" in result:

@@ -54,7 +54,7 @@ def cmd_baseline(args) -> int:
     from scanner.baseline.report import baseline_report
 
     m = baseline_report(args.data, Path(args.out), columns_from_args(args), args.folds, args.seed, args.n_boot,
-                        args.jobs, args.permute_labels, Progress())
+                        args.jobs, args.permute_labels, args.cv_repeats, Progress())
     _print_summary(m)
     return 0
 
@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_corpus_args(b, images=True)
     b.add_argument("--out", required=True, help="output folder: metrics.json, report.md, report.html, scores.parquet, quarantine.parquet")
     b.add_argument("--folds", type=int, default=5, help="outer cross-validation folds (default 5)")
+    b.add_argument("--cv-repeats", type=int, default=1,
+                   help="draws of the outer folds, each sample's score averaged over them; 3 narrows the interval "
+                        "by about a third on small sets, at 3x the time (default 1)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the AUC CI (default 1000)")
     b.add_argument("--jobs", type=int, default=None, help="parallel folds (default: one per CPU)")

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from scanner.baseline.run import verdict
+from scanner.baseline.run import summarize_by_fold, verdict
 from scanner.detector.data import available_classic, member_score
 from scanner.detector.folder import DetectorFolder
 from scanner.detector.mlp import MLPDetector
@@ -199,14 +199,17 @@ def evaluate(run_dir, detector_dir=None, seed: int = 0, n_boot: int = 1000, over
     detectors = {k: MLPDetector.from_state(*detector_folder.detector_state(k)) for k in detector_folder.kinds()} \
         if detector_folder else {}
 
-    base_scores = None
+    base = None
     saved = detector_folder.baseline_scores() if same_run else None
     if saved is not None:  # from `scanner train`, over the same samples
-        joined = df.select("sample_id").join(saved, on="sample_id", how="left", maintain_order="left")["score"]
-        base_scores = None if joined.null_count() else joined.to_numpy()
-    if base_scores is None:
+        joined = df.select("sample_id").join(saved, on="sample_id", how="left", maintain_order="left")
+        base = None if joined["score"].null_count() else joined
+    if base is None:
         progress("blind baseline on the same texts (nested CV)")
-        base_scores = blind_baseline(df, seed, progress=progress).scores["score"].to_numpy()
+        base = blind_baseline(df, seed, progress=progress).scores
+    base_scores = base["score"].to_numpy()
+    # each sample's outer fold: the baseline's interval then covers the cross-validation's own variance
+    base_fold = base["fold"].to_numpy() if "fold" in base.columns else None
 
     dt = df.filter(pl.Series(test))
     y = dt["label"].to_numpy().astype(int)
@@ -217,7 +220,8 @@ def evaluate(run_dir, detector_dir=None, seed: int = 0, n_boot: int = 1000, over
     scores[BASELINE] = base_scores[test]
 
     progress(f"metrics on {held_out}")
-    metrics = {name: summarize(y, s, n_boot=n_boot, seed=seed) for name, s in scores.items()}
+    metrics = {name: summarize_by_fold(y, s, base_fold[test], n_boot, seed) if name == BASELINE and base_fold is not None
+               else summarize(y, s, n_boot=n_boot, seed=seed) for name, s in scores.items()}
     best_mia = max(mia_names, key=lambda n: metrics[n]["auc"])
     diff = against_baseline(y, scores[best_mia], scores[BASELINE], n_boot=n_boot, seed=seed)
     beats = diff["ci"][0] > 0

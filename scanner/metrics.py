@@ -67,6 +67,21 @@ def bootstrap_auc_ci(labels, scores, n_boot: int = 1000, level: float = 0.95, se
     return float(lo), float(hi)
 
 
+def corrected_cv_interval(centre: float, fold_aucs, test_train_ratio: float, level: float = 0.95) -> tuple[float, float]:
+    """A t-interval around `centre` from the AUCs of J cross-validation folds (possibly several
+    repetitions of k folds), with Nadeau & Bengio's (2003) correction: the variance of their mean
+    is (1/J + n_test/n_train) x their variance, not 1/J of it, because the folds' training sets
+    overlap. A bootstrap over fixed out-of-fold scores misses this variance of the fitting itself,
+    which on a few hundred samples is the larger part."""
+    from scipy.stats import t
+
+    a = np.asarray(fold_aucs, dtype=np.float64)
+    if len(a) < 2:
+        raise ValueError("the corrected CV interval needs at least two folds")
+    half = t.ppf(0.5 + level / 2, len(a) - 1) * math.sqrt((1 / len(a) + test_train_ratio) * a.var(ddof=1))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def roc_points(labels, scores) -> tuple[np.ndarray, np.ndarray]:
     """Empirical ROC (fpr, tpr), one point per distinct threshold, from (0, 0) to (1, 1)."""
     y, s = _check(labels, scores)

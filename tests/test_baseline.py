@@ -86,9 +86,37 @@ def test_vectorisers_are_fitted_on_training_folds_only():
     assert not np.isnan(result.scores).any()
 
 
+class DenseBlock:
+    def __init__(self, X):
+        self.X = X
+
+    def block(self, name):
+        return self.X
+
+
+def test_repeated_cross_validation_averages_each_samples_out_of_fold_scores():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 3))
+    y = (X[:, 0] + rng.normal(size=80) > 0).astype(int)
+
+    def cands(n, seed):
+        return [Candidate("logreg", {"C": C}, "x", lambda C=C: LogisticRegression(C=C)) for C in (0.1, 1.0)]
+
+    one = nested_cv(DenseBlock(X), y, folds=4, seed=3, make_candidates=cands, n_jobs=1)
+    two = nested_cv(DenseBlock(X), y, folds=4, seed=3, repeats=2, make_candidates=cands, n_jobs=1)
+    assert [(f["repeat"], f["fold"]) for f in two.folds] == [(r, k) for r in (1, 2) for k in range(1, 5)]
+    assert sum(f["n_test"] for f in two.folds) == 2 * 80  # every sample tested once per repeat
+    second = 2 * two.scores - one.scores  # the first repeat draws what a single run draws
+    assert ((second > 0) & (second < 1)).all() and not np.allclose(second, one.scores)
+    outer = StratifiedKFold(4, shuffle=True, random_state=3).split(np.zeros(80), y)
+    assert all((two.fold_of[test] == k).all() for k, (_, test) in enumerate(outer, 1))
+    assert len(two.fold_aucs()) == 8 and len(one.fold_aucs("logreg")) == 4
+    assert two.test_train_ratio == pytest.approx(20 / 60)
+
+
 def test_the_hygiene_check_catches_a_vectoriser_fitted_on_all_rows():
     """The check above must be able to fail: a vectoriser fitted on the whole corpus is caught."""
-    feats, y = row_tagged_features(120)
+    y = np.random.default_rng(0).integers(0, 2, 120)  # row_tagged_features(120)'s labels, without its matrix
     leaky_fits = [(fold, set(range(120))) for fold in range(1, 5)]
     with pytest.raises(AssertionError, match="fitted on 30 of its test rows"):
         check_vectorisers_saw_only_training_rows(leaky_fits, y, folds=4, seed=3)

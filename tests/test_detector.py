@@ -92,6 +92,10 @@ def test_train_and_evaluate_write_consistent_reports(tmp_path):
             "blind baseline"} <= set(m["scores"])
     # the fake texts carry no membership signal: the model-based scores beat the blind baseline
     assert m["baseline_verdict"]["status"] == "usable" and m["mia_beats_baseline"]
+    # the baseline's interval on the test samples covers its cross-validation too (the saved folds)
+    base = m["scores"]["blind baseline"]
+    assert base["auc_ci"][0] == min(base["auc_ci_bootstrap"][0], base["auc_ci_cv"][0])
+    assert base["auc_ci"][1] == max(base["auc_ci_bootstrap"][1], base["auc_ci_cv"][1])
     best_detector = max(m["scores"]["fimmia detector"]["auc"], m["scores"]["tabular detector"]["auc"])
     best_classic = max(s["auc"] for name, s in m["scores"].items() if "detector" not in name and name != "blind baseline")
     assert best_detector >= best_classic - 0.01

@@ -82,11 +82,11 @@ def test_image_baseline_on_a_random_split_is_at_chance(tmp_path):
 
 @pytest.mark.heavy
 @pytest.mark.timeout(3600)
-@pytest.mark.xfail(strict=True, reason="measured: 4 of 40 random splits called shifted; the bootstrap interval "
-                                       "misses the cross-validation's own variance (issue 15, open)")
 def test_image_baseline_is_calibrated_over_many_random_splits():
     """Null calibration: 40 i.i.d. member/non-member splits of 200 PNG digits. The verdict must
-    not call a random split leaky or shifted more often than its one-sided 2.5% allows."""
+    not call a random split leaky or shifted more often than its one-sided 2.5% allows. (With a
+    bootstrap over the out-of-fold scores alone it called 4 of 40 shifted: that interval misses
+    the variance of the cross-validation itself.)"""
     from scanner.baseline.run import run_baseline
 
     images, digits = digit_images()
@@ -99,11 +99,12 @@ def test_image_baseline_is_calibrated_over_many_random_splits():
                            "source": ["s"] * 200, "text": [caps[i] for i in idx],
                            "image": [encode(images[i]) for i in idx]})
         m = run_baseline(df, folds=5, seed=seed, n_boot=500, n_jobs=2).metrics
-        runs.append((m["auc"], m["auc_ci"][1], m["verdict"]["status"]))
+        runs.append((m["auc"], m["auc_ci"][1], m["verdict"]["status"], m["auc_ci"][0], m["auc_ci_bootstrap"][0]))
     aucs = np.array([r[0] for r in runs])
     flagged = sum(r[2] != "usable" for r in runs)
     print(f"mean AUC {aucs.mean():.3f} (sd {aucs.std():.3f}); not usable {flagged} of {len(runs)}; "
-          f"interval below 0.5 {sum(r[1] < 0.5 for r in runs)}")
+          f"interval below 0.5 {sum(r[1] < 0.5 for r in runs)}; bootstrap alone above 0.5 {sum(r[4] > 0.5 for r in runs)}; "
+          f"mean half-width {np.mean([(r[1] - r[3]) / 2 for r in runs]):.3f}")
     assert flagged <= 3, runs  # P(>= 4 of 40 | 2.5%) < 2%
     assert 0.40 < aucs.mean() < 0.55, aucs
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from scanner.metrics import bootstrap_auc_ci, roc_auc, roc_points, summarize, tpr_at_fpr
+from scanner.metrics import bootstrap_auc_ci, corrected_cv_interval, roc_auc, roc_points, summarize, tpr_at_fpr
 
 
 def test_auc_hand_computed():
@@ -100,3 +100,18 @@ def test_an_mia_at_chance_does_not_beat_a_baseline_below_chance():
     above = y + rng.normal(0, 2.0, len(y))
     d = against_baseline(y, 2 * y + rng.normal(0, 2.0, len(y)), above, n_boot=100)
     assert d["reference"] == "blind baseline" and d["difference"] < 0.5
+
+
+def test_corrected_cv_interval_hand_computed():
+    """Nadeau & Bengio: the variance of the mean of J fold AUCs is (1/J + n_test/n_train) times
+    their variance; the half-width takes t with J - 1 degrees of freedom."""
+    from scipy.stats import t
+
+    aucs = [0.50, 0.60, 0.55, 0.45, 0.65]  # sample variance 0.00625
+    lo, hi = corrected_cv_interval(0.55, aucs, 0.25)
+    half = t.ppf(0.975, 4) * np.sqrt((1 / 5 + 0.25) * 0.00625)
+    assert lo == pytest.approx(0.55 - half) and hi == pytest.approx(0.55 + half)
+    assert half == pytest.approx(0.1472, abs=1e-4)
+    assert corrected_cv_interval(0.99, [0.9, 1.0], 0.25)[1] == 1.0  # clipped to [0, 1]
+    with pytest.raises(ValueError, match="two folds"):
+        corrected_cv_interval(0.5, [0.5], 0.25)

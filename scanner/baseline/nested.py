@@ -4,6 +4,10 @@ Outer folds only ever *evaluate*. Inside each outer training set, inner folds sc
 candidate (and a stack of the best of each family); the winner is refitted on the outer training
 set and predicts the outer test fold. Pooling the outer predictions gives one out-of-fold score
 per sample, from models that never saw it, chosen without looking at it.
+
+With `repeats` > 1 the outer folds are drawn again with other seeds and each sample's score is
+the mean of its out-of-fold scores: on small sets one draw of the folds moves the AUC by several
+hundredths, and the fold AUCs of all repeats feed the corrected CV interval (metrics.py).
 """
 
 from __future__ import annotations
@@ -33,9 +37,18 @@ STACK = "stack"
 
 @dataclass
 class NestedResult:
-    scores: np.ndarray  # out-of-fold P(member) of the model chosen in each outer fold
+    scores: np.ndarray  # out-of-fold P(member) of the model chosen in each outer fold (mean over repeats)
     family_scores: dict[str, np.ndarray]  # out-of-fold P(member) of each family's inner-best setting
-    folds: list[dict] = field(default_factory=list)  # per outer fold: choice and inner AUCs
+    folds: list[dict] = field(default_factory=list)  # per repeat and outer fold: choice, inner and outer AUCs
+    fold_of: np.ndarray | None = None  # each sample's outer test fold in the first repeat
+
+    def fold_aucs(self, family: str | None = None) -> list[float]:
+        """Each outer fold's AUC (all repeats) of the chosen model, or of one family's."""
+        return [f["outer_auc"] if family is None else f["outer_auc_by_family"][family] for f in self.folds]
+
+    @property
+    def test_train_ratio(self) -> float:
+        return float(np.mean([f["n_test"] / f["n_train"] for f in self.folds]))
 
     @property
     def best_model(self) -> str:
@@ -76,12 +89,13 @@ def _selection_rows(train: np.ndarray, y: np.ndarray, limit: int, seed: int) -> 
     return np.sort(np.concatenate(keep))
 
 
-def _run_fold(k, train, test, feats, y, inner_folds, seed, make_candidates, max_selection_rows):
+def _run_fold(r, k, train, test, feats, y, inner_folds, seed, make_candidates, max_selection_rows):
     """Select on the inner folds of `train`, refit, predict `test`. Returns the outer
     predictions of every family's best setting and of the stack, and the fold's log."""
     t0 = time.perf_counter()
-    sel = _selection_rows(train, y, max_selection_rows, seed + k)
-    inner = list(StratifiedKFold(inner_folds, shuffle=True, random_state=seed + k).split(sel, y[sel]))
+    fold_seed = seed + k + 1000 * (r - 1)  # repeat 1 draws exactly what a single run draws
+    sel = _selection_rows(train, y, max_selection_rows, fold_seed)
+    inner = list(StratifiedKFold(inner_folds, shuffle=True, random_state=fold_seed).split(sel, y[sel]))
     cands = make_candidates(len(train), seed)
     inner_pred, inner_auc = {}, {}
     for c in cands:
@@ -104,6 +118,7 @@ def _run_fold(k, train, test, feats, y, inner_folds, seed, make_candidates, max_
     contenders = {fam: inner_auc[c.name] for fam, c in best_of.items()} | {STACK: inner_auc[STACK]}
     chosen = max(contenders, key=contenders.get)  # first listed wins ties
     log = {
+        "repeat": r,
         "fold": k,
         "n_train": int(len(train)),
         "n_test": int(len(test)),
@@ -113,6 +128,7 @@ def _run_fold(k, train, test, feats, y, inner_folds, seed, make_candidates, max_
         "chosen_inner_auc": contenders[chosen],
         "inner_auc": {name: round(a, 4) for name, a in inner_auc.items()},
         "outer_auc": roc_auc(y[test], outer_pred[chosen]),
+        "outer_auc_by_family": {fam: roc_auc(y[test], p) for fam, p in outer_pred.items()},
         "seconds": round(time.perf_counter() - t0, 2),
     }
     return test, outer_pred, log
@@ -124,12 +140,14 @@ def nested_cv(
     folds: int = 5,
     inner_folds: int = 3,
     seed: int = 0,
+    repeats: int = 1,
     make_candidates: Callable[[int, int], list[Candidate]] = candidates,
     max_selection_rows: int = 20_000,
     n_jobs: int | None = None,
     progress: Callable[[str], None] = lambda msg: None,
 ) -> NestedResult:
-    """Outer folds run in parallel processes (`n_jobs`, default: one per CPU, at most `folds`)."""
+    """Outer folds (of every repeat) run in parallel processes (`n_jobs`, default: one per CPU,
+    at most folds x repeats)."""
     y = np.asarray(y, dtype=np.int64)
     n_minority = int(min(y.sum(), len(y) - y.sum()))
     if n_minority < folds * inner_folds:
@@ -137,23 +155,30 @@ def nested_cv(
             f"too few samples for {folds}x{inner_folds} nested cross-validation: the smaller class "
             f"has {n_minority}; need at least {folds * inner_folds} (or lower --folds)"
         )
-    n_jobs = min(folds, n_jobs or len(os.sched_getaffinity(0)))
-    outer = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
+    if repeats < 1:
+        raise InputError(f"cross-validation repeats must be at least 1, got {repeats}")
+    total = folds * repeats
+    n_jobs = min(total, n_jobs or len(os.sched_getaffinity(0)))
     jobs = (
-        delayed(_run_fold)(k, train, test, feats, y, inner_folds, seed, make_candidates, max_selection_rows)
-        for k, (train, test) in enumerate(outer, 1)
+        delayed(_run_fold)(r, k, train, test, feats, y, inner_folds, seed, make_candidates, max_selection_rows)
+        for r in range(1, repeats + 1)
+        for k, (train, test) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed + 1000 * (r - 1))
+                                          .split(np.zeros(len(y)), y), 1)
     )
-    scores = np.full(len(y), np.nan)
+    scores, fold_of = np.zeros(len(y)), np.zeros(len(y), dtype=np.int64)
     family_scores: dict[str, np.ndarray] = {}
     fold_log = []
     for test, outer_pred, log in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs):
-        scores[test] = outer_pred[log["chosen_family"]]
+        if log["repeat"] == 1:
+            fold_of[test] = log["fold"]
+        scores[test] += outer_pred[log["chosen_family"]] / repeats  # each sample is tested once per repeat
         for fam, pred in outer_pred.items():
-            family_scores.setdefault(fam, np.full(len(y), np.nan))[test] = pred
+            family_scores.setdefault(fam, np.zeros(len(y)))[test] += pred / repeats
         fold_log.append(log)
+        where = f"fold {log['fold']}/{folds}" + (f" of repeat {log['repeat']}/{repeats}" if repeats > 1 else "")
         progress(
-            f"fold {log['fold']}/{folds}: chose {log['chosen']} (inner AUC {log['chosen_inner_auc']:.3f}), "
-            f"outer AUC {log['outer_auc']:.3f}, {log['seconds']:.1f}s  [{len(fold_log)}/{folds} done]"
+            f"{where}: chose {log['chosen']} (inner AUC {log['chosen_inner_auc']:.3f}), "
+            f"outer AUC {log['outer_auc']:.3f}, {log['seconds']:.1f}s  [{len(fold_log)}/{total} done]"
         )
-    fold_log.sort(key=lambda f: f["fold"])
-    return NestedResult(scores=scores, family_scores=family_scores, folds=fold_log)
+    fold_log.sort(key=lambda f: (f["repeat"], f["fold"]))
+    return NestedResult(scores=scores, family_scores=family_scores, folds=fold_log, fold_of=fold_of)

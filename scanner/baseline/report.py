@@ -17,7 +17,7 @@ from scanner.report import TPR_NOTE, fmt, fmt_auc, fmt_tpr, forest_png, roc_png,
 
 def baseline_report(data: list[str], out: Path, columns: Columns = Columns(), folds: int = 5, seed: int = 0,
                     n_boot: int = 1000, jobs: int | None = None, permute_labels: bool = False,
-                    progress: Callable[[str], None] = lambda m: None) -> dict:
+                    cv_repeats: int = 1, progress: Callable[[str], None] = lambda m: None) -> dict:
     """metrics.json's content, plus `_report`: the path of report.html."""
     corpus = read_corpus(data, columns, progress=progress)
     counts = corpus.counts
@@ -28,7 +28,8 @@ def baseline_report(data: list[str], out: Path, columns: Columns = Columns(), fo
         rng = np.random.default_rng(seed)
         samples = samples.with_columns(pl.Series("label", rng.permutation(samples["label"].to_numpy())))
         progress(f"labels permuted (seed {seed}): a negative control")
-    result = run_baseline(samples, folds=folds, seed=seed, n_boot=n_boot, n_jobs=jobs, progress=progress)
+    result = run_baseline(samples, folds=folds, seed=seed, n_boot=n_boot, n_jobs=jobs, repeats=cv_repeats,
+                          progress=progress)
     metrics = result.metrics | {
         "inputs": corpus.files,
         "corpus": counts,
@@ -62,8 +63,8 @@ def baseline_blocks(metrics: dict, curves: dict, inputs: list[str], counts: dict
         ("table", ["n", "members", "non-members", "AUC [95% CI]"] + [f"TPR@{float(f):.1%} FPR" for f in fprs] + ["best model"],
          [[metrics["n"], metrics["n_members"], metrics["n_nonmembers"], fmt_auc(metrics)]
           + [fmt_tpr(metrics, f) for f in fprs] + [metrics["best_model"]]]),
-        ("p", "Headline: out-of-fold scores of the model chosen by nested cross-validation (chosen on "
-              "inner folds of each outer training set; outer folds only evaluate)."),
+        ("p", f"Headline: {metrics['selection']} (outer folds only evaluate). 95% intervals: "
+              f"{metrics['auc_ci_method']}."),
         ("h2", "Model families"),
         ("p", "Each family with its hyper-parameters chosen on inner folds, evaluated on the outer folds. "
               "Picking the best row here would be selection on the test folds: the headline does not."),
@@ -72,9 +73,9 @@ def baseline_blocks(metrics: dict, curves: dict, inputs: list[str], counts: dict
         ("img", "roc.png", roc_png(curves, loglog=False)),
         ("img", "roc_loglog.png", roc_png(curves, loglog=True)),
         ("h2", "Outer folds"),
-        ("table", ["fold", "train", "test", "chosen", "inner AUC", "outer AUC", "seconds"],
-         [[f["fold"], f["n_train"], f["n_test"], f["chosen"], fmt(f["chosen_inner_auc"]), fmt(f["outer_auc"]), f["seconds"]]
-          for f in metrics["folds"]]),
+        ("table", ["repeat", "fold", "train", "test", "chosen", "inner AUC", "outer AUC", "seconds"],
+         [[f["repeat"], f["fold"], f["n_train"], f["n_test"], f["chosen"], fmt(f["chosen_inner_auc"]),
+           fmt(f["outer_auc"]), f["seconds"]] for f in metrics["folds"]]),
         ("h2", "What gives the split away"),
         ("p", "Strongest n-gram rules (greedy selection at 5% FPR, fitted on all rows; an explanation, not an evaluation)."),
     ]

@@ -58,13 +58,14 @@ def cross_fitted_scores(df: pl.DataFrame, seed: int, folds: int) -> pl.DataFrame
 def given_baseline(df: pl.DataFrame, path: str) -> tuple[pl.DataFrame, dict]:
     """The blind baseline's out-of-fold scores of these samples, computed before (by `scanner
     calibrate`, on the same texts and seed): every sample must have one."""
-    scores = df.select("sample_id", "label").join(pl.read_parquet(path).select("sample_id", "score"), on="sample_id",
-                                                   how="left")
+    given = pl.read_parquet(path)
+    keep = ["sample_id", "score"] + (["fold"] if "fold" in given.columns else [])  # (older files have no folds)
+    scores = df.select("sample_id", "label").join(given.select(keep), on="sample_id", how="left")
     missing = scores.filter(pl.col("score").is_null())
     if missing.height:
         raise InputError(f"{path}: no blind-baseline score for {missing.height} of the {df.height} samples "
                          f"(e.g. {missing['sample_id'][0]!r})")
-    return scores.select("sample_id", "score"), {"auc": roc_auc(scores["label"].to_numpy(), scores["score"].to_numpy()),
+    return scores.select(keep), {"auc": roc_auc(scores["label"].to_numpy(), scores["score"].to_numpy()),
                                                  "best_model": f"given ({path})"}
 
 
@@ -95,7 +96,7 @@ def train_detectors(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float
         scores, baseline = given_baseline(df, baseline_scores)
     else:
         b = blind_baseline(df, seed, n_jobs=TASK_CPUS)
-        scores, baseline = b.scores.select("sample_id", "score"), {k: b.metrics[k] for k in ("auc", "best_model")}
+        scores, baseline = b.scores.select("sample_id", "fold", "score"), {k: b.metrics[k] for k in ("auc", "best_model")}
     out.write_baseline_scores(scores)
     split = {"run_id": run.run_id, "seed": seed, "target_fpr": target_fpr,
              "counts": {k: int(np.sum(v)) for k, v in parts.items()}, "test_ids": test["sample_id"].to_list()}

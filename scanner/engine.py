@@ -7,6 +7,11 @@ one way, from the inputs through workers into the run folder, and never through 
     -> score (an actor holding the model; it writes the shard's features, then its record)
     -> the driver receives that small record (counts, tokens, nodes) and the manifest sums them
 
+The scoring actors outlive a run: the driver parks them, and the next run of the same model in
+this driver (nightly's eval sets and references, a notebook's scans) binds them to itself instead
+of loading the model again. One pool is parked at a time; a run of another model shuts it down
+first, so two models never hold the accelerators together.
+
 Resume: a shard with a completion record is finished; any later invocation skips it, whatever
 else changed around it. A run folder refuses another scoring config (or detector). Faults: a
 scoring actor that dies is restarted by Ray and its shard retried (writing a shard is idempotent);
@@ -26,11 +31,11 @@ import pyarrow as pa
 from scanner.config import ScanConfig
 from scanner.corpus import Columns, read_shard
 from scanner.errors import InputError
-from scanner.features import FEATURE_SCHEMA, ScoreActor, perturb_batch
+from scanner.features import FEATURE_SCHEMA, ScoreActor, binding, perturb_batch
 from scanner.inputs import InputFile, list_inputs
 from scanner.provenance import package_versions
 from scanner.runfolder import RunFolder
-from scanner.scoring.factory import check_adapter_path, check_backend_installed, check_model_path
+from scanner.scoring.factory import check_adapter_path, check_backend_installed, check_model_path, scorer_key
 from scanner.shards import Shard, plan_file
 
 QUEUED_PER_ACTOR = 2  # shards handed to an actor at once: the next one is read while one is scored
@@ -155,6 +160,7 @@ class ScoringPool:
         reads: whether read tasks must find a CPU beside the actors."""
         import ray
 
+        release_parked()  # (a parked pool of another model would hold the accelerators these need)
         self.cfg, self.actor_args, self.progress = cfg, actor_args, progress
         gpus = default_gpus_per_actor(cfg)
         n = default_actors(cfg, gpus)
@@ -164,6 +170,7 @@ class ScoringPool:
         progress(f"starting {n} scoring actor(s): {gpus:g} GPU and {cfg.cpus_per_actor:g} CPU each")
         self.actors = [self.cls.options(**self.options).remote(*actor_args) for _ in range(n)]
         self.generation = [0] * n
+        self.binding = None  # the run a ScoreActor pool scores into (bind)
         self.infos = self._wait_ready(self.actors)
         left = ray.cluster_resources().get("CPU", 0) - n * cfg.cpus_per_actor  # once placed (autoscaled)
         if reads and left < READ_CPUS:  # the read tasks would wait for ever
@@ -180,10 +187,11 @@ class ScoringPool:
             return None
         return self.cfg.threads_per_actor or max(1, info["cores"] // on_node)
 
-    def _wait_ready(self, actors: list) -> list[dict]:
+    def _wait_ready(self, actors: list, refs: list | None = None) -> list[dict]:
+        """refs: the actors' answers to wait for (default: ready())."""
         import ray
 
-        refs = [a.ready.remote() for a in actors]
+        refs = refs or [a.ready.remote() for a in actors]
         done, waiting = ray.wait(refs, num_returns=len(refs), timeout=self.cfg.actor_start_timeout)
         if waiting:
             self.shutdown()
@@ -213,9 +221,25 @@ class ScoringPool:
         self.generation[k] += 1
         self._wait_ready([self.actors[k]])
 
+    def bind(self, run: dict) -> None:
+        """Every actor prepared for one run (features.binding); its error, if any, in one line."""
+        self.binding = run
+        self._wait_ready(self.actors, [a.bind.remote(run) for a in self.actors])
+
+    def alive(self) -> bool:
+        """Whether every actor still answers (a parked pool's may have died since)."""
+        import ray
+
+        try:
+            ray.get([a.ready.remote() for a in self.actors], timeout=self.cfg.actor_start_timeout)
+            return True
+        except (ray.exceptions.RayError, ValueError):
+            return False
+
     def run(self, shards: list[Shard], read: Callable[[Shard], object], on_record: Callable[[Shard, dict], None]) -> None:
-        self.map(shards, lambda actor, s, threads: actor.score_shard.remote(s.to_dict(), read(s), threads), on_record,
-                 lambda s, error: {"shard": s.name, "error": error})
+        """Scores the shards into the run the pool is bound to."""
+        self.map(shards, lambda actor, s, threads: actor.score_shard.remote(s.to_dict(), read(s), threads, self.binding),
+                 on_record, lambda s, error: {"shard": s.name, "error": error})
 
     def map(self, items: list, submit: Callable, on_result: Callable, failed: Callable) -> None:
         """Each item through submit(actor, item, threads) -> a result ref, QUEUED_PER_ACTOR at a
@@ -257,7 +281,47 @@ class ScoringPool:
         import ray
 
         for a in self.actors:
-            ray.kill(a)
+            try:
+                ray.kill(a)
+            except (ray.exceptions.RayError, ValueError):  # already gone (or its Ray was shut down)
+                pass
+
+
+_parked: dict[tuple, ScoringPool] = {}  # at most one: the scoring actors of the last run, model loaded
+
+
+def _pool_key(cfg: ScanConfig) -> tuple:
+    """Which parked pool can serve cfg: the same Ray session and driver, the same loaded model,
+    the same actor count and resources."""
+    import ray
+
+    context = ray.get_runtime_context()
+    gpus = default_gpus_per_actor(cfg)
+    return (context.get_node_id(), context.get_job_id(), scorer_key(cfg), default_actors(cfg, gpus), gpus,
+            cfg.cpus_per_actor, cfg.threads_per_actor)
+
+
+def scoring_pool(cfg: ScanConfig, run: dict, progress: Callable[[str], None]) -> ScoringPool:
+    """ScoreActors holding cfg's model, bound to `run`: the parked ones when they hold it (no
+    reload), else new ones (a parked pool of another model is shut down first)."""
+    pool = _parked.pop(_pool_key(cfg), None)
+    release_parked()
+    if pool is not None and pool.alive():
+        progress(f"{len(pool.actors)} scoring actor(s) already hold {cfg.model}: reusing them")
+    else:
+        pool = ScoringPool(cfg, (asdict(cfg),), progress)
+    pool.bind(run)  # (an error shuts the pool down: a half-bound pool is not parked)
+    return pool
+
+
+def park(pool: ScoringPool) -> None:
+    _parked[_pool_key(pool.cfg)] = pool
+
+
+def release_parked() -> None:
+    """Shuts the parked scoring actors down (the driver's exit does it too)."""
+    while _parked:
+        _parked.popitem()[1].shutdown()
 
 
 # ---------------------------------------------------------------- the driver
@@ -348,7 +412,7 @@ def run_shards(inputs: list[str], out: str, cfg: ScanConfig, kind: RunKind,
     pool = None
     if pending:
         constants = {"model": cfg.model, "revision": cfg.revision or "local", "run_id": run["run_id"]}
-        pool = ScoringPool(cfg, (asdict(cfg), folder.uri, constants, kind.detector, kind.keep_text), progress)
+        pool = scoring_pool(cfg, binding(asdict(cfg), folder.uri, constants, kind.detector, kind.keep_text), progress)
     if new:  # only now: a model that cannot be loaded leaves no run behind that a corrected command would refuse
         folder.save_run(run)
     if pool is not None:
@@ -358,7 +422,7 @@ def run_shards(inputs: list[str], out: str, cfg: ScanConfig, kind: RunKind,
         try:
             pool.run(pending, lambda s: reader.remote(s.to_dict(), columns, neighbor_cfg, folder.uri), tally.record)
         finally:
-            pool.shutdown()
+            park(pool)
     duplicates = 0
     if kind.dedupe and tally.counts["shards"]:
         duplicates = ray.get(ray.remote(num_cpus=1)(find_duplicates).remote(folder.uri, [f.uri for f in files]))["n"]

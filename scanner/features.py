@@ -62,55 +62,89 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
-class ScoreActor:
-    """Holds one scorer, plus the fill-mask model when "mlm" neighbors are asked for, the
-    sentence embedder when one is configured, and the detector of a sweep."""
+def binding(cfg: dict, folder: str | None = None, constants: dict | None = None, detector: dict | None = None,
+            keep_text: bool = True) -> dict:
+    """What a ScoreActor needs for one run besides its model: the run's settings, its folder, the
+    columns every row carries, the detector of a sweep, whether rows keep their texts."""
+    return {"cfg": cfg, "folder": folder, "constants": constants or {}, "detector": detector, "keep_text": keep_text}
 
-    def __init__(self, cfg: dict, folder: str | None = None, constants: dict | None = None,
-                 detector: dict | None = None, keep_text: bool = True):
+
+class ScoreActor:
+    """Holds one scorer, and per run (bind): the fill-mask model when "mlm" neighbors are asked
+    for, the sentence embedder when one is configured, and the detector of a sweep. The model
+    stays loaded between runs: the engine binds a parked actor to the next run of the same model."""
+
+    def __init__(self, cfg: dict, run: dict | None = None):
+        """cfg: the settings the model is loaded with (scoring.factory.scorer_key); run: a
+        binding() (default: cfg's own, no folder)."""
         import ray
 
         from scanner.config import ScanConfig
+        from scanner.scoring.factory import make_scorer
 
         self.cfg = ScanConfig(**cfg)
         # (asking outside Ray would start a local Ray instance)
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-        self.constants, self.keep_text = constants or {}, keep_text
-        self.error = None
+        self.run, self.error = None, None
+        self.loaded: dict = {}  # what the fill-mask model and the embedder were loaded for
         try:  # a model that cannot be loaded is reported by ready(), in one line, before any work
-            self._load(folder, detector)
+            self.scorer = make_scorer(self.cfg)
+            self._bind(run or binding(cfg))
         except Exception as e:
             self.error = f"cannot load model {self.cfg.model}: {_first_line(e)}"
 
-    def _load(self, folder: str | None, detector: dict | None) -> None:
-        from scanner.scoring.factory import make_scorer
+    def bind(self, run: dict) -> dict:
+        """Prepares the actor for a run; ready()'s answer, with the error if that failed (the
+        actor itself stays usable for another run)."""
+        if self.error:
+            return self.ready()
+        try:
+            self._bind(run)
+        except Exception as e:
+            return self.ready() | {"error": f"cannot load model {run['cfg']['model']}: {_first_line(e)}"}
+        return self.ready()
 
+    def _bind(self, run: dict) -> None:
+        from scanner.config import ScanConfig
+        from scanner.scoring.factory import scorer_key
+
+        if run == self.run:
+            return
+        cfg = ScanConfig(**run["cfg"])
+        if scorer_key(cfg) != scorer_key(self.cfg):
+            raise RuntimeError("this actor holds another model")  # the engine keys its pools so: never
         self.folder = None
-        if folder is not None:
+        if run["folder"] is not None:
             from scanner.runfolder import RunFolder
 
-            self.folder = RunFolder(folder)
-        self.scorer = make_scorer(self.cfg)
-        self.filler = None
-        if self.cfg.mlm_model:  # masked-LM neighbors are filled here, where the accelerator is
-            from scanner.mlm import MaskFiller
+            self.folder = RunFolder(run["folder"])
+        self.constants, self.keep_text = run["constants"], run["keep_text"]
+        filler_key = (cfg.mlm_model, cfg.device, cfg.trust_remote_code)
+        if filler_key != self.loaded.get("filler"):
+            self.filler = None
+            if cfg.mlm_model:  # masked-LM neighbors are filled here, where the accelerator is
+                from scanner.mlm import MaskFiller
 
-            self.filler = MaskFiller(self.cfg.mlm_model, device=self.cfg.device,
-                                     trust_remote_code=self.cfg.trust_remote_code)
-        self.embedder = None
-        if self.cfg.embedder:
-            from scanner.scoring.embedder import Embedder
+                self.filler = MaskFiller(cfg.mlm_model, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+            self.loaded["filler"] = filler_key
+        embedder_key = (cfg.embedder, cfg.device, cfg.trust_remote_code)
+        if embedder_key != self.loaded.get("embedder"):
+            self.embedder = None
+            if cfg.embedder:
+                from scanner.scoring.embedder import Embedder
 
-            self.embedder = Embedder(self.cfg.embedder, device=self.cfg.device, trust_remote_code=self.cfg.trust_remote_code)
+                self.embedder = Embedder(cfg.embedder, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+            self.loaded["embedder"] = embedder_key
         own = self.scorer.hidden_size if self.scorer.capabilities.hidden_states else None
         emb_dim = self.embedder.dim if self.embedder else own
-        self.projection = (stats.projection_matrix(emb_dim, self.cfg.proj_dim, self.cfg.seed)
-                           if self.cfg.proj_dim > 0 and emb_dim else None)
+        self.projection = (stats.projection_matrix(emb_dim, cfg.proj_dim, cfg.seed)
+                           if cfg.proj_dim > 0 and emb_dim else None)
         self.detector = None
-        if detector is not None:
+        if run["detector"] is not None:
             from scanner.detector.trained import load_trained
 
-            self.detector = load_trained(detector["folder"], detector["kind"])
+            self.detector = load_trained(run["detector"]["folder"], run["detector"]["kind"])
+        self.cfg, self.run = cfg, run
 
     def ready(self) -> dict:
         """Where the actor runs and what it can give; `error` when its model did not load."""
@@ -151,11 +185,15 @@ class ScoreActor:
                 table = table.append_column("image", batch["image"])
         return table
 
-    def score_shard(self, shard: dict, read: tuple[dict, pa.Table | None], threads: int | None = None) -> dict:
+    def score_shard(self, shard: dict, read: tuple[dict, pa.Table | None], threads: int | None = None,
+                    run: dict | None = None) -> dict:
         """Scores the shard that its read task produced, writes its features and then its
-        completion record into the run folder, and returns that record. `threads`: torch's CPU
-        threads (given with every call, so that a restarted actor has them too)."""
+        completion record into the run folder, and returns that record. `threads` (torch's CPU
+        threads) and `run` (the binding) come with every call: Ray restarts a dead actor with the
+        arguments it was first made with, which may be another run's."""
         faults.maybe_fail("score_shard")
+        if run is not None:
+            self._bind(run)
         if threads:
             import torch
 

@@ -133,3 +133,49 @@ def test_a_scoring_actor_that_dies_is_restarted_and_the_output_is_unchanged(ray_
     np.testing.assert_allclose(np.concatenate(got["nb_dL"].to_list()), np.concatenate(want["nb_dL"].to_list()),
                                rtol=1e-5, atol=1e-7)
     assert json.loads((tmp_path / "died" / "manifest.json").read_text())["counts"]["shards_failed"] == 0
+
+
+def test_the_next_run_of_the_same_model_reuses_its_actors_and_another_model_frees_them(ray_local, setup, tmp_path,
+                                                                                       capsys):
+    """Scoring actors outlive a run: the next scan of the same model in this driver binds them to
+    itself (no reload) and writes what fresh actors write; a scan of another model shuts them down
+    first, so two models never hold the accelerators together."""
+    import ray
+
+    from scanner import engine
+    from tests.conftest import tiny_gpt2
+
+    subset = setup["root"] / "subset.jsonl"
+    subset.write_text("".join(json.dumps({"text": t, "label": i % 2}) + "\n" for i, t in enumerate(setup["texts"][:60])))
+
+    def run(out, *extra):
+        return main(["scan", str(subset), "--model", setup["model"], "--out", str(out), "--neighbors", "2",
+                     *extra])
+
+    engine.release_parked()
+    assert run(tmp_path / "first") == 0
+    capsys.readouterr()
+    assert run(tmp_path / "reused", "--seed", "1") == 0  # another run's settings, same model
+    err = capsys.readouterr().err
+    assert "already hold" in err and "starting" not in err
+    engine.release_parked()
+    assert run(tmp_path / "fresh", "--seed", "1") == 0
+    assert "starting 1 scoring actor" in capsys.readouterr().err
+    got, want = RunFolder(tmp_path / "reused").features(), RunFolder(tmp_path / "fresh").features()
+    assert got["sample_id"].to_list() == want["sample_id"].to_list()
+    np.testing.assert_allclose(np.concatenate(got["nb_dL"].to_list()), np.concatenate(want["nb_dL"].to_list()),
+                               rtol=1e-5, atol=1e-7)
+    first = RunFolder(tmp_path / "first").features()
+    # the run's own seed (neighbors, projection) and run id, not those of the run the actors were made for
+    assert got["nb_de_proj"].to_list() == want["nb_de_proj"].to_list() != first["nb_de_proj"].to_list()
+    assert got["run_id"].unique().to_list() != first["run_id"].unique().to_list()
+
+    (held,) = engine._parked.values()
+    other = tmp_path / "other-model"
+    tiny_gpt2(other)
+    assert main(["scan", str(subset), "--model", str(other), "--out", str(tmp_path / "other"),
+                 "--neighbors", "1"]) == 0
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(held.actors[0].ready.remote())
+    (now,) = engine._parked.values()
+    assert now.cfg.model == str(other)

@@ -211,6 +211,9 @@ def finetune(spec: dict, texts: list[str], stream: list[int], folder: str) -> di
 def finetune_on_ray(spec: FinetuneSpec, texts: list[str], stream: list[int], folder: Path) -> dict:
     import ray
 
+    from scanner.engine import release_parked
+
+    release_parked()  # scoring actors an earlier run left loaded would hold the accelerator it needs
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(finetune)
     try:

@@ -38,6 +38,12 @@ def check_adapter_path(adapter: str | None) -> None:
         raise InputError(f"cannot load adapter {adapter}: no adapter_config.json in it (not a peft adapter folder)")
 
 
+def scorer_key(cfg) -> tuple:
+    """Everything make_scorer reads: two configs with the same key load the same scorer."""
+    return (cfg.backend, cfg.model, cfg.revision, cfg.adapter, cfg.device, cfg.dtype, cfg.trust_remote_code,
+            cfg.max_length, cfg.engine_options() if cfg.backend == "vllm" else None)
+
+
 def make_scorer(cfg) -> Scorer:
     """The configured backend. hf and vllm return TextScores for the same token ids; vlm scores
     image-text pairs (score_pairs) into the same TextScores."""

@@ -231,12 +231,13 @@ def cmd_infer(args) -> int:
 
     detector = load_trained(args.detector, args.kind) if args.detector else None
     overrides = {"model": args.model, "neighbors": args.neighbors, "seed": args.seed, "actors": args.actors,
-                 "text_col": args.text_col, "id_col": args.id_col, "source_col": args.source_col}
+                 "text_col": args.text_col, "id_col": args.id_col, "source_col": args.source_col,
+                 "image_col": args.image_col}
     cfg = load_config(args.config, overrides, base=detector.base_config() if detector else None)
     m = run_inference(args.data, args.reference, args.out, cfg, alpha=args.alpha, splits=args.splits, seed=args.seed,
                       detector=detector, reference_model=args.reference_model, progress=Progress())
     b = m["blind_baseline"]
-    print(f"blind baseline (suspect vs reference, text only): AUC {b['auc']:.3f} [{b['auc_ci'][0]:.3f}, "
+    print(f"blind baseline (suspect vs reference, {b.get('data', 'text')} only): AUC {b['auc']:.3f} [{b['auc_ci'][0]:.3f}, "
           f"{b['auc_ci'][1]:.3f}]")
     if m["p_value"] is not None:
         print(f"p = {m['p_value']:.3g} over {args.splits} splits; effect size {m['test']['effect_size']:.3f}")
@@ -366,10 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("infer", help="dataset inference: a p-value for 'the model was trained on this set', "
                                      "against a reference set known unseen (exit 0 not shown, 1 seen, 2 invalid)")
-    _add_corpus_args(i, labels=False)  # no labels: the suspect set is what is tested, the reference is unseen
+    _add_corpus_args(i, labels=False, images=True)  # no labels: the suspect set is what is tested, the reference is unseen
     i.add_argument("--reference", nargs="+", required=True,
                    help="files of the same distribution as the suspect set that the model cannot have seen")
-    i.add_argument("--model", help="hub id or local path of a causal LM")
+    i.add_argument("--model", help="hub id or local path of a causal LM (a vision-language model with --image-col)")
     i.add_argument("--out", required=True, help="output folder (re-running resumes the scans)")
     i.add_argument("--config", help="YAML or TOML file with scan options")
     i.add_argument("--detector", help="a `scanner train` / `calibrate` folder: adds its probability as a feature "

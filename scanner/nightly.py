@@ -62,7 +62,8 @@ from scanner.report import fmt, fmt_auc, fmt_fraction, forest_png, fraction_rows
 from scanner.runfolder import RunFolder
 
 NIGHTLY_KEYS = ("detector", "eval_sets", "contamination_threshold", "max_increase", "alpha", "reference_model")
-SET_KEYS = ("name", "data", "reference", "corpus", "overlap", "text_col", "label_col", "id_col", "source_col")
+COLUMN_KEYS = ("text_col", "label_col", "id_col", "source_col", "image_col")
+SET_KEYS = ("name", "data", "reference", "corpus", "overlap", *COLUMN_KEYS)
 EXIT = {"clean": 0, "contaminated": 1, "worse": 1, "invalid": 2, "error": 2}
 
 
@@ -151,14 +152,23 @@ def exit_code(statuses: list[str]) -> int:
     return max((EXIT[s] for s in statuses), default=0)
 
 
+def set_config(detector: TrainedDetector, scan_options: dict, overrides: dict):
+    """An eval set's scan settings: the detector's model and features, the config's options, the
+    set's own columns; image-text sets read the image column the detector's training scan read
+    unless they name one."""
+    base = detector.base_config() | scan_options
+    if base.get("backend") == "vlm":
+        base.setdefault("image_col", detector.scan_config.get("image_col"))
+    return load_config(None, overrides, base=base)
+
+
 def check_set(spec: dict, run_dir: Path, detector: TrainedDetector, scan_options: dict, overrides: dict,
               settings: dict, previous: dict | None, seed: int, progress: Callable[[str], None],
               reference_model: dict | None = None) -> dict:
     from scanner.evaluate import evaluate, write_evaluation_report
 
     set_dir = run_dir / "sets" / spec["name"]
-    columns = {k: spec[k] for k in ("text_col", "label_col", "id_col", "source_col") if k in spec}
-    cfg = load_config(None, overrides | columns, base=detector.base_config() | scan_options)
+    cfg = set_config(detector, scan_options, overrides | {k: spec[k] for k in COLUMN_KEYS if k in spec})
     detector.check_usable_with(cfg)
     manifest = _scan(spec["data"], set_dir / "scan", cfg, detector, "the set", progress)
     feats = RunFolder(set_dir / "scan").features(columns=["sample_id", "label", "flagged"])
@@ -307,7 +317,7 @@ def run_nightly(config: str, out: str, run_name: str | None = None, previous: st
     t0 = time.perf_counter()
     settings, sets, scan_options = load_nightly(config)
     detector = load_trained(settings["detector"])
-    detector.check_usable_with(load_config(None, {"model": model}, base=detector.base_config() | scan_options))
+    detector.check_usable_with(set_config(detector, scan_options, {"model": model}))
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     run_name = run_name or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%MZ")

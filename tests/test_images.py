@@ -246,6 +246,27 @@ def test_image_text_scan_train_evaluate_and_sweep(tiny_vlm, ray_local, tmp_path)
     assert sw["sources"]["seen"]["flag_rate"] > sw["sources"]["unseen"]["flag_rate"] + 0.5, sw["sources"]
     assert RunFolder(out).manifest["counts"]["quarantined_by_reason"] == {"undecodable image": 1}
 
+    # nightly: eval sets of image-text pairs take the detector's image column and model; the sets'
+    # scans reuse the sweep's loaded actors
+    for name, part in (("seen", pairs[:30]), ("unseen", pairs[-30:])):
+        pq.write_table(pa.table({"id": [p[2] for p in part], "text": [p[0] for p in part],
+                                 "image": [p[1] for p in part]}), tmp_path / f"{name}.parquet")
+    config = tmp_path / "nightly.yaml"
+    config.write_text(json.dumps({"detector": str(tmp_path / "det"), "eval_sets": [
+        {"name": n, "data": str(tmp_path / f"{n}.parquet")} for n in ("seen", "unseen")]}))
+    assert main(["nightly", "--config", str(config), "--out", str(tmp_path / "nights"), "--run-name", "n1"]) == 1
+    night = json.loads((tmp_path / "nights" / "n1" / "metrics.json").read_text())
+    seen, unseen = night["sets"]["seen"], night["sets"]["unseen"]
+    assert seen["status"] == "contaminated" and unseen["status"] == "clean", night["sets"]
+    assert seen["counts"]["scored"] == unseen["counts"]["scored"] == 30
+
+    # infer: the set test on the same pairs (images and captions in the shift check too)
+    code = main(["infer", str(tmp_path / "seen.parquet"), "--reference", str(tmp_path / "unseen.parquet"),
+                 "--image-col", "image", "--model", str(folder), "--neighbors", "2", "--out", str(tmp_path / "infer")])
+    inf = json.loads((tmp_path / "infer" / "metrics.json").read_text())
+    assert inf["blind_baseline"]["data"] == "image and caption" and inf["blind_baseline"]["verdict"]["usable_for_mia"]
+    assert code == 1 and inf["p_value"] < 0.01, inf["p_value"]
+
 
 @pytest.mark.heavy
 @pytest.mark.timeout(1800)

@@ -1,10 +1,10 @@
 """`scanner infer`: was this model trained on this set? A p-value for the set, against a reference
 set of the same distribution known to be unseen (dataset inference, scanner.infer.stats).
 
-  1. The blind baseline between suspect and reference, text only. If their texts alone tell them
-     apart (its AUC interval lies above 0.55), any difference under the model could be that
-     shift: the verdict is "invalid: distribution shift", with the n-grams that give it away, and
-     no model is run.
+  1. The blind baseline between suspect and reference (their texts, with the images of image-text
+     sets). If these alone tell them apart (its AUC interval lies above 0.55), any difference
+     under the model could be that shift: the verdict is "invalid: distribution shift", with the
+     n-grams that give it away, and no model is run.
   2. Both sets are scanned (ordinary scan runs, so they resume), and each sample becomes one row
      of features: every classic score, the neighbor aggregates, log length (the tabular
      detector's inputs), and with --detector its member probability.
@@ -52,16 +52,18 @@ EXIT = {NOT_SHOWN: 0, SEEN: 1, INVALID: 2}
 
 
 def shift_check(suspect: list[str], reference: list[str], columns: Columns, seed: int, progress) -> dict:
-    """The blind baseline between the two sets' texts (suspect = 1)."""
+    """The blind baseline between the two sets' texts, and images of image-text sets (suspect = 1)."""
     sets = []
+    data = "image and caption" if columns.image else "text"
     for label, paths in ((1, suspect), (0, reference)):
         samples = read_corpus(paths, replace(columns, label=None), progress=progress).samples
         sets.append(samples.select(pl.format("{}:{}", pl.lit(label), "sample_id").alias("sample_id"), "source", "text",
-                                   pl.lit(label).alias("label")))
+                                   *(["image"] if columns.image else []), pl.lit(label).alias("label")))
     both = pl.concat(sets)
-    progress(f"blind baseline: suspect ({sets[0].height}) against reference ({sets[1].height}), text only")
+    progress(f"blind baseline: suspect ({sets[0].height}) against reference ({sets[1].height}), {data} only")
     m = run_baseline(both, seed=seed, n_boot=1000, progress=progress).metrics
-    return {"auc": m["auc"], "auc_ci": m["auc_ci"], "best_model": m["best_model"], "verdict": verdict(m["auc_ci"]),
+    return {"auc": m["auc"], "auc_ci": m["auc_ci"], "best_model": m["best_model"], "verdict": verdict(m["auc_ci"], data),
+            "data": data,
             "top_ngrams": m["top_ngrams"], "n_suspect": sets[0].height, "n_reference": sets[1].height}
 
 
@@ -206,7 +208,7 @@ def headline_png(m: dict) -> bytes:
     b = m["blind_baseline"]
     if m["verdict"] == INVALID:
         return forest_png({"blind baseline": (b["auc"], *b["auc_ci"])}, "The texts alone tell the sets apart",
-                          xlabel="AUC, suspect vs reference, text only (95% interval)", line=0.5, line_label="chance",
+                          xlabel=f"AUC, suspect vs reference, {b.get('data', 'text')} only (95% interval)", line=0.5, line_label="chance",
                           xlim=(0.0, 1.0))
     splits = m["test"]["splits"]
     return forest_png({f"split {i + 1}": (s["cohens_d"], *s["cohens_d_ci"]) for i, s in enumerate(splits)},
@@ -221,7 +223,7 @@ def _blocks(m: dict) -> list:
     blocks = [("p", f"**{headline(m)}**"), ("img", "headline.png", headline_png(m)),
               ("p", f"Model {m['model']}{against}. Suspect: {', '.join(m['suspect'])}. Reference (known unseen): "
                     f"{', '.join(m['reference'])}."),
-              ("h2", "Are the two sets comparable? (blind baseline, text only)"),
+              ("h2", f"Are the two sets comparable? (blind baseline, {b.get('data', 'text')} only)"),
               ("p", f"{b['n_suspect']} suspect and {b['n_reference']} reference texts; AUC {fmt_auc(b)}, "
                     f"best model {b['best_model']}. {b['verdict']['text']}")]
     if m["verdict"] == INVALID:

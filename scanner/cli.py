@@ -237,7 +237,7 @@ def cmd_infer(args) -> int:
     m = run_inference(args.data, args.reference, args.out, cfg, alpha=args.alpha, splits=args.splits, seed=args.seed,
                       detector=detector, reference_model=args.reference_model, progress=Progress())
     b = m["blind_baseline"]
-    print(f"blind baseline (suspect vs reference, {b.get('data', 'text')} only): AUC {b['auc']:.3f} [{b['auc_ci'][0]:.3f}, "
+    print(f"blind baseline (suspect vs reference, {b['data']} only): AUC {b['auc']:.3f} [{b['auc_ci'][0]:.3f}, "
           f"{b['auc_ci'][1]:.3f}]")
     if m["p_value"] is not None:
         print(f"p = {m['p_value']:.3g} over {args.splits} splits; effect size {m['test']['effect_size']:.3f}")

@@ -305,11 +305,13 @@ def scoring_pool(cfg: ScanConfig, run: dict, progress: Callable[[str], None]) ->
     """ScoreActors holding cfg's model, bound to `run`: the parked ones when they hold it (no
     reload), else new ones (a parked pool of another model is shut down first)."""
     pool = _parked.pop(_pool_key(cfg), None)
-    release_parked()
-    if pool is not None and pool.alive():
-        progress(f"{len(pool.actors)} scoring actor(s) already hold {cfg.model}: reusing them")
+    if pool is not None and not pool.alive():
+        pool.shutdown()  # (those of its actors still alive would keep their resources)
+        pool = None
+    if pool is None:
+        pool = ScoringPool(cfg, (asdict(cfg),), progress)  # (shuts a parked pool of another model down first)
     else:
-        pool = ScoringPool(cfg, (asdict(cfg),), progress)
+        progress(f"{len(pool.actors)} scoring actor(s) already hold {cfg.model}: reusing them")
     pool.bind(run)  # (an error shuts the pool down: a half-bound pool is not parked)
     return pool
 

@@ -86,7 +86,7 @@ class ScoreActor:
         # (asking outside Ray would start a local Ray instance)
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
         self.run, self.error = None, None
-        self.loaded: dict = {}  # what the fill-mask model and the embedder were loaded for
+        self.loaded: dict = {}  # fill-mask model / embedder class -> (what it was loaded for, it)
         try:  # a model that cannot be loaded is reported by ready(), in one line, before any work
             self.scorer = make_scorer(self.cfg)
             self._bind(run or binding(cfg))
@@ -104,6 +104,14 @@ class ScoreActor:
             return self.ready() | {"error": f"cannot load model {run['cfg']['model']}: {_first_line(e)}"}
         return self.ready()
 
+    def _kept(self, cls, name: str | None, cfg):
+        """The `cls` model called `name` (None when the run asks for none): the one loaded for an
+        earlier run when it is the same, else loaded now."""
+        key = (name, cfg.device, cfg.trust_remote_code)
+        if self.loaded.get(cls, (None,))[0] != key:
+            self.loaded[cls] = (key, cls(name, device=cfg.device, trust_remote_code=cfg.trust_remote_code) if name else None)
+        return self.loaded[cls][1]
+
     def _bind(self, run: dict) -> None:
         from scanner.config import ScanConfig
         from scanner.scoring.factory import scorer_key
@@ -119,22 +127,12 @@ class ScoreActor:
 
             self.folder = RunFolder(run["folder"])
         self.constants, self.keep_text = run["constants"], run["keep_text"]
-        filler_key = (cfg.mlm_model, cfg.device, cfg.trust_remote_code)
-        if filler_key != self.loaded.get("filler"):
-            self.filler = None
-            if cfg.mlm_model:  # masked-LM neighbors are filled here, where the accelerator is
-                from scanner.mlm import MaskFiller
+        from scanner.mlm import MaskFiller
+        from scanner.scoring.embedder import Embedder
 
-                self.filler = MaskFiller(cfg.mlm_model, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
-            self.loaded["filler"] = filler_key
-        embedder_key = (cfg.embedder, cfg.device, cfg.trust_remote_code)
-        if embedder_key != self.loaded.get("embedder"):
-            self.embedder = None
-            if cfg.embedder:
-                from scanner.scoring.embedder import Embedder
-
-                self.embedder = Embedder(cfg.embedder, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
-            self.loaded["embedder"] = embedder_key
+        # masked-LM neighbors are filled here, where the accelerator is
+        self.filler = self._kept(MaskFiller, cfg.mlm_model, cfg)
+        self.embedder = self._kept(Embedder, cfg.embedder, cfg)
         own = self.scorer.hidden_size if self.scorer.capabilities.hidden_states else None
         emb_dim = self.embedder.dim if self.embedder else own
         self.projection = (stats.projection_matrix(emb_dim, cfg.proj_dim, cfg.seed)

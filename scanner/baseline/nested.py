@@ -33,6 +33,7 @@ from scanner.errors import InputError
 from scanner.metrics import roc_auc
 
 STACK = "stack"
+REPEAT_SEED_STEP = 1000  # repeat r draws its outer and inner folds with seeds shifted by (r - 1) x this
 
 
 @dataclass
@@ -93,7 +94,7 @@ def _run_fold(r, k, train, test, feats, y, inner_folds, seed, make_candidates, m
     """Select on the inner folds of `train`, refit, predict `test`. Returns the outer
     predictions of every family's best setting and of the stack, and the fold's log."""
     t0 = time.perf_counter()
-    fold_seed = seed + k + 1000 * (r - 1)  # repeat 1 draws exactly what a single run draws
+    fold_seed = seed + k + REPEAT_SEED_STEP * (r - 1)  # repeat 1 draws exactly what a single run draws
     sel = _selection_rows(train, y, max_selection_rows, fold_seed)
     inner = list(StratifiedKFold(inner_folds, shuffle=True, random_state=fold_seed).split(sel, y[sel]))
     cands = make_candidates(len(train), seed)
@@ -162,7 +163,7 @@ def nested_cv(
     jobs = (
         delayed(_run_fold)(r, k, train, test, feats, y, inner_folds, seed, make_candidates, max_selection_rows)
         for r in range(1, repeats + 1)
-        for k, (train, test) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed + 1000 * (r - 1))
+        for k, (train, test) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed + REPEAT_SEED_STEP * (r - 1))
                                           .split(np.zeros(len(y)), y), 1)
     )
     scores, fold_of = np.zeros(len(y)), np.zeros(len(y), dtype=np.int64)

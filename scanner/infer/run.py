@@ -208,7 +208,7 @@ def headline_png(m: dict) -> bytes:
     b = m["blind_baseline"]
     if m["verdict"] == INVALID:
         return forest_png({"blind baseline": (b["auc"], *b["auc_ci"])}, "The texts alone tell the sets apart",
-                          xlabel=f"AUC, suspect vs reference, {b.get('data', 'text')} only (95% interval)", line=0.5, line_label="chance",
+                          xlabel=f"AUC, suspect vs reference, {b['data']} only (95% interval)", line=0.5, line_label="chance",
                           xlim=(0.0, 1.0))
     splits = m["test"]["splits"]
     return forest_png({f"split {i + 1}": (s["cohens_d"], *s["cohens_d_ci"]) for i, s in enumerate(splits)},
@@ -223,7 +223,7 @@ def _blocks(m: dict) -> list:
     blocks = [("p", f"**{headline(m)}**"), ("img", "headline.png", headline_png(m)),
               ("p", f"Model {m['model']}{against}. Suspect: {', '.join(m['suspect'])}. Reference (known unseen): "
                     f"{', '.join(m['reference'])}."),
-              ("h2", f"Are the two sets comparable? (blind baseline, {b.get('data', 'text')} only)"),
+              ("h2", f"Are the two sets comparable? (blind baseline, {b['data']} only)"),
               ("p", f"{b['n_suspect']} suspect and {b['n_reference']} reference texts; AUC {fmt_auc(b)}, "
                     f"best model {b['best_model']}. {b['verdict']['text']}")]
     if m["verdict"] == INVALID:

@@ -79,6 +79,8 @@ def test_unlabelled_data_and_bad_options_exit_2(tmp_path):
     assert res.returncode == 2 and "no such file" in res.stderr
     res = scanner("baseline", str(data), "--out", str(tmp_path / "out"), "--folds", "1")
     assert res.returncode == 2 and "--folds must be at least 2" in res.stderr
+    res = scanner("baseline", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "out"), "--cv-repeats", "0")
+    assert res.returncode == 2 and "--cv-repeats must be at least 1" in res.stderr  # before reading anything
 
 
 @pytest.mark.slow

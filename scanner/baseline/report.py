@@ -11,6 +11,7 @@ import polars as pl
 
 from scanner.baseline.run import LEAKY_AUC, run_baseline
 from scanner.corpus import Columns, read_corpus
+from scanner.errors import InputError
 from scanner.provenance import package_versions
 from scanner.report import TPR_NOTE, fmt, fmt_auc, fmt_tpr, forest_png, roc_png, write_report
 
@@ -19,6 +20,8 @@ def baseline_report(data: list[str], out: Path, columns: Columns = Columns(), fo
                     n_boot: int = 1000, jobs: int | None = None, permute_labels: bool = False,
                     cv_repeats: int = 1, progress: Callable[[str], None] = lambda m: None) -> dict:
     """metrics.json's content, plus `_report`: the path of report.html."""
+    if cv_repeats < 1:  # before any reading
+        raise InputError(f"--cv-repeats must be at least 1, not {cv_repeats}")
     corpus = read_corpus(data, columns, progress=progress)
     counts = corpus.counts
     progress(f"{counts['read']} rows read: {counts['kept']} kept, {counts['quarantined']} quarantined "

@@ -357,11 +357,13 @@ class Tally:
                       f"{c['quarantined']} quarantined; {rate:,.0f} tokens/s")
 
 
-def start_planning(files: list[InputFile], folder: RunFolder, shard_size: int) -> list:
-    """The planning tasks of every file, started (`plan` waits for them)."""
+def start_planning(files: list[InputFile], folder: RunFolder, shard_size: int, cpus: float = 0.5) -> list:
+    """The planning tasks of every file, started (`plan` waits for them). `cpus` per task: a run
+    whose own tasks take whole CPUs plans with as much, so Ray starts no worker just to plan
+    (each costs a core ~1.5 s)."""
     import ray
 
-    task = ray.remote(num_cpus=0.5)(plan_task)
+    task = ray.remote(num_cpus=cpus)(plan_task)
     return [task.remote(f.to_dict(), shard_size, folder.uri) for f in files]
 
 

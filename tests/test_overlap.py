@@ -263,3 +263,29 @@ def test_two_vocabulary_words_with_one_hash_are_told_apart_by_their_bytes():
     got = kernel.word_ids(data, offsets, np.full(3, h, np.uint64), starts, text_words, keys, ids, shift, shared, cps,
                           word_at, *kernel.unicode_tables())
     assert got.tolist() == [1, 0, kernel.NO_WORD]
+
+
+def test_the_unicode_tables_kept_on_disk_are_the_ones_computed(tmp_path, monkeypatch):
+    from scanner.overlap import kernel
+
+    kept = tmp_path / "tables.npz"
+    monkeypatch.setattr(kernel, "tables_file", lambda: kept)
+    computed = kernel.unicode_tables.__wrapped__()  # no file yet: computed, then kept
+    assert kept.exists()
+    loaded = kernel.unicode_tables.__wrapped__()
+    assert all((a == b).all() and a.dtype == b.dtype for a, b in zip(computed, loaded))
+    assert loaded[0][ord("é")] == 1 and loaded[0][ord("_")] == 0 and loaded[1][ord("Σ")] == ord("σ")
+    kept.write_bytes(b"not an npz")  # a damaged file is computed again, and replaced
+    assert all((a == b).all() for a, b in zip(computed, kernel.unicode_tables.__wrapped__()))
+    assert kept.stat().st_size > 1000
+
+
+def test_the_vocabulary_is_the_same_when_two_words_share_a_hash(monkeypatch):
+    from scanner.overlap import kernel
+    from scanner.overlap.ngrams import Vocabulary
+
+    texts = pa.array(["the cat sat on the mat", "The Mat, the hat"], pa.large_string())
+    expected = Vocabulary.of(texts).words
+    assert expected == ["cat", "hat", "mat", "on", "sat", "the"]
+    monkeypatch.setattr(kernel, "hash_words", lambda cps, word_at: np.zeros(len(word_at) - 1, np.uint64))
+    assert Vocabulary.of(texts).words == expected  # every word under one hash: told apart as strings

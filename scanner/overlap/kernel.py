@@ -3,8 +3,8 @@
   1. word_hashes: one pass over the UTF-8 bytes: each word's hash and first byte;
   2. word_ids: each hash looked up in the vocabulary's table (NO_WORD: not in the vocabulary,
      so never part of a match);
-  3. candidates: a rolling hash over runs of known words; a window is kept only if its first
-     words pass the prefix bitmap and all its words the full one. scanner.overlap.ngrams verifies
+  3. candidates: runs of known words whose neighbouring ids pass the pair bitmap; a window of
+     such a run is kept only if its hash passes the full bitmap. scanner.overlap.ngrams verifies
      the candidates id by id, and confirm_windows compares the bytes of the windows that match
      with the vocabulary words: a hash collision never counts.
 
@@ -20,9 +20,12 @@ one-to-one (simple) lower-case mapping; everything else separates words.
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import unicodedata
 from functools import cache
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -35,18 +38,40 @@ FIBONACCI = np.uint64(0x9E3779B97F4A7C15)  # spreads a word hash over the table'
 NO_WORD = -1
 
 
+def tables_file() -> Path:
+    return Path(__file__).with_name("__pycache__") / f"unicode_tables-{unicodedata.unidata_version}.npz"
+
+
 @cache
-def unicode_tables() -> tuple[np.ndarray, np.ndarray]:
-    """(is_word, lower) per code point: 1 for a letter or number, and its simple lower case."""
-    is_word = np.zeros(sys.maxunicode + 1, dtype=np.uint8)
-    lower = np.arange(sys.maxunicode + 1, dtype=np.int32)
-    for cp in range(sys.maxunicode + 1):
+def unicode_tables(size: int = sys.maxunicode + 1) -> tuple[np.ndarray, np.ndarray]:
+    """(is_word, lower) per code point: 1 for a letter or number, and its simple lower case. All
+    of Unicode takes 0.4 s of Python, so it is kept beside the compiled loops' cache, per Unicode
+    version; a smaller `size` serves text below it (the warm-up's)."""
+    whole, kept = size == sys.maxunicode + 1, tables_file()
+    if whole:
+        try:
+            with np.load(kept) as f:
+                if len(f["is_word"]) == len(f["lower"]) == size:
+                    return f["is_word"], f["lower"]
+        except Exception:  # missing or damaged (a bad zip, a missing array): computed again
+            pass
+    is_word = np.zeros(size, dtype=np.uint8)
+    lower = np.arange(size, dtype=np.int32)
+    for cp in range(size):
         c = chr(cp)
         if unicodedata.category(c)[0] in "LN":
             is_word[cp] = 1
         low = c.lower()
         if low != c:
             lower[cp] = ord(low[0])  # "İ" -> "i̇": the simple mapping is its first code point
+    if whole:
+        try:  # another process may be writing it too: each writes its own file and renames it
+            kept.parent.mkdir(exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=kept.parent, suffix=".npz", delete=False) as f:
+                np.savez(f, is_word=is_word, lower=lower)
+            os.replace(f.name, kept)
+        except OSError:
+            pass  # a read-only install: computed each time
     return is_word, lower
 
 
@@ -126,6 +151,28 @@ def word_hash(cps, start, end):
     for j in range(start, end):
         h = (h ^ np.uint64(cps[j])) * FNV_PRIME
     return h
+
+
+@numba.njit(cache=True, nogil=True)
+def hash_words(cps, word_at):
+    """word_hash of every word (split_words' output)."""
+    out = np.empty(len(word_at) - 1, dtype=np.uint64)
+    for w in range(len(out)):
+        out[w] = word_hash(cps, word_at[w], word_at[w + 1])
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def same_words(cps, word_at, other):
+    """Whether every word w is spelled as word other[w]."""
+    for w in range(len(other)):
+        a, b, size = word_at[w], word_at[other[w]], word_at[w + 1] - word_at[w]
+        if word_at[other[w] + 1] - b != size:
+            return False
+        for j in range(size):
+            if cps[a + j] != cps[b + j]:
+                return False
+    return True
 
 
 @numba.njit(cache=True, nogil=True)
@@ -265,54 +312,73 @@ def confirm_windows(data, offsets, starts, text_words, ids, firsts, length, voca
 
 
 @numba.njit(cache=True, nogil=True)
+def set_bits(bits, keys, shift):
+    """Sets each key's bit (scanner.overlap.ngrams.Bitmap; _maybe probes it)."""
+    for key in keys:
+        word = key >> shift
+        bits[np.int64(word >> np.uint64(3))] |= np.uint8(1) << np.uint8(word & np.uint64(7))
+
+
+@numba.njit(cache=True, nogil=True)
 def _maybe(bits, at, shift, key):
     word = key >> shift
     return (bits[at + np.int64(word >> np.uint64(3))] >> (word & np.uint64(7))) & np.uint8(1) == 1
 
 
 @numba.njit(cache=True, nogil=True)
-def candidates(ids, text_words, prime, lengths, prefix_words, bits, prefix_at, prefix_shift, full_at, full_shift):
-    """Pass 3: (first word, k) of every run of lengths[k] words inside one text, all in the
-    vocabulary, whose first prefix_words[k] ids pass the prefix bitmap k and whose ids pass the
-    full bitmap k (scanner.overlap.ngrams.Bitmap; bitmap k is bits[at[k]:], probed with its
-    shift[k]). Window hashes are scanner.overlap.ngrams.column_hashes, as prefix sums: H[j + 1] =
-    H[j] * prime + id_j + 1 from each run's start, a window's hash H[end] - H[first] * prime^size."""
-    longest = 0
-    for k in range(len(lengths)):
-        longest = max(longest, lengths[k])
-    size = 1
-    while size < longest + 1:
-        size *= 2
-    mask = size - 1
-    ring = np.zeros(size, dtype=np.uint64)  # the last prefix sums: H[j] in ring[j & mask]
-    powers = np.ones(longest + 1, dtype=np.uint64)
-    for k in range(1, longest + 1):
-        powers[k] = powers[k - 1] * prime
+def _pair_hash(a, b):
+    """The key of two word ids in a row (the pair bitmap's; the top bits spread by FIBONACCI)."""
+    return ((np.uint64(a) << np.uint64(32)) | np.uint64(np.int64(b) & 0xFFFFFFFF)) * FIBONACCI
+
+
+@numba.njit(cache=True, nogil=True)
+def pair_hashes(rows):
+    """The keys of every two neighbouring ids in each row of an id matrix (the index side of the
+    pair bitmap)."""
+    width = rows.shape[1]
+    out = np.empty(rows.shape[0] * max(width - 1, 0), dtype=np.uint64)
+    n = 0
+    for r in range(rows.shape[0]):
+        for j in range(width - 1):
+            out[n] = _pair_hash(rows[r, j], rows[r, j + 1])
+            n += 1
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def candidates(ids, text_words, prime, lengths, pair_bits, pair_shift, bits, full_at, full_shift):
+    """Pass 3: (first word, k) of every run of lengths[k] words inside one text whose
+    neighbouring ids all pass the pair bitmap (every two words in a row of some indexed n-gram
+    do) and whose window hash passes the full bitmap k (scanner.overlap.ngrams.Bitmap, bits[at[k]:]
+    probed with shift[k]); the window hash is scanner.overlap.ngrams.column_hashes.
+
+    Why pairs: a window of n words needs n - 1 pairs in a row to pass, so even when a third of
+    a corpus's pairs pass (common words, or a bitmap near full) a chance window almost never
+    does, and the loop does one probe of a small bitmap per word, without a branch on it."""
+    shortest = lengths.min() if len(lengths) else np.int64(1) << 62
     cand_start = np.empty(1024, dtype=np.int64)
     cand_kind = np.empty(1024, dtype=np.int64)
     n_cand = 0
     for t in range(len(text_words) - 1):
-        run = 0  # words in a row in the vocabulary, in this text
+        run = np.int64(0)  # words in a row ending here, in the vocabulary, each pair passing
+        prev = np.int64(NO_WORD)
         for pos in range(text_words[t], text_words[t + 1]):
-            w = ids[pos]
-            if w == NO_WORD:
-                run = 0
+            w = np.int64(ids[pos])
+            known = np.int64(w != NO_WORD)
+            linked = np.int64(_maybe(pair_bits, 0, pair_shift, _pair_hash(prev, w))) & known & np.int64(prev != NO_WORD)
+            run = run * linked + known
+            prev = w
+            if run < shortest:
                 continue
-            if run == 0:
-                ring[pos & mask] = np.uint64(0)
-            run += 1
-            top = ring[pos & mask] * prime + np.uint64(w + 1)
-            ring[(pos + 1) & mask] = top
             for k in range(len(lengths)):
                 span = lengths[k]
                 if run < span:
                     continue
                 first = pos + 1 - span
-                before = ring[first & mask]
-                p = prefix_words[k]
-                if not _maybe(bits, prefix_at[k], prefix_shift[k], ring[(first + p) & mask] - before * powers[p]):
-                    continue
-                if not _maybe(bits, full_at[k], full_shift[k], top - before * powers[span]):
+                h = np.uint64(0)
+                for j in range(first, pos + 1):
+                    h = h * prime + np.uint64(ids[j] + 1)
+                if not _maybe(bits, full_at[k], full_shift[k], h):
                     continue
                 if n_cand == len(cand_start):
                     cand_start = np.concatenate((cand_start, np.empty(n_cand, dtype=np.int64)))

@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from scanner.corpus import Columns, read_shard
 from scanner.errors import InputError
+from scanner.overlap import kernel
 from scanner.overlap.ngrams import EvalIndex
 from scanner.runfolder import RunFolder
 from scanner.shards import Shard
@@ -30,7 +31,9 @@ def match_shard(shard: dict, columns: Columns, index: EvalIndex, folder_uri: str
     if corpus.quarantine.height:
         folder.write_quarantine(s.name, corpus.quarantine.to_arrow())
     docs = corpus.samples
+    t_read = time.perf_counter()
     found = index.match(docs["text"].to_arrow())
+    t_match = time.perf_counter()
     matches = (found.join(docs.select(pl.int_range(pl.len()).alias("doc"), doc_id="sample_id", source="source"),
                           on="doc")
                .join(pl.DataFrame({"item_id": index.item_ids}).with_row_index("item").cast({"item": pl.Int64}),
@@ -43,12 +46,13 @@ def match_shard(shard: dict, columns: Columns, index: EvalIndex, folder_uri: str
               | {"matched_docs": matches["doc_id"].n_unique(), "pairs": matches.height},
               "bytes": int(docs["text"].str.len_bytes().sum() or 0), "per_source": dict(per_source),
               "matched_per_source": dict(matched_per_source), "node": ray.get_runtime_context().get_node_id(),
-              "seconds": round(time.perf_counter() - t0, 3)}
+              "seconds": round(time.perf_counter() - t0, 3),
+              "read_seconds": round(t_read - t0, 3), "match_seconds": round(t_match - t_read, 3)}
     folder.finish_shard(s.name, matches.to_arrow(), record)
     return record
 
 
 def warm_up() -> None:
     """Loads this module and the compiled loops (about 2 s in a fresh worker) by matching a
-    word against itself."""
-    EvalIndex.build(["w"], ["warm"], 1).match(pa.array(["warm"], pa.large_string()))
+    word against itself (with the ASCII part of the Unicode tables: the index brings them all)."""
+    EvalIndex.build(["w"], ["warm"], 1, kernel.unicode_tables(128)).match(pa.array(["warm"], pa.large_string()))

@@ -8,13 +8,14 @@ n-grams (start positions 0 .. len - n); a shorter one is a single "n-gram" of it
 (it matches where it occurs whole).
 
 Matching: the eval side is small, so its words get ids (a vocabulary) and its n-grams are kept
-as id rows with a 64-bit polynomial hash each, and two bitmaps per window length: of the hashes
-of the n-grams' first PREFIX words, and of the full hashes. A corpus batch goes through the
+as id rows with a 64-bit polynomial hash each, a bitmap of the hashes per window length, and one
+bitmap of every two ids that follow each other in some n-gram. A corpus batch goes through the
 compiled passes (scanner.overlap.kernel): words, their vocabulary ids (a word no item has can
-never be part of a match), and the windows that pass both bitmaps. Those candidates are looked
-up by hash (binary search) and compared word id by word id with the indexed n-gram, and the
-windows that match are compared byte by byte with the eval words, so no hash collision, of
-words or of n-grams, ever counts.
+never be part of a match), and the windows whose every two neighbouring ids pass the pair
+bitmap and whose hash passes its length's bitmap. Those candidates are looked up by hash
+(binary search) and compared word id by word id with the indexed n-gram, and the windows that
+match are compared byte by byte with the eval words, so no hash collision, of words or of
+n-grams, ever counts.
 
 Result per (item, document): the item's n-gram start positions found in the document, and the
 longest verbatim span, in words: the longest run of consecutive item n-grams found at
@@ -33,11 +34,10 @@ from scanner.overlap import kernel
 
 DEFAULT_N = 13
 PRIME = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier of the polynomial hash
-# The scan probes the prefix bitmap at every window: small enough to stay in a core's L2 cache;
-# the full one only for the ~1/8 of windows that pass it, so it may be large and selective.
-PREFIX_BITMAP = (8, 22)  # bits per key, at most 2^22 bits (512 KB)
+# The scan probes the pair bitmap at every word: small enough to stay in a core's L2 cache; the
+# full one only for the rare windows whose every pair passes, so it may be large and selective.
+PAIR_BITMAP = (8, 21)  # bits per key, at most 2^21 bits (256 KB)
 FULL_BITMAP = (64, 27)  # at most 16 MB
-PREFIX = 4  # words of a window hashed for the first filter
 CANDIDATES_PER_PASS = 1 << 19  # candidate windows verified at once (x n words x 4 bytes)
 
 
@@ -49,22 +49,23 @@ def split_words(texts: list[str]) -> list[list[str]]:
     return [words[a:b] for a, b in zip(text_words[:-1], text_words[1:])]
 
 
-def _strings(cps: np.ndarray, word_at: np.ndarray) -> list[str]:
+def _strings(cps: np.ndarray, word_at: np.ndarray, which: np.ndarray | None = None) -> list[str]:
+    """Words as strings: all, or those numbered in `which`."""
     joined = cps.astype("<u4").tobytes().decode("utf-32-le")
-    return [joined[a:b] for a, b in zip(word_at[:-1].tolist(), word_at[1:].tolist())]
+    which = np.arange(len(word_at) - 1) if which is None else which
+    return [joined[a:b] for a, b in zip(word_at[which].tolist(), word_at[which + 1].tolist())]
 
 
 class Bitmap:
-    """A bit per key prefix (keys: uint64 hashes), `per_key` bits per key up to 2^max_bits: a key
-    not in the set passes with probability ~1/per_key, a key in it always does. Probed in
-    scanner.overlap.kernel."""
+    """A bit per key prefix (keys: uint64 hashes; repeats are sized as if distinct), `per_key` bits
+    per key up to 2^max_bits: a key not in the set passes with probability ~1/per_key, a key in
+    it always does. Probed in scanner.overlap.kernel."""
 
     def __init__(self, keys: np.ndarray, per_key: int, max_bits: int):
         width = int(np.clip(np.ceil(np.log2(per_key * max(len(keys), 1))), 16, max_bits))
         self.shift = np.uint64(64 - width)
-        word = keys >> self.shift
         self.bits = np.zeros(1 << (width - 3), dtype=np.uint8)
-        np.bitwise_or.at(self.bits, word >> np.uint64(3), np.uint8(1) << (word & np.uint64(7)).astype(np.uint8))
+        kernel.set_bits(self.bits, keys, self.shift)
 
 
 def column_hashes(columns) -> np.ndarray:
@@ -94,10 +95,14 @@ class Vocabulary:
     lower: np.ndarray
 
     @classmethod
-    def of(cls, texts: pa.Array) -> "Vocabulary":
-        is_word, lower = kernel.unicode_tables()
+    def of(cls, texts: pa.Array, tables: tuple | None = None) -> "Vocabulary":
+        is_word, lower = tables or kernel.unicode_tables()
         cps, word_at, _ = kernel.split_words(*kernel.text_buffers(texts), is_word, lower)
-        words = sorted(set(_strings(cps, word_at)))
+        _, first, inverse = _unique(kernel.hash_words(cps, word_at))  # distinct words by hash, not as strings
+        if kernel.same_words(cps, word_at, first[inverse]):
+            words = sorted(_strings(cps, word_at, first))
+        else:  # two distinct words share a 64-bit hash
+            words = sorted(set(_strings(cps, word_at)))
         lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
         code_points = np.frombuffer("".join(words).encode("utf-32-le"), dtype="<u4").astype(np.int32)
         word_at = np.r_[0, np.cumsum(lengths)].astype(np.int64)
@@ -114,14 +119,17 @@ class EvalIndex:
     ngrams_per_item: np.ndarray  # item number -> its n-gram count
     lengths: dict[int, dict]  # window length -> {"hashes" (sorted), "rows" (id rows, same order),
     #                           "starts"/"items"/"positions": occurrences of row i in starts[i]:starts[i+1]}
-    filters: tuple  # the scan's window arguments: lengths, prefix words, bitmaps and where each starts
+    filters: tuple  # the scan's window arguments (_filters): lengths and bitmaps
 
     @classmethod
-    def build(cls, item_ids: list[str], texts: list[str], n: int = DEFAULT_N) -> "EvalIndex":
+    def build(cls, item_ids: list[str], texts: list[str], n: int = DEFAULT_N,
+              tables: tuple | None = None) -> "EvalIndex":
+        """`tables`: kernel.unicode_tables of a size that covers the texts and whatever is
+        matched against them (default: all of Unicode)."""
         if n < 1:
             raise ValueError(f"n must be at least 1, not {n}")
         texts_ = pa.array(texts, pa.large_string())
-        vocabulary = Vocabulary.of(texts_)
+        vocabulary = Vocabulary.of(texts_, tables)
         scanned = _Scanned.of(texts_, vocabulary, _filters({}))  # the corpus's code path: the same words
         ids, text_words = scanned.ids, scanned.text_words
         words = np.diff(text_words)
@@ -198,15 +206,17 @@ class _Scanned:
 
 
 def _filters(lengths: dict[int, dict]) -> tuple:
-    """Per window length (in the order of `lengths`): its size, prefix words, and its two bitmaps
-    laid end to end in one array, each with its start and shift."""
+    """kernel.candidates' window arguments: the window lengths (in the order of `lengths`), the
+    pair bitmap of all of them, and their full bitmaps laid end to end in one array, each with
+    its start and shift."""
     sizes = np.array(list(lengths), dtype=np.int64)
-    prefix_words = np.minimum(sizes, PREFIX)
-    maps = [m for table in lengths.values() for m in (table["prefixes"], table["bits"])]
-    at = np.r_[0, np.cumsum([len(m.bits) for m in maps])].astype(np.int64)
+    pairs = Bitmap(np.concatenate([kernel.pair_hashes(t["rows"]) for t in lengths.values()] or
+                                  [np.zeros(0, np.uint64)]), *PAIR_BITMAP)
+    maps = [t["bits"] for t in lengths.values()]
+    at = np.cumsum([0] + [len(m.bits) for m in maps])[:-1].astype(np.int64)
     bits = np.concatenate([m.bits for m in maps]) if maps else np.zeros(0, np.uint8)
     shifts = np.array([m.shift for m in maps], dtype=np.uint64)
-    return sizes, prefix_words, bits, at[0:-1:2].copy(), shifts[0::2].copy(), at[1:-1:2].copy(), shifts[1::2].copy()
+    return sizes, pairs.bits, pairs.shift, bits, at, shifts
 
 
 MATCH_SCHEMA = {"item": pl.Int64, "pos": pl.Int64, "doc": pl.Int64, "doc_pos": pl.Int64, "length": pl.Int64}
@@ -235,8 +245,8 @@ def _unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _table(rows: np.ndarray, items: np.ndarray, positions: np.ndarray) -> dict:
-    """Distinct n-grams sorted by hash, each with its occurrences (item, position), and the two
-    bitmaps the scan probes."""
+    """Distinct n-grams sorted by hash, each with its occurrences (item, position), and the
+    bitmap of their hashes."""
     hashes, first, occ_row = _unique(row_hashes(rows))
     distinct = rows[first]
     if not (distinct[occ_row] == rows).all():  # two distinct n-grams share a hash: keep both, sorted by hash
@@ -247,8 +257,6 @@ def _table(rows: np.ndarray, items: np.ndarray, positions: np.ndarray) -> dict:
         rank[order] = np.arange(len(order))
         distinct, hashes, occ_row = distinct[order], hashes[order], rank[inverse.reshape(-1)]
     by_row = np.argsort(occ_row, kind="stable")
-    k = min(PREFIX, distinct.shape[1])
     return {"hashes": hashes, "rows": distinct, "bits": Bitmap(hashes, *FULL_BITMAP),
-            "prefixes": Bitmap(column_hashes(distinct[:, :k].T), *PREFIX_BITMAP),
             "starts": np.r_[0, np.cumsum(np.bincount(occ_row, minlength=len(distinct)))],
             "items": items[by_row].astype(np.int64), "positions": positions[by_row].astype(np.int64)}

@@ -74,7 +74,7 @@ def run_overlap(eval_paths: list[str], corpus_paths: list[str], out: str, n: int
         ray.init()
     limit = parallel or max(1, int(ray.cluster_resources().get("CPU", 1) // TASK_CPUS))
     # the workers start, plan the corpus and load the compiled loops while this process indexes
-    planning = start_planning(files, folder, shard_rows)
+    planning = start_planning(files, folder, shard_rows, TASK_CPUS)
     warming = [ray.remote(num_cpus=TASK_CPUS)(warm_up).remote() for _ in range(limit)]
     index = EvalIndex.build(items["sample_id"].to_list(), items["text"].to_list(), n)
     progress(f"{items.height} eval items: {int(index.ngrams_per_item.sum())} {n}-grams "
@@ -159,8 +159,7 @@ def item_table(folder: RunFolder, items: pl.DataFrame, index: EvalIndex) -> pl.D
 
 def summarize(folder: RunFolder, table: pl.DataFrame, shards: list[Shard], errors: dict, n: int, eval_paths, corpus_paths,
               wall: float) -> dict:
-    counts, reasons, per_source, matched_per_source = Counter(), Counter(), Counter(), Counter()
-    seconds = 0.0
+    counts, reasons, per_source, matched_per_source, seconds = Counter(), Counter(), Counter(), Counter(), Counter()
     finished = folder.done()
     for s in shards:
         if s.name not in finished:
@@ -171,7 +170,7 @@ def summarize(folder: RunFolder, table: pl.DataFrame, shards: list[Shard], error
         reasons.update(r["counts"]["quarantined_by_reason"])
         per_source.update(r["per_source"])
         matched_per_source.update(r["matched_per_source"])
-        seconds += r["seconds"]
+        seconds.update({k: r.get(k, 0.0) for k in ("seconds", "read_seconds", "match_seconds")})
     by_set = {}
     for source, group in table.group_by("source", maintain_order=True):
         cov = group["coverage"].to_numpy()
@@ -188,8 +187,12 @@ def summarize(folder: RunFolder, table: pl.DataFrame, shards: list[Shard], error
             "errors": errors, "by_eval_set": by_set, "worst_items": worst.to_dicts(),
             "corpus_sources": {s: {"documents": per_source[s], "matching": matched_per_source[s]}
                                for s in sorted(per_source)},
-            "throughput": {"task_seconds": round(seconds, 2), "wall_seconds": round(wall, 2),
-                           "mb_per_task_second": round(counts["bytes"] / 1e6 / seconds, 2) if seconds else None},
+            "throughput": {"task_seconds": round(seconds["seconds"], 2), "wall_seconds": round(wall, 2),
+                           "mb_per_task_second": round(counts["bytes"] / 1e6 / seconds["seconds"], 2)
+                           if seconds["seconds"] else None,
+                           # where the tasks' time went: reading and validating the corpus, matching it
+                           "task_read_seconds": round(seconds["read_seconds"], 2),
+                           "task_match_seconds": round(seconds["match_seconds"], 2)},
             "versions": package_versions()}
 
 

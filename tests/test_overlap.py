@@ -123,8 +123,8 @@ def test_index_rejects_bad_n_and_handles_items_without_words():
 @pytest.mark.timeout(600)
 def test_scanner_overlap_end_to_end_counts_every_row_and_resumes(tmp_path, ray_local, capfd):
     """Two corpus files in shards of 20 rows, one unreadable line: items.parquet equals the brute
-    force per item; read = documents + quarantined; a rerun matches nothing again, and a shard
-    whose record is gone is matched again alone."""
+    force per item; read = documents + quarantined; a rerun matches nothing again (nor indexes the
+    items), and a shard whose record is gone is matched again alone."""
     from scanner.cli import main
 
     items, docs, kinds = planted_corpus()
@@ -161,12 +161,13 @@ def test_scanner_overlap_end_to_end_counts_every_row_and_resumes(tmp_path, ray_l
     capfd.readouterr()
     assert main(args) == 0
     err = capfd.readouterr().err
-    assert "4 done before, 0 to match" in err, err[-2000:]
+    assert "4 done before, 0 to match" in err and "indexed" not in err, err[-2000:]  # nothing to index for
+    assert pl.read_parquet(tmp_path / "out" / "items.parquet").equals(got)
     done = sorted((tmp_path / "out" / "done").iterdir())
     done[1].unlink()
     assert main(args) == 0
     err = capfd.readouterr().err
-    assert "3 done before, 1 to match" in err, err[-2000:]
+    assert "3 done before, 1 to match" in err and "indexed" in err, err[-2000:]
     assert pl.read_parquet(tmp_path / "out" / "items.parquet").equals(got)
 
 

@@ -56,6 +56,18 @@ def _strings(cps: np.ndarray, word_at: np.ndarray, which: np.ndarray | None = No
     return [joined[a:b] for a, b in zip(word_at[which].tolist(), word_at[which + 1].tolist())]
 
 
+def ngram_counts(texts: list[str], n: int) -> np.ndarray:
+    """Each text's n-gram count (as EvalIndex.build counts them), without an index."""
+    data, offsets = kernel.text_buffers(pa.array(texts, pa.large_string()))
+    _, _, text_words = kernel.word_hashes(data, offsets, *kernel.unicode_tables())
+    return _counts(np.diff(text_words), n)
+
+
+def _counts(words: np.ndarray, n: int) -> np.ndarray:
+    """n-grams of texts of `words` words: len - n + 1; one for a text shorter than n; none for none."""
+    return np.where(words > 0, words - np.minimum(words, n) + 1, 0)
+
+
 class Bitmap:
     """A bit per key prefix (keys: uint64 hashes; repeats are sized as if distinct), `per_key` bits
     per key up to 2^max_bits: a key not in the set passes with probability ~1/per_key, a key in
@@ -133,8 +145,7 @@ class EvalIndex:
         scanned = _Scanned.of(texts_, vocabulary, _filters({}))  # the corpus's code path: the same words
         ids, text_words = scanned.ids, scanned.text_words
         words = np.diff(text_words)
-        window = np.minimum(words, n)
-        counts = np.where(words > 0, words - window + 1, 0)
+        window, counts = np.minimum(words, n), _counts(words, n)
         lengths = {}
         for length in sorted(set(window[words > 0].tolist()), reverse=True):
             items = np.flatnonzero((window == length) & (words > 0))

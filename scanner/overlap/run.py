@@ -32,7 +32,7 @@ from scanner.engine import last_line, plan, refuse_file_errors, start_planning
 from scanner.errors import InputError
 from scanner.inputs import list_inputs
 from scanner.overlap.match import match_shard, warm_up
-from scanner.overlap.ngrams import DEFAULT_N, EvalIndex
+from scanner.overlap.ngrams import DEFAULT_N, EvalIndex, ngram_counts
 from scanner.provenance import package_versions
 from scanner.report import fmt, render_report, shares_png
 from scanner.runfolder import RunFolder
@@ -73,12 +73,13 @@ def run_overlap(eval_paths: list[str], corpus_paths: list[str], out: str, n: int
     if not ray.is_initialized():
         ray.init()
     limit = parallel or max(1, int(ray.cluster_resources().get("CPU", 1) // TASK_CPUS))
-    # the workers start, plan the corpus and load the compiled loops while this process indexes
     planning = start_planning(files, folder, shard_rows, TASK_CPUS)
-    warming = [ray.remote(num_cpus=TASK_CPUS)(warm_up).remote() for _ in range(limit)]
-    index = EvalIndex.build(items["sample_id"].to_list(), items["text"].to_list(), n)
-    progress(f"{items.height} eval items: {int(index.ngrams_per_item.sum())} {n}-grams "
-             f"({len(index.vocabulary.words)} distinct words) indexed")
+    # a first run has everything to match: the workers start, plan the corpus and load the compiled
+    # loops while this process indexes. A rerun indexes only if some shard is left (a nightly's
+    # rerun of a finished corpus needs neither).
+    first_run = not folder.done()
+    warming = [ray.remote(num_cpus=TASK_CPUS)(warm_up).remote() for _ in range(limit)] if first_run else []
+    index = _index(items, n, progress) if first_run else None
     shards, file_errors = plan(files, folder, shard_rows, progress, started=planning)
     refuse_file_errors(file_errors)
     if new:
@@ -87,15 +88,24 @@ def run_overlap(eval_paths: list[str], corpus_paths: list[str], out: str, n: int
     pending = [s for s in shards if s.name not in finished]
     progress(f"{len(files)} corpus file(s) in {len(shards)} shard(s): {len(shards) - len(pending)} done before, "
              f"{len(pending)} to match")
+    if pending and index is None:
+        index = _index(items, n, progress)
     errors = _match_all(pending, folder, index, corpus_columns, limit, progress)
     ray.get(warming)
-    table = item_table(folder, items, index)
+    table = item_table(folder, items, n)
     folder.store.write_parquet("items.parquet", table.to_arrow())
     metrics = summarize(folder, table, shards, errors, n, eval_paths, corpus_paths, time.perf_counter() - t0)
     metrics["run_id"] = run["run_id"]
     folder.write_files(render_report("Exact n-gram overlap: which eval items occur in the corpus?",
                                      overlap_blocks(metrics), metrics))
     return metrics
+
+
+def _index(items: pl.DataFrame, n: int, progress) -> EvalIndex:
+    index = EvalIndex.build(items["sample_id"].to_list(), items["text"].to_list(), n)
+    progress(f"{items.height} eval items: {int(index.ngrams_per_item.sum())} {n}-grams "
+             f"({len(index.vocabulary.words)} distinct words) indexed")
+    return index
 
 
 def _match_all(pending: list[Shard], folder: RunFolder, index: EvalIndex, columns: Columns, limit: int,
@@ -132,10 +142,9 @@ def _match_all(pending: list[Shard], folder: RunFolder, index: EvalIndex, column
     return errors
 
 
-def item_table(folder: RunFolder, items: pl.DataFrame, index: EvalIndex) -> pl.DataFrame:
+def item_table(folder: RunFolder, items: pl.DataFrame, n: int) -> pl.DataFrame:
     """Per eval item, from every shard's matches (not the corpus)."""
-    base = pl.DataFrame({"sample_id": index.item_ids, "ngrams": index.ngrams_per_item}).join(
-        items.select("sample_id", "source"), on="sample_id", how="left", maintain_order="left")
+    base = items.select("sample_id", "source", ngrams=pl.Series(ngram_counts(items["text"].to_list(), n)))
     ds = folder.dataset("features")
     if ds is not None:  # streamed: the matches of a whole corpus need not fit in the driver at once
         matches = pl.scan_pyarrow_dataset(ds)

@@ -326,6 +326,20 @@ def release_parked() -> None:
         _parked.popitem()[1].shutdown()
 
 
+def make_room(cpus: float, gpus: float = 0.0) -> None:
+    """Called before the driver submits other work that needs `cpus` and `gpus` at once: a parked
+    pool is shut down when the cluster's free resources fall short (else that work would wait for
+    it forever: on two CPUs a scan's parked actor held one, and `train` asks for two). Free
+    resources are the cluster's sum: work that must fit on one node may still wait for a parked
+    pool spread over several."""
+    import ray
+
+    if _parked:
+        free = ray.available_resources()
+        if free.get("CPU", 0.0) < cpus or free.get("GPU", 0.0) < gpus:
+            release_parked()
+
+
 # ---------------------------------------------------------------- the driver
 
 

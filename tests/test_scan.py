@@ -139,7 +139,8 @@ def test_the_next_run_of_the_same_model_reuses_its_actors_and_another_model_free
                                                                                        capsys):
     """Scoring actors outlive a run: the next scan of the same model in this driver binds them to
     itself (no reload) and writes what fresh actors write; a scan of another model shuts them down
-    first, so two models never hold the accelerators together."""
+    first, so two models never hold the accelerators together; and so does other work that needs
+    what they hold."""
     import ray
 
     from scanner import engine
@@ -179,3 +180,11 @@ def test_the_next_run_of_the_same_model_reuses_its_actors_and_another_model_free
         ray.get(held.actors[0].ready.remote())
     (now,) = engine._parked.values()
     assert now.cfg.model == str(other)
+    # other work the driver submits next: kept when the cluster has room besides it, shut down when not
+    # (on two CPUs a parked actor held one and `train` waited forever for two)
+    engine.make_room(1)
+    assert engine._parked and ray.get(now.actors[0].ready.remote()) is not None
+    engine.make_room(ray.cluster_resources()["CPU"])
+    assert not engine._parked
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(now.actors[0].ready.remote())

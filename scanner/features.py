@@ -12,8 +12,8 @@ Feature row schema (one per sample; lists have one entry per neighbor, in neighb
   then text (when the run keeps texts: scans do, for the blind baseline; sweeps do not) and of
   image-text samples their image bytes (likewise),
   model, revision, run_id, and with a detector: detector, member_prob, flagged.
-min_k_pp_* are null for scorers without vocabulary statistics (vLLM); the embedding columns are
-null without embeddings.
+min_k_pp_* are null for a scorer without vocabulary statistics, the embedding columns for one
+without embeddings (the hf, vllm and vlm backends give both).
 """
 
 from __future__ import annotations

@@ -1,21 +1,47 @@
-"""Shared fixtures: one tiny GPT-2 per test session, trained here on half of the passages (so
-membership is real and known), and a local Ray for the modules that need one."""
+"""Shared fixtures: one tiny GPT-2 trained on half of the passages (so membership is real and
+known; cached on disk by its settings), and a local Ray for the modules that need one."""
 
+import hashlib
 import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from scanner.toy import english_passages, member_split, train_tiny_gpt2
 
 
+TINY_LM_SETTINGS = {"target_loss": 4.2, "split_seed": 0}
+
+
+def cached_model(name: str, settings: dict, train) -> Path:
+    """A test model trained once per machine, not once per test session or venv (CI runs the
+    suite in two): kept under SCANNER_TEST_CACHE (default: the temp folder), keyed by its
+    settings and the source of the code that trains it. train(folder) -> info (JSON)."""
+    import scanner.toy
+
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode() + Path(scanner.toy.__file__).read_bytes())
+    root = Path(os.environ.get("SCANNER_TEST_CACHE") or Path(tempfile.gettempdir()) / "scanner-test-cache")
+    folder = root / f"{name}-{key.hexdigest()[:12]}"
+    if not (folder / "info.json").is_file():  # written last: a half-trained folder is trained again
+        root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(dir=root))
+        (work / "info.json").write_text(json.dumps(train(work / "model")))
+        shutil.rmtree(folder, ignore_errors=True)
+        work.rename(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
-def tiny_lm(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_lm")
+def tiny_lm():
     passages = english_passages()
-    members, non_members = member_split(passages, seed=0)
-    info = train_tiny_gpt2(members, passages, root / "model", target_loss=4.2, log=lambda m: None)
-    return {"model": str(root / "model"), "members": members, "non_members": non_members, "passages": passages,
-            "train": info}
+    members, non_members = member_split(passages, seed=TINY_LM_SETTINGS["split_seed"])
+    folder = cached_model("tiny_lm", TINY_LM_SETTINGS, lambda out: train_tiny_gpt2(
+        members, passages, out, target_loss=TINY_LM_SETTINGS["target_loss"], log=lambda m: None))
+    return {"model": str(folder / "model"), "members": members, "non_members": non_members, "passages": passages,
+            "train": json.loads((folder / "info.json").read_text())}
 
 
 class ActorFault:

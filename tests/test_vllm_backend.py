@@ -1,11 +1,9 @@
-"""The vLLM backend on CPU: output conversion against vLLM-shaped outputs, the missing-extra
-error, config validation, and the whole VLLMScorer path against a stand-in engine that answers
-like vllm.LLM from an HF model. The real parity test needs vllm and a GPU."""
+"""The vLLM backend's pieces that need no engine: the LM head read alone from a checkpoint, the
+hidden-states-to-scores step on a case computed by hand, the engine and LoRA settings and their
+refusals, the missing-extra error. The engine itself: tests/test_vllm_engine.py."""
 
+import json
 import sys
-import types
-from collections import namedtuple
-from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -13,61 +11,88 @@ import torch
 
 from scanner.config import ScanConfig
 from scanner.errors import InputError
-from scanner.scoring import stats
 from scanner.scoring.factory import check_backend_installed
-from scanner.scoring.options import EngineOptions
-from scanner.scoring.vllm import VLLMScorer, prompt_token_logprobs, to_text_scores
+from scanner.scoring.lm_head import LMHead, load_lm_head, logit_transform, spellings
+from scanner.scoring.options import DEFAULT_CPU_KV_CACHE_GIB, EngineOptions
+from scanner.scoring.vllm import engine_error, engine_kwargs, hidden_to_scores, lora_kwargs, token_groups
 from tests.conftest import tiny_gpt2
 
-Logprob = namedtuple("Logprob", "logprob rank decoded_token", defaults=(None, None))
-Output = namedtuple("Output", "prompt_token_ids prompt_logprobs")
+
+def test_the_lm_head_read_alone_gives_the_models_own_logits(tmp_path):
+    """A tiny GPT-2 (head tied to the input embedding, checkpoint keys under "transformer.")."""
+    from transformers import AutoModelForCausalLM
+
+    tiny_gpt2(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    head = load_lm_head(str(tmp_path), None, False, "cpu", torch.float32)
+    ids = torch.tensor([[0, 5, 9, 2, 7]])
+    with torch.no_grad():
+        out = model(input_ids=ids, output_hidden_states=True)
+        torch.testing.assert_close(head(out.hidden_states[-1]), out.logits, atol=1e-5, rtol=0)
+    assert head.out_features == model.config.vocab_size
 
 
-class FlatLike(Sequence):
-    """Reads like vLLM's FlatLogprobs: positions on demand from flat lists."""
-
-    def __init__(self, positions):
-        self.starts, self.ids, self.lps = [0], [], []
-        for pos in positions:
-            for tid, lp in (pos or {}).items():
-                self.ids.append(tid)
-                self.lps.append(lp.logprob)
-            self.starts.append(len(self.ids))
-        self.none = [p is None for p in positions]
-
-    def __len__(self):
-        return len(self.none)
-
-    def __getitem__(self, t):
-        if self.none[t]:
-            return None
-        a, b = self.starts[t], self.starts[t + 1]
-        return {tid: Logprob(lp) for tid, lp in zip(self.ids[a:b], self.lps[a:b])}
+def test_checkpoint_spellings_and_logit_transforms():
+    assert spellings("transformer.wte.weight", "transformer") == ["transformer.wte.weight", "wte.weight"]
+    assert spellings("lm_head.weight", "model") == ["lm_head.weight", "model.lm_head.weight"]
+    cfg = type("C", (), {"final_logit_softcapping": 30.0, "logit_scale": 0.5})()
+    assert logit_transform(cfg) == (30.0, 0.5)
+    head = LMHead(torch.eye(2), None, *logit_transform(cfg))
+    # 0.5 x 100 = 50, soft-capped: 30 tanh(50 / 30)
+    assert head(torch.tensor([100.0, 0.0]))[0].item() == pytest.approx(30 * np.tanh(50 / 30))
+    with pytest.raises(InputError, match="lm_head_multiplier"):
+        logit_transform(type("C", (), {"lm_head_multiplier": 0.1})())
 
 
-POSITIONS = [None, {5: Logprob(-1.25, 2), 9: Logprob(-0.5, 1)}, {7: Logprob(-2.0, 3), 1: Logprob(-0.1, 1)}]
+def test_hidden_states_to_scores_by_hand():
+    """Vocabulary of 2, identity head: the logits are the hidden states. Prompt [0, 1] with
+    hidden h0 = (0, 0) (uniform: log p = -log 2 for both tokens, mean -log 2, std 0), and prompt
+    [1, 0, 0] with h0 = (log 3, 0) (p = 3/4, 1/4): token 0 gets log 3/4."""
+    head = LMHead(torch.eye(2), None, None, 1.0)
+    l3 = float(np.log(3))
+    hidden = [torch.tensor([[0.0, 0.0], [1.0, 1.0]]), torch.tensor([[l3, 0.0], [0.0, 0.0], [2.0, 2.0]])]
+    a, b = hidden_to_scores([[0, 1], [1, 0, 0]], [False, True], hidden, head)
+    np.testing.assert_allclose(a.token_logprobs, [-np.log(2)], atol=1e-6)
+    np.testing.assert_allclose(a.mu, [-np.log(2)], atol=1e-6)
+    np.testing.assert_allclose(a.sigma, [0.0], atol=1e-3)
+    np.testing.assert_allclose(a.embedding, [0.5, 0.5])
+    p = np.array([0.75, 0.25])
+    mean = (p * np.log(p)).sum()
+    np.testing.assert_allclose(b.token_logprobs, [np.log(0.75), -np.log(2)], atol=1e-6)
+    np.testing.assert_allclose(b.mu, [mean, -np.log(2)], atol=1e-6)
+    np.testing.assert_allclose(b.sigma[0], np.sqrt((p * (np.log(p) - mean) ** 2).sum()), atol=1e-6)
+    assert (a.n_tokens, b.n_tokens, a.truncated, b.truncated) == (2, 3, False, True)
 
 
-@pytest.mark.parametrize("container", [list, FlatLike])
-def test_prompt_logprobs_convert_to_actual_token_arrays(container):
-    lp = prompt_token_logprobs([1, 5, 7], container(POSITIONS))
-    np.testing.assert_array_equal(lp, [-1.25, -2.0])  # the actual tokens, not the top-ranked ones
+def test_token_groups_bound_the_hidden_states_held_at_once():
+    ids = [[0] * n for n in (3, 4, 2, 9, 1)]
+    assert token_groups(ids, 8) == [range(0, 2), range(2, 3), range(3, 4), range(4, 5)]
+    assert token_groups([], 8) == []
 
 
-def test_conversion_refuses_incomplete_outputs():
-    with pytest.raises(ValueError, match="no log-prob for the actual token at position 2"):
-        prompt_token_logprobs([1, 5, 8], POSITIONS)
-    with pytest.raises(ValueError, match="3 positions for a 4-token prompt"):
-        prompt_token_logprobs([1, 5, 7, 2], POSITIONS)
-    with pytest.raises(ValueError, match="prompt_logprobs set"):
-        prompt_token_logprobs([1, 5], None)
+def test_engine_settings_follow_the_node():
+    cpu = engine_kwargs(EngineOptions(), on_gpu=False)
+    assert cpu["enforce_eager"] is True and cpu["kv_cache_memory_bytes"] == int(DEFAULT_CPU_KV_CACHE_GIB * 2**30)
+    gpu = engine_kwargs(EngineOptions(), on_gpu=True)
+    assert "enforce_eager" not in gpu and "kv_cache_memory_bytes" not in gpu
+    assert engine_kwargs(EngineOptions(kv_cache_gib=0.5, enforce_eager=False), on_gpu=False)["kv_cache_memory_bytes"] == 2**29
+    key = ScanConfig(model="m", backend="vllm").engine_options()
+    assert hash(key) == hash(ScanConfig(model="m", backend="vllm").engine_options())  # a pool key part
 
 
-def test_text_scores_have_no_min_k_plus_plus():
-    (score,) = to_text_scores([[1, 5, 7]], [False], [Output([1, 5, 7], POSITIONS)])
-    assert score.mu is None and score.sigma is None and score.embedding is None and score.n_tokens == 3
-    s = stats.text_scores("text", score.token_logprobs, score.mu, score.sigma)
-    assert s["loss"] == pytest.approx(1.625) and s["min_k_pp_20"] is None
+def test_lora_settings_and_refusals(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 12, "target_modules": ["q_proj", "v_proj"]}))
+    assert lora_kwargs(str(tmp_path)) == {"enable_lora": True, "max_loras": 1, "max_lora_rank": 16}
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 8, "target_modules": ["q_proj", "lm_head"]}))
+    with pytest.raises(InputError, match="lm_head"):
+        lora_kwargs(str(tmp_path))
+
+
+def test_engine_errors_are_one_line():
+    e = ValueError("1 validation error for ModelConfig\n  Value error, Model architectures ['X'] are not supported "
+                   "for now. Supported architectures: dict_keys(['A', 'B'])")
+    assert engine_error(e) == "Model architectures ['X'] are not supported for now."
+    assert engine_error(RuntimeError("out of memory\nmore")) == "out of memory"
 
 
 def test_missing_extra_and_bad_engine_options_are_clear_errors(monkeypatch):
@@ -80,83 +105,11 @@ def test_missing_extra_and_bad_engine_options_are_clear_errors(monkeypatch):
         EngineOptions(gpu_memory_utilization=1.5).validate()
     with pytest.raises(InputError, match="tensor_parallel_size"):
         EngineOptions(tensor_parallel_size=0).validate()
+    with pytest.raises(InputError, match="kv_cache_gib"):
+        EngineOptions(kv_cache_gib=0).validate()
 
 
-@pytest.fixture
-def fake_vllm(monkeypatch):
-    """A stand-in `vllm` module whose LLM computes prompt log-probs with an HF model, the way
-    vLLM lays them out (None first, then {token_id: Logprob} with the actual token)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    class LLM:
-        def __init__(self, model, **kwargs):
-            self.kwargs = kwargs
-            self.model = AutoModelForCausalLM.from_pretrained(model).eval()
-            self.tok = AutoTokenizer.from_pretrained(model)
-            cfg = types.SimpleNamespace(max_model_len=kwargs.get("max_model_len") or self.model.config.n_positions)
-            self.llm_engine = types.SimpleNamespace(model_config=cfg)
-
-        def get_tokenizer(self):
-            return self.tok
-
-        def generate(self, prompts, params, use_tqdm=False):
-            assert params.kwargs["prompt_logprobs"] == 0 and params.kwargs["max_tokens"] == 1
-            outs = []
-            for p in prompts:
-                ids = p["prompt_token_ids"]
-                with torch.no_grad():
-                    logp = torch.log_softmax(self.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
-                positions = [None] + [{ids[t]: Logprob(float(logp[t - 1, ids[t]]))} for t in range(1, len(ids))]
-                outs.append(Output(ids, FlatLike(positions) if params.kwargs.get("flat_logprobs") else positions))
-            return outs
-
-    class SamplingParams:
-        def __init__(self, **kwargs):
-            self.kwargs = kwargs
-
-    module = types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams)
-    monkeypatch.setitem(sys.modules, "vllm", module)
-    return module
-
-
-def test_vllm_scorer_path_matches_the_hf_backend(fake_vllm, tmp_path):
-    from scanner.scoring.hf import HFScorer
-    from scanner.toy import english_passages
-
-    texts = english_passages()[:6]
-    tiny_gpt2(tmp_path)
-    v = VLLMScorer(str(tmp_path), engine=EngineOptions(gpu_memory_utilization=0.5))
-    assert v.llm.kwargs["gpu_memory_utilization"] == 0.5 and v.params.kwargs["flat_logprobs"] is True
-    hf = HFScorer(str(tmp_path))
-    for a, b in zip(v.score_texts(texts), hf.score_texts(texts)):
-        assert a.n_tokens == b.n_tokens and a.truncated == b.truncated  # same token ids
-        np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=1e-4)
-
-
-def test_score_actor_on_the_vllm_backend_leaves_unavailable_features_null(fake_vllm, tmp_path):
-    import pyarrow as pa
-
-    from scanner.features import ScoreActor, perturb_batch
-
-    tiny_gpt2(tmp_path)
-    cfg = ScanConfig(model=str(tmp_path), backend="vllm", neighbors=3).validate()
-    batch = pa.table({"sample_id": ["a"], "text": ["The interpreter reads each line and runs it."],
-                      "label": pa.array([1], pa.int8()), "source": ["s"], "file": ["f"], "row": [1], "shard": ["f-00000"]})
-    row = ScoreActor(cfg.__dict__).score_batch(perturb_batch(batch, cfg.neighbor_config())).to_pylist()[0]
-    assert row["loss"] > 0 and len(row["nb_dL"]) == 3 and row["neighborhood"] is not None
-    assert row["min_k_20"] is not None and row["min_k_pp_20"] is None  # no vocabulary statistics
-    assert row["nb_cos_dist"] is None and row["nb_de_proj"] is None  # no embedder configured
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM/HF parity needs a GPU (none here)")
-def test_vllm_and_hf_agree_on_a_real_engine(tmp_path):
-    pytest.importorskip("vllm", reason="vllm is not installed (optional extra scanner[vllm])")
-    from scanner.scoring.hf import HFScorer
-    from scanner.toy import english_passages
-
-    model = "HuggingFaceTB/SmolLM2-135M"
-    texts = english_passages()[:16]
-    v = VLLMScorer(model, dtype="float32", engine=EngineOptions(gpu_memory_utilization=0.3))
-    hf = HFScorer(model, dtype="float32")
-    for a, b in zip(v.score_texts(texts), hf.score_texts(texts)):
-        np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=2e-3)
+def test_a_detector_trained_on_hf_features_applies_to_vllm_ones_and_not_to_image_text_ones():
+    hf, v = ScanConfig(model="m"), ScanConfig(model="m", backend="vllm")
+    assert hf.feature_settings() == v.feature_settings() and hf.scoring_hash() != v.scoring_hash()
+    assert ScanConfig(model="m", backend="vlm", image_col="i").feature_settings()["backend"] == "image-text"

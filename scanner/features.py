@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scanner import faults
+from scanner.errors import InputError
 from scanner.neighbors import make_neighbors, make_pair_neighbors
 from scanner.scoring import stats
 
@@ -58,8 +59,10 @@ def perturb_batch(batch: pa.Table, neighbor_cfg) -> pa.Table:
 
 
 def _first_line(e: BaseException) -> str:
+    """An error in one line; our own InputErrors are written for users already (no type name)."""
     lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+    first = lines[0] if lines else ""
+    return first if isinstance(e, InputError) else f"{type(e).__name__}: {first}"
 
 
 def binding(cfg: dict, folder: str | None = None, constants: dict | None = None, detector: dict | None = None,

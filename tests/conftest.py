@@ -99,3 +99,20 @@ def tiny_gpt2(path):
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(path)
     tok.save_pretrained(path)
+
+
+def wait_until_dead(actor, within: float = 60.0) -> None:
+    """Asserts that a killed actor goes away. ray.kill is asynchronous: the actor may still answer
+    a call after it, so this waits (bounded) for the state instead of racing it."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.ready.remote(), timeout=within)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"the actor still answers {within:g} s after it was shut down")

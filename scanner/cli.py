@@ -16,6 +16,8 @@ from scanner.scoring.options import BACKENDS
 EXIT_BAD_INPUT = 2
 ACTORS_HELP = "scoring actors (default: one per GPU, or one per node without GPUs)"
 SHARD_HELP = "at most this many rows per resumable shard; big files are cut (default 1000)"
+ACCEPT_SHIFT_HELP = ("estimate even when a calibrated detector does not transfer to this model (its scores of "
+                     "never-seen text moved with the fine-tune); the report's first sentence says so")
 
 
 def _add_corpus_args(p: argparse.ArgumentParser, labels_by_default: bool = True, labels: bool = True,
@@ -184,7 +186,7 @@ def cmd_sweep(args) -> int:
                  "source_col": args.source_col, "image_col": args.image_col}
     cfg = load_config(args.config, overrides, base=detector.base_config())
     cfg.label_col = args.label_col  # only when asked: a corpus's own "label" (topics...) is not membership
-    m = run_sweep(args.data, args.out, detector, cfg, progress=Progress())
+    m = run_sweep(args.data, args.out, detector, cfg, accept_shift=args.accept_shift, progress=Progress())
     for source, e in list(m["sources"].items())[:20]:
         print(f"{source:<40} {e['n']:>8} docs  flagged {e['flag_rate']:.3f}  contaminated {fmt_fraction(e)}")
     if len(m["sources"]) > 20:
@@ -276,7 +278,7 @@ def cmd_nightly(args) -> int:
     from scanner.nightly import run_nightly, summary_lines
 
     m = run_nightly(args.config, args.out, run_name=args.run_name, previous=args.previous, model=args.model,
-                    seed=args.seed, progress=Progress())
+                    seed=args.seed, accept_shift=args.accept_shift, progress=Progress())
     for line in summary_lines(m):
         print(line)
     print(f"exit {m['exit_code']}; report: {Path(args.out) / m['run'] / 'report.html'}")
@@ -340,12 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--kind", default="auto", choices=["auto", "fimmia", "tabular"],
                    help="which detector (default: the better on validation)")
     w.add_argument("--out", required=True, help="output folder or URI (shared storage on a multi-node cluster)")
-    w.add_argument("--model", help="score with this model instead of the detector's (its TPR/FPR are then assumed)")
+    w.add_argument("--model", help="score with this model instead of the detector's (a calibrated detector's FPR is "
+                                   "measured again under it; else its TPR/FPR are assumed)")
     w.add_argument("--config", help="YAML or TOML file with scan options (scheduling; feature settings must "
                                     "match the detector's)")
     w.add_argument("--actors", type=int, help=ACTORS_HELP)
     w.add_argument("--shard-size", type=int, help=SHARD_HELP)
     w.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass")
+    w.add_argument("--accept-shift", action="store_true", help=ACCEPT_SHIFT_HELP)
     w.set_defaults(func=cmd_sweep)
 
     c = sub.add_parser("calibrate", help="fine-tune a copy of the model on a random half of held-out text (known "
@@ -394,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--run-name", help="this run's subfolder (default: UTC date and time, sorts in run order)")
     n.add_argument("--previous", help="metrics.json to compare with (default: the newest earlier run in --out)")
     n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--accept-shift", action="store_true", help=ACCEPT_SHIFT_HELP)
     n.set_defaults(func=cmd_nightly)
 
     o = sub.add_parser("overlap", help="exact n-gram overlap: which eval items occur verbatim in a corpus, and where")

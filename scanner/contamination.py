@@ -118,3 +118,21 @@ def contaminated_fraction(flagged: int, n: int, op: OperatingPoint) -> dict:
         ci = [min(lo, estimate), max(hi, estimate)]  # the plug-in estimate, from raw counts, always inside
     return {"n": n, "flagged": flagged, "flag_rate": flagged / n, "estimate": estimate, "ci": ci,
             "estimable": bool(estimable)}
+
+
+def fraction_over_exposures(flagged: int, n: int, op: OperatingPoint, by_exposure: dict[str, OperatingPoint]) -> dict:
+    """contaminated_fraction with the pooled operating point, and where the TPR was measured per
+    exposure group (`scanner calibrate`), the estimate under each group's TPR and the range of
+    their intervals: how often a model saw the documents it saw is not known, so the fraction is
+    bounded over the exposures calibrated. A group the detector cannot see (TPR <= FPR) leaves the
+    range's top at 1."""
+    result = contaminated_fraction(flagged, n, op)
+    if not by_exposure or not result["estimable"]:
+        return result
+    groups = {name: contaminated_fraction(flagged, n, g) for name, g in by_exposure.items()}
+    result["by_exposure"] = {name: {"tpr": by_exposure[name].tpr, "estimate": g["estimate"], "ci": g["ci"]}
+                             for name, g in groups.items()}
+    result["ci_over_exposures"] = [min([result["ci"][0]] + [g["ci"][0] for g in groups.values() if g["estimable"]]),
+                                   max([result["ci"][1]] + [g["ci"][1] if g["estimable"] else 1.0
+                                                            for g in groups.values()])]
+    return result

@@ -49,8 +49,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from scanner.config import load_config, read_config_file
-from scanner.contamination import contaminated_fraction
+from scanner.contamination import OperatingPoint, fraction_over_exposures
 from scanner.detector.trained import TrainedDetector, calibration_note, load_trained
+from scanner.detector.transfer import exposure_points, operating_point_sentence, transfer_warning, transferred_detector
 from scanner.engine import RunKind, columns_from_config, require_complete, run_shards
 from scanner.errors import InputError
 from scanner.infer.run import (INVALID, NOT_SHOWN, SEEN, compare_runs, reference_model_config,
@@ -137,9 +138,10 @@ def history(root: Path, run_name: str, sets: dict) -> dict[str, list[dict]]:
 
 
 def set_status(contamination: dict, previous_estimate: float | None, threshold: float, max_increase: float) -> str:
-    """clean / contaminated (the seen fraction's 95% CI lies above the threshold) / worse (the
-    estimate rose more than max_increase since the previous run)."""
-    if contamination["ci"][0] > threshold:
+    """clean / contaminated (the seen fraction's 95% CI lies above the threshold; with a calibrated
+    detector, its range over the calibrated exposures) / worse (the estimate rose more than
+    max_increase since the previous run)."""
+    if contamination.get("ci_over_exposures", contamination["ci"])[0] > threshold:
         return "contaminated"
     if previous_estimate is not None and contamination["estimate"] - previous_estimate > max_increase:
         return "worse"
@@ -164,16 +166,20 @@ def set_config(detector: TrainedDetector, scan_options: dict, overrides: dict):
 
 def check_set(spec: dict, run_dir: Path, detector: TrainedDetector, scan_options: dict, overrides: dict,
               settings: dict, previous: dict | None, seed: int, progress: Callable[[str], None],
-              reference_model: dict | None = None) -> dict:
+              reference_model: dict | None = None, operating_point: OperatingPoint | None = None) -> dict:
+    """operating_point: the detector's under this model where it was measured here (a calibrated
+    detector, scanner.detector.transfer); else the detector's own."""
     from scanner.evaluate import evaluate, write_evaluation_report
 
     set_dir = run_dir / "sets" / spec["name"]
     cfg = set_config(detector, scan_options, overrides | {k: spec[k] for k in COLUMN_KEYS if k in spec})
+    op = operating_point or detector.operating_point
     detector.check_usable_with(cfg)
     manifest = _scan(spec["data"], set_dir / "scan", cfg, detector, "the set", progress)
     feats = RunFolder(set_dir / "scan").features(columns=["sample_id", "label", "flagged"])
     result = {"data": spec["data"], "counts": manifest["counts"],
-              "contamination": contaminated_fraction(int(feats["flagged"].sum()), feats.height, detector.operating_point)}
+              "contamination": fraction_over_exposures(int(feats["flagged"].sum()), feats.height, op,
+                                                       exposure_points(detector, op.fp, op.n_neg))}
     overlap_dir = _overlap(spec, cfg, run_dir.parent, progress)
     if overlap_dir is not None:
         result["overlap"] = overlap_summary(overlap_dir)
@@ -313,16 +319,22 @@ def apply_set_tests(results: dict, alpha: float) -> None:
 
 
 def run_nightly(config: str, out: str, run_name: str | None = None, previous: str | None = None,
-                model: str | None = None, seed: int = 0, progress: Callable[[str], None] = print) -> dict:
+                model: str | None = None, seed: int = 0, accept_shift: bool = False,
+                progress: Callable[[str], None] = print) -> dict:
+    """accept_shift: check the sets even when a calibrated detector does not transfer to the
+    model (scanner.detector.transfer); the report's first sentence then says so."""
     t0 = time.perf_counter()
     settings, sets, scan_options = load_nightly(config)
     detector = load_trained(settings["detector"])
-    detector.check_usable_with(set_config(detector, scan_options, {"model": model}))
+    model_cfg = set_config(detector, scan_options, {"model": model})
+    detector.check_usable_with(model_cfg)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     run_name = run_name or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%MZ")
     prev, prev_path = previous_metrics(root, run_name, previous)
     run_dir = root / run_name
+    detector, transfer = transferred_detector(detector, model_cfg, str(run_dir / "transfer"), accept_shift, progress)
+    op = transfer.operating_point if transfer else detector.operating_point
     overrides = {"model": model}
     reference_model = resolve_reference_model(settings["reference_model"], prev, prev_path)
     results = {}
@@ -330,7 +342,7 @@ def run_nightly(config: str, out: str, run_name: str | None = None, previous: st
         progress(f"eval set {spec['name']}: {' '.join(spec['data'])}")
         try:
             results[spec["name"]] = check_set(spec, run_dir, detector, scan_options, overrides, settings, prev, seed,
-                                              progress, reference_model)
+                                              progress, reference_model, op)
         except InputError as e:
             results[spec["name"]] = {"data": spec["data"], "status": "error", "error": str(e)}
         except Exception as e:  # one broken set must not hide the others' results
@@ -343,7 +355,8 @@ def run_nightly(config: str, out: str, run_name: str | None = None, previous: st
     trend = history(root, run_name, results)
     metrics = {"run": run_name, "model": model or scan_options.get("model") or detector.scan_config["model"],
                "detector": {"path": settings["detector"], "kind": detector.kind, "name": detector.name,
-                            "operating_point": vars(detector.operating_point), "calibration": detector.calibration},
+                            "operating_point": vars(op), "calibration": detector.calibration},
+               "transfer": transfer and transfer.to_dict(),
                "settings": settings, "previous": prev_path, "sets": results, "exit_code": code, "trend": trend,
                "wall_seconds": round(time.perf_counter() - t0, 1), "versions": package_versions()}
     write_report(run_dir, f"Nightly contamination check: {run_name}", nightly_blocks(metrics), metrics)
@@ -366,19 +379,24 @@ def nightly_blocks(m: dict) -> list:
     headline = (f"All {len(statuses)} eval sets clean." if not flagged else
                 "; ".join(f"{n}: {m['sets'][n]['status']}" for n in flagged) + f" (of {len(statuses)} sets).")
     estimates = {n: r.get("contamination") for n, r in m["sets"].items()}
+    transfer = m.get("transfer")
+    if transfer and not transfer["transfers"]:
+        headline = f"{transfer_warning(transfer)} {headline}"
     blocks = [("p", f"**{headline} Exit code {m['exit_code']}.**"),
               ("img", "headline_fractions.png", forest_png(
                   fraction_rows(estimates), "Estimated seen fraction per eval set", line=s["contamination_threshold"],
                   line_label=f"threshold {s['contamination_threshold']:g}"))]
     blocks += [("p", f"Model {m['model']}; detector {m['detector']['path']} ({m['detector']['name']}). Exit code "
-                    f"{m['exit_code']}. Contaminated: the 95% CI of the seen fraction lies above "
-                    f"{s['contamination_threshold']}; worse: the estimate rose more than {s['max_increase']} since "
+                    f"{m['exit_code']}. Contaminated: the 95% CI of the seen fraction (with a calibrated detector, "
+                    f"its range over the calibrated exposures) lies above {s['contamination_threshold']}; worse: the "
+                    f"estimate rose more than {s['max_increase']} since "
                     f"{m['previous'] or 'the previous run (none found)'}."),
               ("table", ["eval set", "status", "samples", "seen fraction [95% CI]", "change",
                          f"set test p, Holm (alpha {s['alpha']})", "items in the corpus (any n-gram / whole)",
                          "leakage baseline"], rows)]
     if m["detector"].get("calibration"):
-        blocks.insert(2, ("p", calibration_note(m["detector"]["calibration"])))
+        blocks.insert(2, ("p", calibration_note(m["detector"]["calibration"], transfer) + " "
+                          + operating_point_sentence(m["detector"]["operating_point"], transfer)))
     if any(len(points) > 1 for points in m.get("trend", {}).values()):
         blocks += [("h2", "Trend: each set's seen fraction over the runs in this folder"),
                    ("img", "trend.png", trend_png(m["trend"], threshold=s["contamination_threshold"]))]

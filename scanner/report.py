@@ -50,10 +50,29 @@ def fmt_auc(m: dict) -> str:
 
 
 def fmt_fraction(e: dict | None, missing: str = "not estimable") -> str:
-    """A contamination estimate (scanner.contamination) as "0.120 [0.080, 0.170]"."""
+    """A contamination estimate (scanner.contamination) as "0.120 [0.080, 0.170]", and its range
+    over the calibrated exposures where it has one."""
     if not e or not e["estimable"]:
         return missing
-    return f"{fmt(e['estimate'])} [{fmt(e['ci'][0])}, {fmt(e['ci'][1])}]"
+    said = f"{fmt(e['estimate'])} [{fmt(e['ci'][0])}, {fmt(e['ci'][1])}]"
+    if "ci_over_exposures" in e:
+        lo, hi = e["ci_over_exposures"]
+        said += f" ([{fmt(lo)}, {fmt(hi)}] over the calibrated exposures)"
+    return said
+
+
+def exposure_sentence(e: dict | None) -> str | None:
+    """What a report says about an estimate's range over the calibrated exposures (None: none)."""
+    if not e or "by_exposure" not in e:
+        return None
+    groups = "; ".join(f"{name} (TPR {fmt(g['tpr'])}): "
+                       + (f"{fmt(g['estimate'])} [{fmt(g['ci'][0])}, {fmt(g['ci'][1])}]" if g["ci"] else "not estimable")
+                       for name, g in e["by_exposure"].items())
+    lo, hi = e["ci_over_exposures"]
+    return ("How often the model saw the documents it saw is not known, and the TPR depends on it, so the estimate "
+            f"is also made with each calibrated exposure group's TPR: {groups}. The range over them, [{fmt(lo)}, "
+            f"{fmt(hi)}], is the answer that does not assume an exposure; a group the detector cannot see leaves its "
+            "top at 1.")
 
 
 def fmt_tpr(m: dict, fpr: str) -> str:

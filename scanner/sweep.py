@@ -19,26 +19,33 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from scanner.config import ScanConfig
-from scanner.contamination import contaminated_fraction
+from scanner.contamination import fraction_over_exposures
 from scanner.detector.trained import TrainedDetector, calibration_note
+from scanner.detector.transfer import (Transfer, exposure_points, operating_point_sentence, transfer_warning,
+                                       transferred_detector)
 from scanner.engine import RunKind, run_shards
-from scanner.report import fmt, fmt_fraction, forest_png, fraction_rows, render_report
+from scanner.report import exposure_sentence, fmt, fmt_fraction, forest_png, fraction_rows, render_report
 from scanner.runfolder import RunFolder
 
 
-def run_sweep(inputs: list[str], out: str, detector: TrainedDetector, cfg: ScanConfig,
+def run_sweep(inputs: list[str], out: str, detector: TrainedDetector, cfg: ScanConfig, accept_shift: bool = False,
               progress: Callable[[str], None] = print) -> dict:
+    """accept_shift: estimate even when a calibrated detector does not transfer to cfg's model
+    (scanner.detector.transfer); the report's first sentence then says so."""
     detector.check_usable_with(cfg)
+    detector, transfer = transferred_detector(detector, cfg, str(out).rstrip("/") + "/transfer", accept_shift, progress)
     kind = RunKind("sweep", keep_text=False, dedupe=False, strict=False, detector=detector.spec)
     manifest = run_shards(inputs, out, cfg, kind, progress)
-    metrics = sweep_metrics(manifest, detector, cfg)
+    metrics = sweep_metrics(manifest, detector, cfg, transfer)
     RunFolder(out).write_files(render_report("Contamination sweep", sweep_blocks(metrics, manifest["shards"]), metrics))
     return metrics
 
 
-def sweep_metrics(manifest: dict, detector: TrainedDetector, cfg: ScanConfig) -> dict:
-    """Per-source contaminated fractions over every finished shard of the inputs."""
-    op = detector.operating_point
+def sweep_metrics(manifest: dict, detector: TrainedDetector, cfg: ScanConfig, transfer: Transfer | None = None) -> dict:
+    """Per-source contaminated fractions over every finished shard of the inputs, with the
+    detector's operating point under cfg's model where it was measured there (transfer)."""
+    op = transfer.operating_point if transfer else detector.operating_point
+    by_exposure = exposure_points(detector, op.fp, op.n_neg)
     sources = manifest["per_source"]
     total_n, total_flagged = (sum(v[i] for v in sources.values()) for i in (0, 1))
     c = manifest["counts"]
@@ -46,10 +53,11 @@ def sweep_metrics(manifest: dict, detector: TrainedDetector, cfg: ScanConfig) ->
         "detector": {"kind": detector.kind, "name": detector.name, "fingerprint": detector.fingerprint, "threshold": detector.threshold,
                      "operating_point": asdict(op) | {"tpr": op.tpr, "fpr": op.fpr},
                      "trained_on_model": detector.scan_config["model"], "calibration": detector.calibration},
+        "transfer": transfer and transfer.to_dict(),
         "model": cfg.model,
         "model_differs_from_training": cfg.model != detector.scan_config["model"],
-        "overall": contaminated_fraction(total_flagged, total_n, op) if total_n else None,
-        "sources": {s: contaminated_fraction(f, n, op) for s, (n, f) in sources.items() if n},
+        "overall": fraction_over_exposures(total_flagged, total_n, op, by_exposure) if total_n else None,
+        "sources": {s: fraction_over_exposures(f, n, op, by_exposure) for s, (n, f) in sources.items() if n},
         "counts": {k: c[k] for k in ("read", "scored", "quarantined")},
         "shards": {"done": c["shards_done"], "skipped": c["shards_skipped"], "failed": c["shards_failed"]},
         "scored_on_nodes": manifest["scored_on_nodes"], "wall_seconds": manifest["wall_seconds"],
@@ -70,17 +78,21 @@ def sweep_headline(m: dict) -> str:
 
 
 def sweep_blocks(m: dict, shards: list[dict]) -> list:
-    op = m["detector"]["operating_point"]
+    op, transfer = m["detector"]["operating_point"], m.get("transfer")
     shown = {**m["sources"], **({"all": m["overall"]} if m["overall"] else {})}
-    blocks = [("p", f"**{sweep_headline(m)}**"),
+    headline = sweep_headline(m)
+    if transfer and not transfer["transfers"]:
+        headline = f"{transfer_warning(transfer)} {headline}"
+    blocks = [("p", f"**{headline}**"),
               ("img", "headline_fractions.png", forest_png(
                   fraction_rows(shown), "Estimated fraction of each source the model saw",
                   marks={s: e["flag_rate"] for s, e in shown.items()}, marks_label="flag rate (uncorrected)")),
               ("p", f"Model {m['model']}; {m['detector']['name']} detector, threshold {fmt(m['detector']['threshold'])}. "
-                    f"On its held-out samples it flagged {op['tp']}/{op['n_pos']} members (TPR {fmt(op['tpr'])}) "
-                    f"and {op['fp']}/{op['n_neg']} non-members (FPR {fmt(op['fpr'])}).")]
+                    + operating_point_sentence(op, transfer))]
     if m["detector"]["calibration"]:
-        blocks.append(("p", calibration_note(m["detector"]["calibration"])))
+        blocks.append(("p", calibration_note(m["detector"]["calibration"], transfer)))
+    if exposure_sentence(m["overall"]):
+        blocks.append(("p", exposure_sentence(m["overall"])))
     if m["model_differs_from_training"]:
         blocks.append(("p", f"Caveat: the detector was trained on features of {m['detector']['trained_on_model']}; "
                             "its TPR and FPR are assumed to carry over to this model."))

@@ -152,8 +152,10 @@ def test_calibrate_end_to_end_gives_an_honest_detector_that_a_sweep_uses(tmp_pat
     res = scanner("sweep", str(mix), "--detector", str(out / "detector"), "--model", str(out / "finetune" / "model"),
                   "--out", str(tmp_path / "sweep"))
     assert res.returncode == 0, res.stderr[-3000:]
-    overall = json.loads((tmp_path / "sweep" / "metrics.json").read_text())["overall"]
-    assert overall["ci"][0] <= 0.5 <= overall["ci"][1], overall
+    swept = json.loads((tmp_path / "sweep" / "metrics.json").read_text())
+    assert swept["overall"]["ci"][0] <= 0.5 <= swept["overall"]["ci"][1], swept["overall"]
+    assert swept["transfer"] is None  # the tuned copy itself: its operating point, measured on it
+    assert "transfer" not in res.stderr.lower()
 
     # the same command again resumes every step and redoes no fine-tuning
     res = scanner("calibrate", str(heldout_file), "--model", str(pretrained), "--out", str(out), "--method", "full",

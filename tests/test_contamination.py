@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from scanner.contamination import OperatingPoint, contaminated_fraction, rogan_gladen
+from scanner.contamination import OperatingPoint, contaminated_fraction, fraction_over_exposures, rogan_gladen
 
 
 def test_rogan_gladen_inverts_the_flag_rate():
@@ -50,3 +50,42 @@ def test_a_detector_that_does_not_separate_gives_no_estimate():
     e = contaminated_fraction(100, 1000, OperatingPoint(tp=2, n_pos=40, fp=3, n_neg=40))
     assert not e["estimable"] and e["estimate"] is None and e["ci"] is None
     assert OperatingPoint.measure(np.array([1, 0, 1, 1]), np.array([1, 1, 0, 0])) == OperatingPoint(1, 2, 2, 2)
+
+
+def test_the_range_over_exposures_spans_the_groups_intervals_by_hand():
+    pooled = OperatingPoint(tp=12, n_pos=20, fp=1, n_neg=40)
+    groups = {"seen 1x": OperatingPoint(1, 10, 1, 40), "seen 16x": OperatingPoint(10, 10, 1, 40),
+              "seen 4x": OperatingPoint(1, 10, 1, 40)}
+    e = fraction_over_exposures(30, 100, pooled, groups)
+    each = {name: contaminated_fraction(30, 100, g) for name, g in groups.items()}
+    assert each["seen 1x"]["estimable"] and each["seen 16x"]["estimate"] == pytest.approx((0.3 - 0.025) / (1 - 0.025))
+    assert e["ci_over_exposures"] == [min(e["ci"][0], *(g["ci"][0] for g in each.values())),
+                                      max(e["ci"][1], *(g["ci"][1] for g in each.values()))]
+    assert e["by_exposure"]["seen 16x"]["tpr"] == 1.0 and e["estimate"] == contaminated_fraction(30, 100, pooled)["estimate"]
+    # a group the detector cannot see (TPR <= FPR): any fraction of such members fits, so the top is 1
+    blind = fraction_over_exposures(30, 100, pooled, groups | {"seen 1x": OperatingPoint(0, 10, 4, 40)})
+    assert blind["ci_over_exposures"][1] == 1.0 and blind["by_exposure"]["seen 1x"]["ci"] is None
+    assert "by_exposure" not in fraction_over_exposures(30, 100, pooled, {})
+
+
+@pytest.mark.parametrize("truth", [0.0, 0.3])
+def test_the_range_holds_the_truth_when_the_members_were_seen_like_one_group(truth):
+    """Members seen as often as the 16x group (true TPR 0.9) while the pooled TPR mixes 1x/4x/16x:
+    the pooled interval misses, the range over the groups keeps >= 93% coverage."""
+    rng = np.random.default_rng(0)
+    tprs, n_pos, n_neg, n, fpr = {"seen 1x": 0.1, "seen 4x": 0.5, "seen 16x": 0.9}, 10, 30, 400, 0.03
+    covered, pooled_covered = [], []
+    for _ in range(500):
+        fp = int(rng.binomial(n_neg, fpr))
+        groups = {g: OperatingPoint(int(rng.binomial(n_pos, t)), n_pos, fp, n_neg) for g, t in tprs.items()}
+        pooled = OperatingPoint(sum(g.tp for g in groups.values()), 3 * n_pos, fp, n_neg)
+        members = rng.binomial(n, truth)
+        flagged = int(rng.binomial(members, 0.9) + rng.binomial(n - members, fpr))
+        e = fraction_over_exposures(flagged, n, pooled, groups)
+        if not e["estimable"]:
+            continue
+        covered.append(e["ci_over_exposures"][0] <= truth <= e["ci_over_exposures"][1])
+        pooled_covered.append(e["ci"][0] <= truth <= e["ci"][1])
+    assert np.mean(covered) >= 0.93, np.mean(covered)
+    if truth > 0:
+        assert np.mean(pooled_covered) < 0.5  # why the range exists: the pooled TPR (0.5) is wrong here

@@ -9,7 +9,10 @@ scan is an ordinary run folder.
   <out>/finetune/         scanner.calibrate.finetune
   <out>/scan/             the scan of the set under the tuned copy (scanner.runfolder)
   <out>/detector/         a `scanner train` folder, its scan settings those of the ORIGINAL model,
-                          plus calibration.json: how its operating point was measured
+                          plus calibration.json: how its operating point was measured, and
+                          never_seen.parquet: its test texts, which the original model never saw
+  <out>/original/         those texts scanned under the original model: does the operating point
+                          transfer to it (scanner.detector.transfer)?
   <out>/metrics.json, report.md, report.html
 """
 
@@ -31,7 +34,9 @@ from scanner.config import ScanConfig
 from scanner.corpus import Columns, read_corpus
 from scanner.detector.data import available_classic, member_score
 from scanner.detector.folder import KINDS, DetectorFolder
+from scanner.detector.mlp import MLPDetector
 from scanner.detector.train import train_on_ray
+from scanner.detector.transfer import SHIFT_TOLERANCE, measure_transfers, score_shifts
 from scanner.engine import require_complete
 from scanner.errors import InputError
 from scanner.evaluate import BASELINE
@@ -47,9 +52,19 @@ SCAN_SHARD_ROWS = 100
 EVALUATED_ON = (f"every sample of the set: the detectors' scores cross-fitted ({CROSS_FIT_FOLDS} folds, each sample "
                 "scored by detectors that never saw it), the blind baseline's out of fold")
 CAVEAT = ("The operating point was measured on members that a fine-tune of this model saw a known number of times. "
-          "That approximates, but is not, pretraining exposure: pretraining sees a text among far more data, "
-          "at other learning rates, and usually fewer times, so the detector's TPR on pretraining members is "
-          "likely lower than measured here. The FPR, measured on text the model never saw, carries over.")
+          "That approximates, but is not, pretraining exposure, and the TPR on pretraining members can be lower or "
+          "higher than measured here: on the tests' tiny GPT-2 (its members seen 25 times in pretraining) the pooled "
+          "TPR of a calibration with exposures 1/4/16 was 0.53 while 0.92 of its pretraining members were flagged "
+          "(a pooled estimate too high: 0.92 for a true 0.5), and after 25 exposures at a lower learning rate 0.73 "
+          "against 0.37 (too low: 0.29). So sweeps and nightly checks also give the estimate under each exposure "
+          "group's TPR and the range over them, which held the truth in the first case. The FPR is measured again "
+          "under the model a sweep scores (below).")
+TRANSFER_NOTE = ("Sweeps and nightly checks apply the detector to the original model, not to the tuned copy. The "
+                 "detectors' test texts (members and non-members: the original model saw neither) were scored under "
+                 "the original model. A sweep of that model uses the FPR measured there; the shift AUC tells those "
+                 "scores from the non-members' under the tuned copy (0.5: the fine-tune left the scores of unseen "
+                 f"text where they were). Beyond 0.5 ± {SHIFT_TOLERANCE} a sweep stops: the copy's TPR would say "
+                 "little about the original model. The same shift per classic score shows which inputs carry over.")
 
 
 def _baseline(split: pl.DataFrame, out: Path, seed: int, progress) -> dict:
@@ -145,13 +160,13 @@ def _finetune(split: pl.DataFrame, spec: FinetuneSpec, out: Path, progress) -> d
     return tuned
 
 
-def _detectors(out: Path, scan_cfg: ScanConfig, target: ScanConfig, calibration: dict, seed: int,
-               progress) -> DetectorFolder:
+def _detectors(out: Path, scan_cfg: ScanConfig, target: ScanConfig, calibration: dict, split: pl.DataFrame,
+               seed: int, progress) -> DetectorFolder:
     """Trained on the tuned copy's scan (unless done for this very scan run), then labelled for
     use on the target model: a sweep or nightly run with it scores the target, same features."""
     folder = DetectorFolder(out / "detector")
     run_id = RunFolder.existing(out / "scan").run_id
-    if folder.calibration == calibration and folder.split.get("run_id") == run_id:
+    if folder.calibration == calibration and folder.split.get("run_id") == run_id and folder.has_never_seen():
         progress("detectors: trained before on this scan")
         return folder
     progress("training the detectors on the tuned copy's features (and cross-fitted scores of every sample)")
@@ -159,8 +174,28 @@ def _detectors(out: Path, scan_cfg: ScanConfig, target: ScanConfig, calibration:
                  baseline_scores=str(out / BASELINE_SCORES))
     folder.write_scan_config(asdict(replace(scan_cfg, model=target.model, revision=target.revision,
                                             adapter=target.adapter)))
+    folder.write_never_seen(never_seen_set(RunFolder.existing(out / "scan").features(), folder, split))
     folder.write_calibration(calibration)  # last: marks the folder complete
     return folder
+
+
+def never_seen_set(features: pl.DataFrame, folder: DetectorFolder, split: pl.DataFrame) -> pl.DataFrame:
+    """The detectors' test samples (no detector trained, stopped or set its threshold on them)
+    with their exposure and each detector's member probability under the tuned copy."""
+    test = features.filter(pl.col("sample_id").is_in(folder.split["test_ids"]))
+    probs = {kind: MLPDetector.from_state(*folder.detector_state(kind)).predict_proba(test) for kind in folder.kinds()}
+    return test.select("sample_id", "text", "label").with_columns(
+        *(pl.Series(kind, p, pl.Float64) for kind, p in probs.items())).join(
+        split.select("sample_id", "exposure"), on="sample_id", how="left")
+
+
+def _transfer(out: Path, original: ScanConfig, detectors: DetectorFolder, progress) -> dict:
+    """Each detector's FPR and shift under the original model (scanner.detector.transfer), and
+    every classic score's shift, which tells which inputs carry over from the tuned copy."""
+    transfers = measure_transfers(detectors, original, str(out / "original"), progress)
+    scores = score_shifts(RunFolder.existing(out / "scan").features().join(
+        detectors.never_seen().select("sample_id"), on="sample_id"), RunFolder.existing(out / "original").features())
+    return {"detectors": {kind: t.to_dict() for kind, t in transfers.items()}, "scores": scores}
 
 
 def run_calibration(heldout: list[str], out: str, cfg: ScanConfig, spec: FinetuneSpec, exposures: list[int],
@@ -188,16 +223,18 @@ def run_calibration(heldout: list[str], out: str, cfg: ScanConfig, spec: Finetun
     require_complete(scanned, "the scan under the tuned copy failed")
     calibration = {"operating_point_from": "controlled contamination", "method": spec.method,
                    "exposures": exposures, "epochs": spec.epochs, "seen_times": [e * spec.epochs for e in exposures],
-                   "tuned_model": str(out_ / "finetune" / "model"), "members": counts["members"],
+                   "tuned_model": str((out_ / "finetune" / "model").resolve()), "members": counts["members"],
                    "non_members": counts["non_members"]}
-    detectors = _detectors(out_, scan_cfg, cfg, calibration, seed, progress)
+    detectors = _detectors(out_, scan_cfg, cfg, calibration, split, seed, progress)
+    transfer = _transfer(out_, replace(scan_cfg, model=cfg.model, revision=cfg.revision, adapter=cfg.adapter),
+                         detectors, progress)
     samples, scores = all_scores(out_ / "scan", detectors, split)
     groups = by_exposure(samples, scores, spec.epochs, n_boot=1000, seed=seed)
     metrics = {"task": "calibrate", "model": cfg.model, "counts": counts, "blind_baseline": baseline,
                "finetune": {k: v for k, v in tuned.items() if k != "losses"} | {"final_loss": tuned["losses"][-1]},
                "evaluated_on": EVALUATED_ON, "by_exposure": groups,
                "detectors": {k: _saved(detectors.detector_meta(k)) for k in detectors.kinds()},
-               "calibration": calibration, "caveat": CAVEAT}
+               "calibration": calibration, "transfer": transfer, "caveat": CAVEAT}
     write_report(out_, "Calibration by controlled contamination", _blocks(metrics, tuned["losses"]), metrics)
     return metrics
 
@@ -227,6 +264,13 @@ def _blocks(m: dict, losses: list[float]) -> list:
                   rows, "Members told from non-members, by times seen in fine-tuning", line=0.5, line_label="chance",
                   xlabel="AUC (95% interval)", xlim=(0.0, 1.0))),
               ("p", "Caveat: " + m["caveat"]),
+              ("h2", "Transfer to the original model"),
+              ("p", TRANSFER_NOTE),
+              ("table", ["detector", "FPR, tuned copy", "FPR, original model", "shift AUC", "transfers"],
+               [[kind, fmt(t["fpr_tuned"]), f"{fmt(t['fpr'])} ({t['operating_point']['fp']}/{t['operating_point']['n_neg']})",
+                 fmt(t["shift_auc"]), "yes" if t["transfers"] else "no"]
+                for kind, t in m["transfer"]["detectors"].items()]),
+              ("table", ["score", "shift AUC"], [[name, fmt(a)] for name, a in m["transfer"]["scores"].items()]),
               ("h2", "Split"),
               ("p", f"{c['read']} held-out rows read, {c['quarantined']} quarantined, {c['repeated_texts']} repeating an "
                     f"earlier text left out; {c['members']} members ("

@@ -10,6 +10,11 @@
                                    (cross-fitting; `scanner calibrate` reports on these)
   calibration.json                 only from `scanner calibrate`: the operating point comes from
                                    controlled contamination (method, exposures)
+  never_seen.parquet               only from `scanner calibrate`: the calibration texts of the test
+                                   part (sample_id, text, label, exposure) and each detector's
+                                   probability of them under the tuned copy; text the original model
+                                   never saw, on which a run re-measures the FPR under the model it
+                                   applies the detector to (scanner.detector.transfer)
 
 Loading never unpickles: safetensors and JSON only.
 """
@@ -102,6 +107,23 @@ class DetectorFolder:
 
     def crossfit_scores(self) -> pl.DataFrame:
         return pl.read_parquet(self.path / "crossfit_scores.parquet")
+
+    @property
+    def never_seen_path(self) -> Path:
+        return self.path / "never_seen.parquet"
+
+    def write_never_seen(self, samples: pl.DataFrame) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        samples.write_parquet(self.never_seen_path)
+
+    def has_never_seen(self) -> bool:
+        return self.never_seen_path.is_file()
+
+    def never_seen(self) -> pl.DataFrame:
+        return pl.read_parquet(self.never_seen_path)
+
+    def never_seen_count(self) -> int:
+        return pl.scan_parquet(self.never_seen_path).select(pl.len()).collect().item()
 
     def baseline_scores(self) -> pl.DataFrame | None:
         p = self.path / "baseline_scores.parquet"

@@ -25,6 +25,7 @@ class TrainedDetector:
     scan_config: dict
     fingerprint: str  # of the detector's files: a resumed sweep must use the same detector
     calibration: dict | None = None  # from `scanner calibrate`: how the operating point was measured
+    auto_kind: bool = False  # chosen by "auto", not asked for: another kind may replace it (scanner.detector.transfer)
 
     @property
     def threshold(self) -> float:
@@ -65,13 +66,22 @@ class TrainedDetector:
                              "cannot estimate how much was seen; train it on a scan with a membership signal")
 
 
-def calibration_note(cal: dict) -> str:
-    """What a report says about an operating point measured by `scanner calibrate`."""
+def calibration_note(cal: dict, transfer: dict | None = None) -> str:
+    """What a report says about an operating point measured by `scanner calibrate` (transfer:
+    scanner.detector.transfer's measurement under the applied model, None for the tuned copy)."""
     seen = "/".join(map(str, cal["seen_times"]))
-    return (f"The detector's TPR and FPR come from controlled contamination (`scanner calibrate`): a {cal['method']} "
-            f"fine-tune of the model on {cal['members']} random members of held-out text, seen {seen} times. "
-            "Pretraining exposure is rarer, so the TPR on pretraining members is likely lower, and the estimated "
-            "fraction then too low.")
+    said = (f"The detector was calibrated by controlled contamination (`scanner calibrate`): a {cal['method']} "
+            f"fine-tune of the model on {cal['members']} random members of held-out text, seen {seen} times. ")
+    if transfer is None:
+        return said + "This run scores that tuned copy: TPR and FPR were measured on the model scored here."
+    return said + TPR_ASSUMPTION
+
+
+TPR_ASSUMPTION = ("The FPR was measured again under this model, on calibration texts it never saw: it holds for "
+                  "never-seen documents like them. The TPR is the tuned copy's, an assumption: pretraining exposure "
+                  "differs from the fine-tune's, so the TPR on this model's members can be lower (the estimate then "
+                  "too low) or higher (too high); both were measured (see the README), hence the range over the "
+                  "calibrated exposures.")
 
 
 def load_trained(folder: str | Path, kind: str = "auto") -> TrainedDetector:
@@ -79,7 +89,8 @@ def load_trained(folder: str | Path, kind: str = "auto") -> TrainedDetector:
     that measured the operating point)."""
     df = DetectorFolder.existing(folder)
     present = df.kinds()
-    if kind == "auto":
+    auto = kind == "auto"
+    if auto:
         if not present:
             raise InputError(f"{folder}: no detector in it")
         kind = max(present, key=lambda k: df.detector_meta(k)["info"]["best_val_auc"])
@@ -90,4 +101,5 @@ def load_trained(folder: str | Path, kind: str = "auto") -> TrainedDetector:
         raise InputError(f"{folder}/{kind}.json has no operating point; train it again with this version")
     return TrainedDetector(detector=det, kind=kind, folder=Path(folder).resolve(),
                            operating_point=OperatingPoint(**det.info["operating_point"]),
-                           scan_config=df.scan_config, fingerprint=df.fingerprint(kind), calibration=df.calibration)
+                           scan_config=df.scan_config, fingerprint=df.fingerprint(kind), calibration=df.calibration,
+                           auto_kind=auto)

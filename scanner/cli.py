@@ -14,6 +14,7 @@ from scanner.progress import Progress
 from scanner.scoring.options import BACKENDS
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # as a shell reports a Ctrl-C
 ACTORS_HELP = "scoring actors (default: one per GPU, or one per node without GPUs)"
 SHARD_HELP = "at most this many rows per resumable shard; big files are cut (default 1000)"
 ACCEPT_SHIFT_HELP = ("estimate even when a calibrated detector does not transfer to this model (its scores of "
@@ -449,10 +450,26 @@ def main(argv: list[str] | None = None) -> int:
         print("scanner: error: --folds must be at least 2", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
+        _check_out(getattr(args, "out", None))
         return args.func(args)
     except InputError as e:
         print(f"scanner: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _stop_ray()  # first: its workers' farewells would otherwise follow the one line below
+        print("scanner: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _stop_ray() -> None:
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+
+
+def _check_out(out: str | None) -> None:
+    """--out names a folder (made if missing) or a URI; an existing file is refused before any work."""
+    if out and "://" not in out and Path(out).exists() and not Path(out).is_dir():
+        raise InputError(f"--out {out}: is a file, not a folder; give a folder (it is made if missing)")
 
 
 if __name__ == "__main__":

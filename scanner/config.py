@@ -34,6 +34,8 @@ def _opt(default, role: str, **kw):
         return field(default_factory=lambda: list(default), metadata={"role": role}, **kw)
     return field(default=default, metadata={"role": role}, **kw)
 
+NUMBER_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,)}  # checked by validate()
+
 
 @dataclass
 class ScanConfig:
@@ -98,6 +100,7 @@ class ScanConfig:
                              kv_cache_gib=self.kv_cache_gib, enforce_eager=self.enforce_eager)
 
     def validate(self) -> "ScanConfig":
+        self._check_numbers()
         if not self.model:
             raise InputError("no model: pass --model ID_OR_PATH or set `model` in the config file")
         for name in ("neighbors", "batch_tokens", "shard_size", "actors", "samples_per_call", "threads_per_actor"):
@@ -121,6 +124,18 @@ class ScanConfig:
         except ValueError as e:
             raise InputError(str(e)) from None
         return self
+
+    def _check_numbers(self) -> None:
+        """Numeric and yes/no options hold numbers and booleans (a config file's "lots" would
+        otherwise fail deep inside a run)."""
+        for f in fields(self):
+            kinds = [k.strip() for k in str(f.type).split("|")]
+            allowed = tuple(t for k in kinds for t in NUMBER_TYPES.get(k, ()))
+            value = getattr(self, f.name)
+            if not allowed or (value is None and "None" in kinds):
+                continue
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                raise InputError(f"config {f.name} = {value!r}: must be {' or '.join(kinds)}")
 
     def feature_settings(self) -> dict:
         """A detector only applies to features computed with the settings it was trained on; the

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import json
+import os
 import posixpath
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from scanner.errors import InputError
-from scanner.storage import filesystem
+from scanner.storage import filesystem, resolved
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CSV_SUFFIXES = (".csv", ".tsv")
@@ -82,11 +83,39 @@ def _expand_folder(fs: pafs.FileSystem, folder: str) -> list[str]:
     """Corpus files under a folder; the Arrow files of HF dataset folders stand for those folders."""
     if any(fs.get_file_info(posixpath.join(folder, m)).type == pafs.FileType.File for m in HF_MARKERS):
         return _hf_arrow_files(fs, folder)
-    entries = fs.get_file_info(pafs.FileSelector(folder, recursive=True))
-    files = sorted(e.path for e in entries if e.type == pafs.FileType.File)
+    if isinstance(fs, pafs.LocalFileSystem):
+        files = _local_files(folder)
+    else:
+        files = sorted(e.path for e in fs.get_file_info(pafs.FileSelector(folder, recursive=True))
+                       if e.type == pafs.FileType.File)
     hf_dirs = sorted({posixpath.dirname(f) for f in files if posixpath.basename(f) in HF_MARKERS})
     inside = [f for f in files if not any(f.startswith(d + "/") for d in hf_dirs)]
     return [f for f in inside if format_of(f)] + [p for d in hf_dirs for p in _hf_arrow_files(fs, d)]
+
+
+def _local_files(folder: str) -> list[str]:
+    """Every file under a local folder, following symlinked folders once: a folder reached again
+    by another link is not read twice, and a link back into its own ancestors is refused (it
+    would list the same files at ever deeper paths)."""
+    files, seen = [], {os.path.realpath(folder)}
+    for here, dirs, names in os.walk(folder, followlinks=True, onerror=_raise_corpus_error):
+        ancestors = {os.path.realpath(here)} | {os.path.realpath(p) for p in Path(here).parents}
+        keep = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(here, d))
+            if real in ancestors:
+                raise CorpusError(f"{os.path.join(here, d)}: a symlink loop (it leads back to {real}); remove it or "
+                                  "name the files to read")
+            if real not in seen:
+                seen.add(real)
+                keep.append(d)
+        dirs[:] = keep
+        files += [os.path.join(here, n) for n in names if os.path.isfile(os.path.join(here, n))]
+    return sorted(files)
+
+
+def _raise_corpus_error(e: OSError) -> None:
+    raise CorpusError(f"{e.filename}: cannot be listed: {e.strerror}")
 
 
 def _expand(arg: str) -> tuple[pafs.FileSystem, str, list[str]]:
@@ -94,7 +123,7 @@ def _expand(arg: str) -> tuple[pafs.FileSystem, str, list[str]]:
     local = isinstance(fs, pafs.LocalFileSystem)
     if _has_glob(arg):
         if local:
-            matches = [str(Path(m).resolve()) for m in sorted(glob.glob(path, recursive=True))]
+            matches = [resolved(m) for m in sorted(glob.glob(path, recursive=True))]
         else:  # list from the deepest folder without a wildcard
             parts = path.split("/")
             base = "/".join(parts[: next(i for i, p in enumerate(parts) if _has_glob(p))]) or "/"
@@ -125,8 +154,9 @@ def list_inputs(patterns: list[str]) -> list[InputFile]:
     listed: dict[str, tuple[pafs.FileSystem, str]] = {}
     for arg in patterns:
         fs, prefix, paths = _expand(arg)
-        for p in paths:
-            listed.setdefault(prefix + p, (fs, p))
+        for p in paths:  # a local file reached by two paths (links) is read once
+            key = prefix + p if prefix or not isinstance(fs, pafs.LocalFileSystem) else os.path.realpath(p)
+            listed.setdefault(key, (fs, p))
     if not listed:
         raise CorpusError(f"no readable corpus files in {' '.join(patterns)}")
     try:

@@ -88,13 +88,27 @@ def load_nightly(path: str) -> tuple[dict, list[dict], dict]:
         for key in ("data", "reference", "corpus"):
             if key in s:
                 s[key] = [s[key]] if isinstance(s[key], str) else list(s[key])
-    settings = {"detector": raw["detector"], "contamination_threshold": float(raw.get("contamination_threshold", 0.05)),
-                "max_increase": float(raw.get("max_increase", 0.05)), "alpha": float(raw.get("alpha", 0.01)),
+    settings = {"detector": raw["detector"], "contamination_threshold": _number(raw, "contamination_threshold", 0.05, path),
+                "max_increase": _number(raw, "max_increase", 0.05, path), "alpha": _number(raw, "alpha", 0.01, path),
                 "reference_model": raw.get("reference_model")}
     if not 0 < settings["alpha"] < 1:
         raise InputError(f"{path}: alpha must lie in (0, 1), not {settings['alpha']}")
     scan_options = {k: v for k, v in raw.items() if k not in NIGHTLY_KEYS}
     return settings, sets, scan_options
+
+
+def _number(raw: dict, key: str, default: float, path: str) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{path}: {key} must be a number, not {value!r}")
+    return float(value)
+
+
+def check_run_name(name: str) -> str:
+    """A run's folder name inside --out: a plain name, never a path out of it."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\"):
+        raise InputError(f"--run-name {name!r}: must be a plain folder name (no path separators, not . or ..)")
+    return name
 
 
 def earlier_runs(root: Path, run_name: str) -> list[Path]:
@@ -330,7 +344,7 @@ def run_nightly(config: str, out: str, run_name: str | None = None, previous: st
     detector.check_usable_with(model_cfg)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    run_name = run_name or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%MZ")
+    run_name = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%MZ") if run_name is None else check_run_name(run_name)
     prev, prev_path = previous_metrics(root, run_name, previous)
     run_dir = root / run_name
     detector, transfer = transferred_detector(detector, model_cfg, str(run_dir / "transfer"), accept_shift, progress)

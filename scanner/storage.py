@@ -20,10 +20,18 @@ import pyarrow.parquet as pq
 from scanner.errors import InputError
 
 
+def resolved(path: str) -> str:
+    """A local path made absolute, its links followed; a symlink loop is one line, not a traceback."""
+    try:
+        return str(Path(path).expanduser().resolve())
+    except (RuntimeError, OSError) as e:  # (Python 3.11 raises RuntimeError for a loop, later ones OSError)
+        raise InputError(f"{path}: cannot be read: a symlink loop ({e})") from None
+
+
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or a URI."""
     if "://" not in uri:
-        return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+        return pafs.LocalFileSystem(), resolved(uri)
     try:
         return pafs.FileSystem.from_uri(uri)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

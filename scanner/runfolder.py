@@ -7,6 +7,7 @@
   features/<shard>.parquet   one row per scored sample, written by the worker that scored it
   quarantine/<shard>.parquet rows of the shard that could not be used, with reasons
   quarantine/duplicates.parquet  rows whose id another shard already holds (scan runs)
+  quarantine/eval_items.parquet  overlap runs: eval rows that could not be used, with reasons
   done/<shard>.json          the shard's completion record, written last: a shard with one is
                              finished and never scored again
   manifest.json              the invocation's summary: config, counts, shards, nodes, speed
@@ -30,6 +31,7 @@ from scanner.shards import Shard
 from scanner.storage import Store
 
 DUPLICATES = "duplicates"  # quarantine/duplicates.parquet: a name no shard can have (shards end in -NNNNN)
+EVAL_ITEMS = "eval_items"  # quarantine/eval_items.parquet: overlap's eval rows that could not be used
 
 
 class RunFolder:
@@ -143,6 +145,9 @@ class RunFolder:
     def quarantine(self) -> pl.DataFrame:
         ds = self.dataset("quarantine")
         return pl.from_arrow(ds.to_table()) if ds is not None else pl.DataFrame()
+
+    def write_eval_quarantine(self, table: pa.Table) -> None:
+        self.store.write_parquet(f"quarantine/{EVAL_ITEMS}.parquet", table)
 
     def write_duplicates(self, table: pa.Table) -> None:
         self.store.write_parquet(f"quarantine/{DUPLICATES}.parquet", table)

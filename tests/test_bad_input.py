@@ -93,3 +93,37 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, tiny_lm):
     assert proc.wait(timeout=120) == 130, rest
     assert rest.strip().splitlines()[-1] == "scanner: interrupted; run the same command again to resume"
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest[-3000:]
+
+
+def test_identical_texts_in_both_classes_do_not_make_the_text_look_leaky():
+    """60 texts each present twice, once as a member and once as a non-member, used to score AUC
+    0.977 "leaky": each fold's models memorised one copy and met its twin in the test fold."""
+    import numpy as np
+    import polars as pl
+
+    from scanner.baseline.run import run_baseline, text_groups
+
+    texts = english_passages()[:60]
+    samples = pl.DataFrame({"sample_id": [f"m{i}" for i in range(60)] + [f"n{i}" for i in range(60)],
+                            "text": texts + [" ".join(t.split()) + " " for t in texts],  # whitespace aside
+                            "label": [1] * 60 + [0] * 60, "source": ["x"] * 120})
+    m = run_baseline(samples, seed=0, n_boot=200, n_jobs=2).metrics
+    assert m["repeated_texts"] == {"texts_repeated": 60, "in_both_classes": 60}
+    assert 0.4 <= m["auc"] <= 0.6 and m["verdict"]["status"] != "leaky", (m["auc"], m["verdict"])
+    # distinct texts keep the folds they always had (no groups)
+    assert text_groups(texts, np.array([1, 0] * 30)) == (None, {"texts_repeated": 0, "in_both_classes": 0})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_set_is_not_shown_seen_against_itself(tmp_path, tiny_lm):
+    """`scanner infer X --reference X` used to say "invalid: distribution shift" (AUC 0.976)."""
+    from tests.test_cli import scanner
+
+    data = tmp_path / "x.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny_lm["non_members"][:80]))
+    res = scanner("infer", str(data), "--reference", str(data), "--model", tiny_lm["model"], "--neighbors", "2",
+                  "--out", str(tmp_path / "inf"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((tmp_path / "inf" / "metrics.json").read_text())
+    assert m["verdict"] == "not shown" and m["blind_baseline"]["verdict"]["status"] != "shifted", m["blind_baseline"]

@@ -129,7 +129,8 @@ def test_scanner_overlap_end_to_end_counts_every_row_and_resumes(tmp_path, ray_l
 
     items, docs, kinds = planted_corpus()
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"id": f"i{k}", "text": t}) + "\n"
-                                                 for k, t in enumerate(items)))
+                                                 for k, t in enumerate(items))
+                                         + "{not json\n" + json.dumps({"id": "i0", "text": "a second i0"}) + "\n")
     half = len(docs) // 2
     for name, part in (("a", range(half)), ("b", range(half, len(docs)))):
         lines = [json.dumps({"id": f"d{d}", "text": docs[d]}) for d in part]
@@ -143,6 +144,11 @@ def test_scanner_overlap_end_to_end_counts_every_row_and_resumes(tmp_path, ray_l
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert m["counts"]["corpus_rows_read"] == len(docs) + 1 and m["counts"]["corpus_rows_quarantined"] == 1
     assert m["counts"]["shards"] == 4
+    # the eval side too: every row read is an item or quarantined with its reason
+    assert (m["counts"]["eval_rows_read"], m["counts"]["eval_rows_quarantined"], got.height) == (
+        len(items) + 2, 2, len(items))
+    reasons = sorted(pl.read_parquet(tmp_path / "out" / "quarantine" / "eval_items.parquet")["reason"])
+    assert reasons[0].startswith("duplicate id") and "JSON" in reasons[1], reasons
     expected = brute_force(items, docs, 13)
     words = [brute_words(t) for t in items]
     for row in got.iter_rows(named=True):

@@ -23,7 +23,7 @@ import numpy as np
 from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -90,13 +90,21 @@ def _selection_rows(train: np.ndarray, y: np.ndarray, limit: int, seed: int) -> 
     return np.sort(np.concatenate(keep))
 
 
-def _run_fold(r, k, train, test, feats, y, inner_folds, seed, make_candidates, max_selection_rows):
+def _folds(n_splits: int, seed: int, y: np.ndarray, groups: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds; with groups (identical texts), a group never straddles two folds, so a
+    text's twin with the other label cannot be memorised in training and met in the test fold."""
+    if groups is None:
+        return list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+    return list(StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups))
+
+
+def _run_fold(r, k, train, test, feats, y, groups, inner_folds, seed, make_candidates, max_selection_rows):
     """Select on the inner folds of `train`, refit, predict `test`. Returns the outer
     predictions of every family's best setting and of the stack, and the fold's log."""
     t0 = time.perf_counter()
     fold_seed = seed + k + REPEAT_SEED_STEP * (r - 1)  # repeat 1 draws exactly what a single run draws
     sel = _selection_rows(train, y, max_selection_rows, fold_seed)
-    inner = list(StratifiedKFold(inner_folds, shuffle=True, random_state=fold_seed).split(sel, y[sel]))
+    inner = _folds(inner_folds, fold_seed, y[sel], None if groups is None else groups[sel])
     cands = make_candidates(len(train), seed)
     inner_pred, inner_auc = {}, {}
     for c in cands:
@@ -146,9 +154,10 @@ def nested_cv(
     max_selection_rows: int = 20_000,
     n_jobs: int | None = None,
     progress: Callable[[str], None] = lambda msg: None,
+    groups: np.ndarray | None = None,
 ) -> NestedResult:
     """Outer folds (of every repeat) run in parallel processes (`n_jobs`, default: one per CPU,
-    at most folds x repeats)."""
+    at most folds x repeats). groups: samples that must share a fold (identical texts), or None."""
     y = np.asarray(y, dtype=np.int64)
     n_minority = int(min(y.sum(), len(y) - y.sum()))
     if n_minority < folds * inner_folds:
@@ -161,10 +170,9 @@ def nested_cv(
     total = folds * repeats
     n_jobs = min(total, n_jobs or len(os.sched_getaffinity(0)))
     jobs = (
-        delayed(_run_fold)(r, k, train, test, feats, y, inner_folds, seed, make_candidates, max_selection_rows)
+        delayed(_run_fold)(r, k, train, test, feats, y, groups, inner_folds, seed, make_candidates, max_selection_rows)
         for r in range(1, repeats + 1)
-        for k, (train, test) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed + REPEAT_SEED_STEP * (r - 1))
-                                          .split(np.zeros(len(y)), y), 1)
+        for k, (train, test) in enumerate(_folds(folds, seed + REPEAT_SEED_STEP * (r - 1), y, groups), 1)
     )
     scores, fold_of = np.zeros(len(y)), np.zeros(len(y), dtype=np.int64)
     family_scores: dict[str, np.ndarray] = {}

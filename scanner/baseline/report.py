@@ -67,7 +67,7 @@ def baseline_blocks(metrics: dict, curves: dict, inputs: list[str], counts: dict
          [[metrics["n"], metrics["n_members"], metrics["n_nonmembers"], fmt_auc(metrics)]
           + [fmt_tpr(metrics, f) for f in fprs] + [metrics["best_model"]]]),
         ("p", f"Headline: {metrics['selection']} (outer folds only evaluate). 95% intervals: "
-              f"{metrics['auc_ci_method']}."),
+              f"{metrics['auc_ci_method']}." + _repeated_sentence(metrics.get("repeated_texts"))),
         ("h2", "Model families"),
         ("p", "Each family with its hyper-parameters chosen on inner folds, evaluated on the outer folds. "
               "Picking the best row here would be selection on the test folds: the headline does not."),
@@ -98,3 +98,11 @@ def baseline_blocks(metrics: dict, curves: dict, inputs: list[str], counts: dict
         ("p", TPR_NOTE),
     ]
     return blocks
+
+
+def _repeated_sentence(twins: dict | None) -> str:
+    if not twins or not twins["texts_repeated"]:
+        return ""
+    return (f" {twins['texts_repeated']} text(s) occur more than once ({twins['in_both_classes']} of them both as a "
+            "member and as a non-member): each text's copies were kept in one fold, so no model met in its test fold "
+            "a text it was trained on.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -121,6 +122,22 @@ def summarize_by_fold(y: np.ndarray, scores: np.ndarray, fold: np.ndarray, n_boo
     return summarize_cv(y, scores, aucs, 1 / (k - 1), n_boot, seed)
 
 
+def text_groups(texts: list[str], y: np.ndarray, images: list | None = None) -> tuple[np.ndarray | None, dict]:
+    """Samples whose texts are the same (whitespace aside; with images, the image too) form one
+    cross-validation group, or None when every text is distinct (the folds then stay as they
+    always were); and how many texts repeat, and how many of those carry both labels (the same
+    text called a member and a non-member: a model that memorised one copy would call the other
+    leaky)."""
+    keys = [" ".join(t.split()) for t in texts]
+    if images is not None:
+        keys = [k + "\0" + hashlib.sha256(im or b"").hexdigest() for k, im in zip(keys, images)]
+    codes = np.unique(np.asarray(keys, dtype=object), return_inverse=True)[1].astype(np.int64)
+    labels = pl.DataFrame({"g": codes, "y": y}).group_by("g").agg(pl.len().alias("n"), pl.col("y").n_unique().alias("k"))
+    repeated = labels.filter(pl.col("n") > 1)
+    twins = {"texts_repeated": repeated.height, "in_both_classes": int((repeated["k"] > 1).sum())}
+    return (codes if repeated.height else None), twins
+
+
 def run_baseline(
     samples: pl.DataFrame,
     folds: int = 5,
@@ -143,8 +160,12 @@ def run_baseline(
         feats = ImageTextFeatures(feats, compute_image_features(samples["image"].to_list(), n_jobs=n_jobs))
         make_candidates = image_text_candidates
     progress(f"nested cross-validation: {folds} outer folds x 3 inner folds" + (f", {repeats} repeats" if repeats > 1 else ""))
+    groups, twins = text_groups(texts, y, samples["image"].to_list() if "image" in samples.columns else None)
+    if twins["in_both_classes"]:
+        progress(f"{twins['in_both_classes']} text(s) appear as a member and as a non-member: kept, each text's "
+                 "copies in one fold")
     result = nested_cv(feats, y, folds=folds, seed=seed, repeats=repeats, make_candidates=make_candidates,
-                       n_jobs=n_jobs, progress=progress)
+                       n_jobs=n_jobs, progress=progress, groups=groups)
     progress(f"CIs ({n_boot} bootstrap resamples, corrected CV interval) and explanations")
     ratio = result.test_train_ratio
     head = summarize_cv(y, result.scores, result.fold_aucs(), ratio, n_boot, seed)
@@ -161,6 +182,7 @@ def run_baseline(
         "auc_ci_method": CI_METHOD,
         "models": models,
         "folds": result.folds,
+        "repeated_texts": twins,
         "top_ngrams": _top_ngrams(texts, feats.word, y),
         **({"top_image_features": top_image_features(feats.image, y)} if "image" in samples.columns else {}),
         "config": {"folds": folds, "inner_folds": 3, "repeats": repeats, "seed": seed, "n_boot": n_boot},

@@ -96,7 +96,10 @@ def run_overlap(eval_paths: list[str], corpus_paths: list[str], out: str, n: int
     ray.get(warming)
     table = item_table(folder, items, n)
     folder.store.write_parquet("items.parquet", table.to_arrow())
+    folder.write_eval_quarantine(evals.quarantine.to_arrow())  # nothing the eval side read goes unrecorded
     metrics = summarize(folder, table, shards, errors, n, eval_paths, corpus_paths, time.perf_counter() - t0)
+    metrics["counts"] |= {"eval_rows_read": evals.counts["read"], "eval_rows_quarantined": evals.counts["quarantined"],
+                          "eval_quarantined_by_reason": evals.counts["quarantined_by_reason"]}
     metrics["run_id"] = run["run_id"]
     folder.write_files(render_report("Exact n-gram overlap: which eval items occur in the corpus?",
                                      overlap_blocks(metrics), metrics))
@@ -218,7 +221,8 @@ def overlap_blocks(m: dict) -> list:
     c = m["counts"]
     head = (f"**{c['items_with_overlap']} of {c['items']} eval items share at least one {m['n']}-gram with the corpus** "
             f"({c['corpus_rows_read']} documents read, {c['corpus_documents_matching']} of them matching; "
-            f"{c['corpus_rows_quarantined']} rows quarantined).")
+            f"{c['corpus_rows_quarantined']} rows quarantined). Eval rows: {c['eval_rows_read']} read, "
+            f"{c['eval_rows_quarantined']} quarantined (quarantine/eval_items.parquet, with reasons).")
     shares = {s: _coverage_shares(v) for s, v in m["by_eval_set"].items()}
     blocks = [("p", head), ("img", "headline_shares.png", shares_png(
         shares, f"Share of eval items whose {m['n']}-grams occur in the corpus", "share of the eval set's items"))]

@@ -28,6 +28,12 @@ def resolved(path: str) -> str:
         raise InputError(f"{path}: cannot be read: a symlink loop ({e})") from None
 
 
+def absolute(uri) -> str:
+    """A URI as it is; a local path made absolute (as a task in another working directory, or a
+    later run, must see it)."""
+    return str(uri) if "://" in str(uri) else resolved(str(uri))
+
+
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or a URI."""
     if "://" not in uri:

@@ -45,6 +45,7 @@ from scanner.report import TPR_NOTE, fmt, fmt_auc, fmt_tpr, forest_png, line_png
 from scanner.runfolder import RunFolder
 from scanner.scan import run_scan
 from scanner.scoring.factory import check_model_path
+from scanner.storage import absolute
 
 CROSS_FIT_FOLDS = 5
 BASELINE_SCORES = "baseline_scores.parquet"
@@ -223,7 +224,7 @@ def run_calibration(heldout: list[str], out: str, cfg: ScanConfig, spec: Finetun
     require_complete(scanned, "the scan under the tuned copy failed")
     calibration = {"operating_point_from": "controlled contamination", "method": spec.method,
                    "exposures": exposures, "epochs": spec.epochs, "seen_times": [e * spec.epochs for e in exposures],
-                   "tuned_model": str((out_ / "finetune" / "model").resolve()), "members": counts["members"],
+                   "tuned_model": absolute(out_ / "finetune" / "model"), "members": counts["members"],
                    "non_members": counts["non_members"]}
     detectors = _detectors(out_, scan_cfg, cfg, calibration, split, seed, progress)
     transfer = _transfer(out_, replace(scan_cfg, model=cfg.model, revision=cfg.revision, adapter=cfg.adapter),

@@ -12,7 +12,6 @@ model that never saw that text), which `evaluate` puts next to the detectors.
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -25,6 +24,7 @@ from scanner.detector.select import fit_detector, out_of_fold
 from scanner.errors import InputError
 from scanner.metrics import roc_auc
 from scanner.runfolder import RunFolder
+from scanner.storage import absolute
 
 TASK_CPUS = 2  # the baseline's outer folds run in parallel inside the task
 
@@ -118,14 +118,10 @@ def train_on_ray(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float = 
     make_room(TASK_CPUS)
     task = ray.remote(num_cpus=TASK_CPUS, max_retries=0)(train_detectors)
     try:
-        return ray.get(task.remote(_absolute(run_dir), _absolute(out_dir), seed, target_fpr, cross_fit_folds,
-                                   baseline_scores and _absolute(baseline_scores)))
+        return ray.get(task.remote(absolute(run_dir), absolute(out_dir), seed, target_fpr, cross_fit_folds,
+                                   baseline_scores and absolute(baseline_scores)))
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, InputError):  # bad input: one clear line, not a remote traceback
             raise InputError(str(e.cause)) from None
         raise
 
-
-def _absolute(path: str) -> str:
-    """Local paths as the task must see them (it may run in another working directory)."""
-    return path if "://" in str(path) else str(Path(path).resolve())

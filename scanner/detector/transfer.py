@@ -21,8 +21,6 @@ set: its test part, members and non-members alike, since only the copy saw the m
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-
 import numpy as np
 import polars as pl
 
@@ -33,6 +31,7 @@ from scanner.detector.folder import DetectorFolder
 from scanner.detector.trained import TrainedDetector, load_trained
 from scanner.errors import InputError
 from scanner.metrics import roc_auc
+from scanner.storage import absolute
 
 SHIFT_TOLERANCE = 0.15  # |shift AUC - 0.5| beyond this: the detector does not transfer
 SHARD_ROWS = 100
@@ -60,14 +59,10 @@ class Transfer:
 def applies_to_tuned_copy(detector: TrainedDetector, cfg: ScanConfig) -> bool:
     """True when cfg scores with the very model the operating point was measured on."""
     cal = detector.calibration
-    tuned = _resolved(cal["tuned_model"])
+    tuned = absolute(cal["tuned_model"])
     if cal["method"] == "lora":
-        return cfg.adapter is not None and _resolved(cfg.adapter) == tuned and cfg.model == detector.scan_config["model"]
-    return _resolved(cfg.model) == tuned
-
-
-def _resolved(path: str) -> str:
-    return path if "://" in path else str(Path(path).resolve())
+        return cfg.adapter is not None and absolute(cfg.adapter) == tuned and cfg.model == detector.scan_config["model"]
+    return absolute(cfg.model) == tuned
 
 
 def never_seen_config(cfg: ScanConfig) -> ScanConfig:

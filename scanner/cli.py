@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -17,6 +18,8 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # as a shell reports a Ctrl-C
 ACTORS_HELP = "scoring actors (default: one per GPU, or one per node without GPUs)"
 SHARD_HELP = "at most this many rows per resumable shard; big files are cut (default 1000)"
+ADD_HELP = ("add input files to the run already in --out (without it, a folder refuses inputs other than its "
+            "run's: a rerun resumes, it never mixes two runs)")
 ACCEPT_SHIFT_HELP = ("estimate even when a calibrated detector does not transfer to this model (its scores of "
                      "never-seen text moved with the fine-tune); the report's first sentence says so")
 
@@ -165,7 +168,7 @@ def cmd_scan(args) -> int:
                  "label_col": args.label_col, "id_col": args.id_col, "source_col": args.source_col,
                  "image_col": args.image_col, "backend": args.backend}
     cfg = load_config(args.config, overrides)
-    m = run_scan(args.data, args.out, cfg, progress=Progress())
+    m = run_scan(args.data, args.out, cfg, progress=Progress(), add=args.add)
     c = m["counts"]
     print(f"scanned {c['scored']} samples ({c['scored_this_invocation']} this run, {c['shards_skipped']} shards "
           f"skipped), {c['quarantined']} quarantined, {c['shards_failed']} shards failed; "
@@ -187,7 +190,7 @@ def cmd_sweep(args) -> int:
                  "source_col": args.source_col, "image_col": args.image_col}
     cfg = load_config(args.config, overrides, base=detector.base_config())
     cfg.label_col = args.label_col  # only when asked: a corpus's own "label" (topics...) is not membership
-    m = run_sweep(args.data, args.out, detector, cfg, accept_shift=args.accept_shift, progress=Progress())
+    m = run_sweep(args.data, args.out, detector, cfg, accept_shift=args.accept_shift, progress=Progress(), add=args.add)
     for source, e in list(m["sources"].items())[:20]:
         print(f"{source:<40} {e['n']:>8} docs  flagged {e['flag_rate']:.3f}  contaminated {fmt_fraction(e)}")
     if len(m["sources"]) > 20:
@@ -254,7 +257,7 @@ def cmd_overlap(args) -> int:
     m = run_overlap(args.data, args.corpus, args.out, n=args.n, eval_columns=columns_from_args(args),
                     corpus_columns=Columns(text=args.corpus_text_col, label=None, id=args.corpus_id_col,
                                            source=args.corpus_source_col),
-                    parallel=args.actors, shard_rows=args.shard_size, progress=Progress())
+                    parallel=args.actors, shard_rows=args.shard_size, add=args.add, progress=Progress())
     c = m["counts"]
     print(f"{c['items_with_overlap']} of {c['items']} eval items share a {args.n}-gram with the corpus "
           f"({c['corpus_rows_read']} documents, {c['corpus_documents_matching']} matching)")
@@ -310,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=BACKENDS, help="hf (default), vllm, or vlm (a vision-language model; "
                                                        "the default with --image-col)")
     s.add_argument("--out", required=True, help="run folder (re-running resumes it)")
+    s.add_argument("--add", action="store_true", help=ADD_HELP)
     s.add_argument("--config", help="YAML or TOML file with any scan option; flags override it")
     s.add_argument("--neighbors", type=int, help="neighbors per text (default 24)")
     s.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default 16384 on GPU, 1024 on CPU)")
@@ -351,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--shard-size", type=int, help=SHARD_HELP)
     w.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass")
     w.add_argument("--accept-shift", action="store_true", help=ACCEPT_SHIFT_HELP)
+    w.add_argument("--add", action="store_true", help=ADD_HELP)
     w.set_defaults(func=cmd_sweep)
 
     c = sub.add_parser("calibrate", help="fine-tune a copy of the model on a random half of held-out text (known "
@@ -409,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--corpus-id-col", default=None, help="the corpus's id column (default: 'id', else a hash)")
     o.add_argument("--corpus-source-col", default=None, help="the corpus's source column (default: the file's path)")
     o.add_argument("--out", required=True, help="output folder (re-running resumes: finished shards are skipped)")
+    o.add_argument("--add", action="store_true", help=ADD_HELP)
     o.add_argument("--n", type=int, default=13, help="words per n-gram (default 13, as lm-eval-harness and NeMo)")
     o.add_argument("--actors", type=int, help="shards matched at once (default: the cluster's CPUs)")
     o.add_argument("--shard-size", type=int, default=20_000, help="at most this many corpus rows per resumable shard "
@@ -467,10 +473,26 @@ def _stop_ray() -> None:
 
 
 def _check_out(out: str | None) -> None:
-    """--out names a folder (made if missing) or a URI; an existing file is refused before any work."""
-    if out and "://" not in out and Path(out).exists() and not Path(out).is_dir():
+    """--out names a folder (made if missing) or a URI: an existing file, or a place this process
+    cannot write (read-only, no permission), is refused before any work."""
+    if not out or "://" in out:
+        return
+    path = Path(out).expanduser().absolute()
+    if path.exists() and not path.is_dir():
         raise InputError(f"--out {out}: is a file, not a folder; give a folder (it is made if missing)")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"--out {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "a read-only file system" if _read_only(existing) else "no permission to write there"
+        raise InputError(f"--out {out}: cannot be written ({why}: {existing})")
 
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 if __name__ == "__main__":
     sys.exit(main())

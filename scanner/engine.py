@@ -13,7 +13,8 @@ of loading the model again. One pool is parked at a time; a run of another model
 first, so two models never hold the accelerators together.
 
 Resume: a shard with a completion record is finished; any later invocation skips it, whatever
-else changed around it. A run folder refuses another scoring config (or detector). Faults: a
+else changed around it. A run folder is claimed before any work (RunFolder.claim): one process
+at a time, and it refuses another scoring config, detector or set of input files. Faults: a
 scoring actor that dies is restarted by Ray and its shard retried (writing a shard is idempotent);
 a shard that fails for good (an unreadable file, a bad label) is reported with its error while
 the others go on.
@@ -31,6 +32,7 @@ import pyarrow as pa
 from scanner.config import ScanConfig
 from scanner.corpus import Columns, read_shard
 from scanner.errors import InputError
+from scanner.faults import maybe_pause
 from scanner.features import FEATURE_SCHEMA, ScoreActor, binding, perturb_batch
 from scanner.inputs import InputFile, list_inputs
 from scanner.provenance import package_versions
@@ -103,6 +105,8 @@ def find_duplicates(folder_uri: str, file_order: list[str]) -> dict:
     import polars as pl
 
     folder = RunFolder(folder_uri)
+    if folder.dataset("features") is None:  # every row quarantined (blank, bad): no id to repeat
+        return {"n": 0}
     order = {f: i for i, f in enumerate(file_order)}
     ids = folder.features(columns=["sample_id", "file", "row"], with_duplicates=True)
     ids = ids.with_columns(pl.col("file").replace_strict(order, default=len(order)).alias("_order"))
@@ -403,20 +407,26 @@ def refuse_file_errors(file_errors: dict[str, str]) -> None:
 
 
 def run_shards(inputs: list[str], out: str, cfg: ScanConfig, kind: RunKind,
-               progress: Callable[[str], None] = print) -> dict:
-    """Runs (or resumes) the run in `out` and returns its manifest, which it also writes."""
-    import ray
-
-    t0 = time.perf_counter()
+               progress: Callable[[str], None] = print, add: bool | None = None) -> dict:
+    """Runs (or resumes) the run in `out` and returns its manifest, which it also writes. `add`:
+    input files the run lacks join it (None: the command offers no --add; RunFolder.claim)."""
     check_backend_installed(cfg.backend)
     check_model_path(cfg.model)
     check_adapter_path(cfg.adapter)
-    files = list_inputs(inputs)
     folder = RunFolder(out)
     identity = {"kind": kind.name, "scoring_hash": cfg.scoring_hash()}
     if kind.detector:
         identity["detector"] = kind.detector["fingerprint"]
-    run, new = folder.identify(identity, asdict(cfg))
+    with folder.claim(identity, asdict(cfg), list_inputs(inputs), add) as (run, files):
+        maybe_pause("claimed")
+        return _run_claimed(folder, run, files, cfg, kind, progress)
+
+
+def _run_claimed(folder: RunFolder, run: dict, files: list[InputFile], cfg: ScanConfig, kind: RunKind,
+                 progress: Callable[[str], None]) -> dict:
+    import ray
+
+    t0 = time.perf_counter()
     if not ray.is_initialized():
         ray.init()
     shards, file_errors = plan(files, folder, cfg.shard_size, progress)
@@ -432,9 +442,6 @@ def run_shards(inputs: list[str], out: str, cfg: ScanConfig, kind: RunKind,
     if pending:
         constants = {"model": cfg.model, "revision": cfg.revision or "local", "run_id": run["run_id"]}
         pool = scoring_pool(cfg, binding(asdict(cfg), folder.uri, constants, kind.detector, kind.keep_text), progress)
-    if new:  # only now: a model that cannot be loaded leaves no run behind that a corrected command would refuse
-        folder.save_run(run)
-    if pool is not None:
         reader = ray.remote(num_cpus=READ_CPUS)(read_task)
         columns, neighbor_cfg = columns_from_config(cfg), cfg.neighbor_config()
         tally.start()

@@ -3,7 +3,6 @@ numbers, a dict of column -> value, or None and the reason the row could not eve
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from itertools import islice
@@ -19,7 +18,7 @@ from scanner.shards import (
     Prefixed,
     Shard,
     csv_delimiter,
-    csv_text_stream,
+    csv_records,
     gunzip,
     is_json_array,
     lines_with_offsets,
@@ -27,7 +26,6 @@ from scanner.shards import (
 from scanner.storage import filesystem, open_input
 
 Record = tuple[int, dict | None, str | None]
-CSV_EXTRA = "\0extra"  # DictReader key for cells beyond the header
 
 
 def _open_arrow(uri: str):
@@ -96,33 +94,34 @@ def _jsonl(shard: Shard) -> Iterator[Record]:
 
 def _csv_header(shard: Shard) -> list[str]:
     with open_input(shard.uri) as raw:
-        return next(csv.reader(csv_text_stream(raw), delimiter=csv_delimiter(shard.uri)))
+        return next(csv_records(raw, csv_delimiter(shard.uri)))[1]
 
 
 def _csv(shard: Shard) -> Iterator[Record]:
     delimiter = csv_delimiter(shard.uri)
     if shard.byte_start is not None:
-        text = _read_range(shard.uri, shard.byte_start, shard.byte_end).decode("utf-8", errors="surrogateescape")
-        reader = csv.DictReader(io.StringIO(text, newline=""), fieldnames=_csv_header(shard), delimiter=delimiter,
-                                restkey=CSV_EXTRA)
-        records = list(reader)
+        data = _read_range(shard.uri, shard.byte_start, shard.byte_end)
+        records = list(csv_records(io.BytesIO(data), delimiter))
         _check_count(shard, len(records))
-        yield from _csv_rows(reader, enumerate(records, shard.first_row))
+        yield from _csv_rows(_csv_header(shard), enumerate(records, shard.first_row))
         return
     with open_input(shard.uri) as raw:
-        reader = csv.DictReader(csv_text_stream(gunzip(raw) if is_compressed(shard.uri) else raw), delimiter=delimiter,
-                                restkey=CSV_EXTRA)
-        yield from _csv_rows(reader, enumerate(islice(reader, shard.first_row - 1, shard.first_row - 1 + shard.rows),
+        records = csv_records(gunzip(raw) if is_compressed(shard.uri) else raw, delimiter)
+        header = next(records)[1]
+        yield from _csv_rows(header, enumerate(islice(records, shard.first_row - 1, shard.first_row - 1 + shard.rows),
                                                shard.first_row))
 
 
-def _csv_rows(reader: csv.DictReader, rows) -> Iterator[Record]:
-    for i, rec in rows:
-        if CSV_EXTRA in rec:
-            n_fields = len(reader.fieldnames) + len(rec[CSV_EXTRA])
-            yield i, None, f"malformed CSV: {n_fields} fields, header has {len(reader.fieldnames)}"
-            continue
-        yield i, rec, None
+def _csv_rows(header: list[str], rows) -> Iterator[Record]:
+    """Records as {column: cell}; a record short of cells gets None for the rest (as
+    csv.DictReader does), one with more cells than the header is malformed."""
+    for i, (_, fields, error) in rows:
+        if error:
+            yield i, None, error
+        elif len(fields) > len(header):
+            yield i, None, f"malformed CSV: {len(fields)} fields, header has {len(header)}"
+        else:
+            yield i, dict(zip(header, fields + [None] * (len(header) - len(fields)))), None
 
 
 def columnar_batches(shard: Shard) -> Iterator[tuple[int, pa.RecordBatch]]:

@@ -1,7 +1,11 @@
 """A run folder (a local path or a URI) and every path in it; nothing else builds them.
 
+  lock.json                  the process working in the folder, with its heartbeat
+                             (scanner.lock): a second process is refused while it lives
   run.json                   identity: run_id, kind (scan / sweep), the scoring config and its
-                             hash, the detector's fingerprint for a sweep; a resume must match
+                             hash, the detector's fingerprint for a sweep, and the input files
+                             with their sources; written first, under the lock. A resume must
+                             match it; new input files join only when asked for (--add)
   plan/<file key>.json       the shards of one input file, with its size and mtime: a file that
                              changed since is planned again and all its shards scored anew
   features/<shard>.parquet   one row per scored sample, written by the worker that scored it
@@ -20,18 +24,26 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from contextlib import contextmanager
+from dataclasses import replace
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
 
 from scanner.errors import InputError
-from scanner.inputs import InputFile
-from scanner.shards import Shard
+from scanner.inputs import InputFile, list_inputs
+from scanner.lock import FolderLock
+from scanner.shards import Shard, shard_prefix
 from scanner.storage import Store
 
 DUPLICATES = "duplicates"  # quarantine/duplicates.parquet: a name no shard can have (shards end in -NNNNN)
 EVAL_ITEMS = "eval_items"  # quarantine/eval_items.parquet: overlap's eval rows that could not be used
+
+
+def _files(uris: list[str]) -> str:
+    more = f" and {len(uris) - 1} more" if len(uris) > 1 else ""
+    return f"{len(uris)} input file(s) ({uris[0]}{more})"
 
 
 class RunFolder:
@@ -48,17 +60,64 @@ class RunFolder:
 
     # ------------------------------------------------------------ identity
 
-    def identify(self, identity: dict, config: dict) -> tuple[dict, bool]:
-        """(the run record, whether it is new). An existing run must have the same identity; a
-        new one is saved by save_run once it has started."""
-        if self.store.exists("run.json"):
-            run = self.run
-            differ = {k: (run.get(k), v) for k, v in identity.items() if run.get(k) != v}
-            if differ:
-                said = ", ".join(f"{k} {a} there, {b} here" for k, (a, b) in differ.items())
-                raise InputError(f"{self.uri} holds another run ({said}); use a new --out or the same options")
-            return run, False
-        return {"run_id": uuid.uuid4().hex[:12], **identity, "config": config}, True
+    @contextmanager
+    def claim(self, identity: dict, config: dict, files: list[InputFile], add: bool | None = None):
+        """Holds the folder for one process and yields (the run record, every input file of the
+        run). The record is saved before any work, so a second process sees it at once.
+
+        An existing run must have the same identity and the same input files; with `add`, files it
+        lacks join it (and it keeps the earlier ones, with their sources); None: the command offers
+        no --add. A file left out that finished no shard (it failed) leaves the run. A run that
+        finished no shard yet (a model that could not load) gives way to a corrected command."""
+        with FolderLock(self.store, identity["kind"]):
+            run, files = self._identify(identity, config, files, add)
+            self.save_run(run)
+            yield run, files
+
+    def _identify(self, identity: dict, config: dict, files: list[InputFile], add: bool | None
+                  ) -> tuple[dict, list[InputFile]]:
+        fresh = {"run_id": uuid.uuid4().hex[:12], **identity, "config": config,
+                 "inputs": {f.uri: f.source for f in files}}
+        if not self.store.exists("run.json"):
+            return fresh, files
+        run = self.run
+        differ = {k: (run.get(k), v) for k, v in identity.items() if run.get(k) != v}
+        if differ:
+            if not self.done():
+                self._clear()
+                return fresh, files
+            said = ", ".join(f"{k} {a} there, {b} here" for k, (a, b) in differ.items())
+            raise InputError(f"{self.uri} holds another run ({said}); use a new --out or the same options")
+        recorded: dict[str, str] = run.setdefault("inputs", {f.uri: f.source for f in files})  # (a run.json from before inputs were recorded)
+        new = [f for f in files if f.uri not in recorded]
+        finished = self.done()
+        for uri in set(recorded) - {f.uri for f in files}:  # a file left out that gave nothing (it failed) is dropped
+            if not any(n.startswith(shard_prefix(uri)) for n in finished):
+                del recorded[uri]
+        missing = sorted(set(recorded) - {f.uri for f in files})
+        if new and not add:
+            how = "pass --add to add them to that run, or use a new --out" if add is False else "use a new --out"
+            raise InputError(f"{self.uri} holds a run over {_files(list(recorded))}; this command adds "
+                             f"{_files([f.uri for f in new])}: {how}")
+        if missing and not add:
+            raise InputError(f"{self.uri} holds a run over {_files(list(recorded))}; this command does not name "
+                             f"{_files(missing)}: name the same inputs, or use a new --out")
+        earlier = [replace(f, source=recorded[f.uri]) for f in list_inputs(missing)] if missing else []
+        files = earlier + [replace(f, source=recorded.get(f.uri, f.source)) for f in files]
+        sources = set(recorded.values())
+        for i, f in enumerate(files):
+            if f.uri not in recorded and f.source in sources:  # a new file named like an earlier one
+                files[i] = replace(f, source=f.uri)
+        run["inputs"] = {f.uri: f.source for f in files}
+        return run, files
+
+    def _clear(self) -> None:
+        """What a run that finished nothing left: plans (a corrected command may cut other shards),
+        the quarantine of shards it read, its manifest."""
+        for folder in ("plan", "quarantine", "features"):
+            for name in self.store.names(folder):
+                self.store.delete(f"{folder}/{name}")
+        self.store.delete("manifest.json")
 
     def save_run(self, run: dict) -> None:
         self.store.write_json("run.json", run)
@@ -133,6 +192,10 @@ class RunFolder:
         duplicates of another shard's (unless asked for: finding them needs them all)."""
         ds = self.dataset("features")
         if ds is None:
+            if self.store.exists("manifest.json"):
+                c = self.manifest["counts"]
+                raise InputError(f"{self.uri}: no usable row: each of the {c['read']} rows read was quarantined "
+                                 f"({c['quarantined_by_reason']})")
             raise InputError(f"{self.uri}: no scored samples in it; run `scanner scan` into it first")
         needed = None if columns is None else list(dict.fromkeys([*columns, "sample_id", "file", "row"]))
         df = pl.from_arrow(ds.to_table(columns=needed))

@@ -5,9 +5,10 @@ and of resume. Planning reads what it must and no more:
   than shard_size is cut into pieces, each of which reads that group).
 - JSON lines (uncompressed): one pass that finds the byte offset of every shard_size-th line,
   so each shard later reads only its byte range.
-- CSV/TSV (uncompressed): the same with record starts, where a newline inside a quoted field
-  does not end a record (quote parity, as RFC 4180 quoting gives). A file that fits in one shard
-  is read as a whole, as before.
+- CSV/TSV (uncompressed): the same with record starts, found by the csv module itself (so the
+  planner counts the rows the reader will find: a newline inside a quoted field does not end a
+  record, a quote inside a field does not open one). A quote never closed makes the rest of the
+  file one record, which the reader quarantines with that reason.
 - Compressed (.gz) files, JSON arrays and HF Arrow files: rows are counted; each shard then reads
   from the file's start and skips to its rows (a large .gz is decompressed once per shard:
   Parquet or plain JSON lines avoid that).
@@ -21,9 +22,9 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import io
 import json
 import posixpath
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -52,8 +53,13 @@ class Shard:
         return asdict(self)
 
 
+def shard_prefix(uri: str) -> str:
+    """What the names of one file's shards begin with."""
+    return f"{posixpath.basename(uri.rstrip('/'))}-{hashlib.sha256(uri.encode()).hexdigest()[:10]}-"
+
+
 def shard_name(uri: str, index: int) -> str:
-    return f"{posixpath.basename(uri.rstrip('/'))}-{hashlib.sha256(uri.encode()).hexdigest()[:10]}-{index:05d}"
+    return f"{shard_prefix(uri)}{index:05d}"
 
 
 def _pieces(n: int, size: int) -> list[int]:
@@ -116,23 +122,50 @@ def lines_with_offsets(stream):
         yield pos, rest
 
 
-def csv_record_starts(stream, every: int) -> tuple[list[int], int]:
-    """(byte offsets of records 0, every, 2*every, ... after the header; number of records).
-    Blank lines between records are not records (csv.DictReader skips them too)."""
-    starts, records, in_quotes, header_seen = [], 0, False, False
-    for pos, line in lines_with_offsets(stream):
-        if not in_quotes:
-            if line in (b"\n", b"\r\n"):
-                continue
-            if not header_seen:
-                header_seen = True
-            else:
-                if records % every == 0:
-                    starts.append(pos)
-                records += 1
-        if line.count(b'"') % 2:
-            in_quotes = not in_quotes
-    return starts, records
+def csv_records(stream, delimiter: str) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    """(byte offset, fields, error) of each record of a binary CSV stream, header first, exactly
+    as the csv module parses it (blank lines are not records). A quote left open at the end of
+    the stream, or a field past the csv module's size limit, makes the rest of the stream one
+    record with fields None and the error: counted and quarantined, never silently swallowed."""
+    at = {"end": 0, "lines": 0, "exhausted": False}
+
+    def lines():
+        for pos, line in lines_with_offsets(stream):
+            at["end"], at["lines"] = pos + len(line), at["lines"] + 1
+            yield line.decode("utf-8", errors="surrogateescape")
+        at["exhausted"] = True
+
+    reader = csv.reader(lines(), delimiter=delimiter)
+    while True:
+        start, first_line = at["end"], at["lines"]
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield start, None, f"malformed CSV ({e}): the rest of the file is not split into rows"
+            return
+        if at["exhausted"]:  # the parser asked for more lines inside this record: a quote never closed
+            yield start, None, (f"unterminated quote: the rest of the file ({at['lines'] - first_line} lines) "
+                                "cannot be split into rows")
+            return
+        if fields:
+            yield start, fields, None
+
+
+def csv_record_starts(stream, every: int, delimiter: str = ",") -> tuple[list[int], int]:
+    """(byte offsets of records 0, every, 2*every, ... after the header; number of records), as
+    the reader will find them (csv_records)."""
+    starts, n = [], 0
+    records = csv_records(stream, delimiter)
+    header = next(records, None)
+    if header is not None and header[2]:
+        raise CorpusError(f"the header row: {header[2]}")
+    for pos, _, _ in records:
+        if n % every == 0:
+            starts.append(pos)
+        n += 1
+    return starts, n
 
 
 def gunzip(raw):
@@ -147,11 +180,6 @@ def csv_delimiter(uri: str) -> str:
     return "\t" if uri.lower().removesuffix(".gz").endswith(".tsv") else ","
 
 
-def csv_text_stream(binary) -> io.TextIOBase:
-    # surrogateescape keeps undecodable bytes visible per cell instead of failing the file
-    return io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="")
-
-
 def count_rows(f: InputFile) -> int:
     """Rows of a file that is read from its start: compressed, a JSON array, or HF Arrow."""
     if f.fmt == "arrow":
@@ -161,8 +189,7 @@ def count_rows(f: InputFile) -> int:
     with open_input(f.uri) as raw:
         stream = gunzip(raw) if is_compressed(f.uri) else raw
         if f.fmt == "csv":
-            records = sum(1 for r in csv.reader(csv_text_stream(stream), delimiter=csv_delimiter(f.uri)) if r)
-            return max(0, records - 1)  # the header is not a row
+            return csv_record_starts(stream, 1 << 62, csv_delimiter(f.uri))[1]
         head = stream.read(1 << 16)
         if is_json_array(head):
             return len(json.loads((head + stream.read()).decode("utf-8")))
@@ -212,7 +239,7 @@ def _plan_ranges(f: InputFile, size: int) -> list[tuple[int, int, int | None, in
                 return [(1 + i * size, min(size, n - i * size), s, e)
                         for i, (s, e) in enumerate(zip(starts, starts[1:] + [end]))]
             if f.fmt == "csv":
-                starts, n = csv_record_starts(raw, size)
+                starts, n = csv_record_starts(raw, size, csv_delimiter(f.uri))
                 if n <= size:  # one shard: read whole, as the csv module reads it
                     return [(1, n, None, None)] if n else []
                 return [(1 + i * size, min(size, n - i * size), s, e)

@@ -9,6 +9,7 @@ installed.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import uuid
 from pathlib import Path
@@ -92,9 +93,68 @@ class Store:
     def write_json(self, rel: str, obj) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=2).encode())
 
+    def read_bytes(self, rel: str) -> bytes:
+        """The file's bytes; FileNotFoundError when there is none."""
+        try:
+            with self.fs.open_input_stream(self.path(rel)) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise
+        except OSError as e:  # pyarrow's object stores say "not found" in their own words
+            if self.fs.get_file_info(self.path(rel)).type == pafs.FileType.NotFound:
+                raise FileNotFoundError(self.path(rel)) from e
+            raise
+
     def read_json(self, rel: str):
-        with self.fs.open_input_stream(self.path(rel)) as f:
-            return json.loads(f.read())
+        return json.loads(self.read_bytes(rel))
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Writes the file only where none exists; False when one does. Locally a complete file is
+        hard-linked into place (atomic: a reader never sees it half-written); an object store
+        writes when the name is absent and reads back (a race narrowed to the upload, not closed)."""
+        final = self.path(rel)
+        self.fs.create_dir(posixpath.dirname(final), recursive=True)
+        if self.local:
+            tmp = f"{posixpath.dirname(final)}/.{posixpath.basename(final)}.{uuid.uuid4().hex}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            try:
+                os.link(tmp, final)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+        if self.exists(rel):
+            return False
+        self.write_bytes(rel, data)
+        return self.read_bytes(rel) == data
+
+    def take_over(self, rel: str, token: str | None) -> None:
+        """Removes a stale lock file, only if it is still the one judged stale (its JSON's token,
+        None for one that is not JSON): two processes taking over at once must not remove the
+        lock the faster one just made."""
+        if not self.local:
+            try:
+                if _token(self.read_bytes(rel)) == token:
+                    self.delete(rel)
+            except FileNotFoundError:
+                pass
+            return
+        final = self.path(rel)
+        aside = f"{posixpath.dirname(final)}/.{posixpath.basename(final)}.{uuid.uuid4().hex}.stale"
+        try:
+            os.rename(final, aside)  # atomic: of two processes, one gets the file
+        except FileNotFoundError:
+            return
+        try:
+            with open(aside, "rb") as f:
+                if _token(f.read()) != token:
+                    os.link(aside, final)  # a fresh lock, not the stale one: put it back
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(aside)
 
     def write_parquet(self, rel: str, table: pa.Table) -> None:
         self._write(rel, lambda f: pq.write_table(table, f))
@@ -111,3 +171,10 @@ class Store:
         info = self.fs.get_file_info(pafs.FileSelector(self.path(folder), allow_not_found=True))
         names = (posixpath.basename(e.path) for e in info if e.type == pafs.FileType.File)
         return sorted(n for n in names if n.endswith(suffix) and not n.startswith("."))
+
+
+def _token(data: bytes) -> str | None:
+    try:
+        return json.loads(data).get("token")
+    except (json.JSONDecodeError, AttributeError):
+        return None

@@ -29,13 +29,14 @@ from scanner.runfolder import RunFolder
 
 
 def run_sweep(inputs: list[str], out: str, detector: TrainedDetector, cfg: ScanConfig, accept_shift: bool = False,
-              progress: Callable[[str], None] = print) -> dict:
+              progress: Callable[[str], None] = print, add: bool | None = None) -> dict:
     """accept_shift: estimate even when a calibrated detector does not transfer to cfg's model
-    (scanner.detector.transfer); the report's first sentence then says so."""
+    (scanner.detector.transfer); the report's first sentence then says so. add: input files the
+    run in `out` lacks join it."""
     detector.check_usable_with(cfg)
     detector, transfer = transferred_detector(detector, cfg, str(out).rstrip("/") + "/transfer", accept_shift, progress)
     kind = RunKind("sweep", keep_text=False, dedupe=False, strict=False, detector=detector.spec)
-    manifest = run_shards(inputs, out, cfg, kind, progress)
+    manifest = run_shards(inputs, out, cfg, kind, progress, add)
     metrics = sweep_metrics(manifest, detector, cfg, transfer)
     RunFolder(out).write_files(render_report("Contamination sweep", sweep_blocks(metrics, manifest["shards"]), metrics))
     return metrics

@@ -39,9 +39,8 @@ def write_fake_run(run_dir, n=600, k=6, proj=4, seed=0, signal=1.0, shift_text=F
     schema = FEATURE_SCHEMA.append(pa.field("text", pa.string()))
     cfg = ScanConfig(model="fake-model", neighbors=k, proj_dim=proj)
     folder = RunFolder(run_dir)
-    run, _ = folder.identify({"kind": "scan", "scoring_hash": cfg.scoring_hash()}, asdict(cfg))
-    folder.save_run(run)
     counts = {"read": n, "scored": n, "quarantined": 0, "quarantined_by_reason": {}}
-    folder.finish_shard("fake-00000", pa.Table.from_pylist(rows, schema=schema),
-                        {"shard": "fake-00000", "counts": counts, "tokens": 0, "per_source": {}})
+    with folder.claim({"kind": "scan", "scoring_hash": cfg.scoring_hash()}, asdict(cfg), []):
+        folder.finish_shard("fake-00000", pa.Table.from_pylist(rows, schema=schema),
+                            {"shard": "fake-00000", "counts": counts, "tokens": 0, "per_source": {}})
     return y

@@ -127,3 +127,74 @@ def test_a_set_is_not_shown_seen_against_itself(tmp_path, tiny_lm):
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((tmp_path / "inf" / "metrics.json").read_text())
     assert m["verdict"] == "not shown" and m["blind_baseline"]["verdict"]["status"] != "shifted", m["blind_baseline"]
+
+
+@pytest.mark.parametrize("shard_size", [1000, 3])  # read whole, and cut into byte ranges
+def test_csv_rows_are_counted_by_the_parser_and_an_unterminated_quote_is_quarantined(tmp_path, shard_size):
+    """9 rows with an unterminated quote in row 4 used to read 4 (the rest swallowed silently); a
+    ragged CSV with quotes inside fields read 23 of its 31 rows."""
+    from scanner.readers import records  # what the Ray read tasks read
+    from scanner.shards import plan_file
+
+    def rows(path):
+        [f] = list_inputs([str(path)])
+        got = [r for s in plan_file(f, shard_size) for r in records(s)]
+        return [i for i, rec, _ in got if rec], {i: why for i, rec, why in got if why}
+
+    texts = [f"passage {i}" for i in range(9)]
+    lines = [f"{t},{i % 2}" for i, t in enumerate(texts)]
+    lines[3] = '"an unterminated passage,1'
+    broken = tmp_path / "broken.csv"
+    broken.write_text("text,label\n" + "\n".join(lines) + "\n")
+    kept, bad = rows(broken)
+    assert kept == [1, 2, 3] and list(bad) == [4] and "unterminated quote" in bad[4] and "(6 lines)" in bad[4]
+
+    ragged_lines = []
+    for i in range(31):  # short rows, long rows, a quote inside a field (literal: it opens nothing)
+        ragged_lines.append([f'a 5" nail {i},1', f"short {i}", f"x {i},0,extra", f'"quoted, fine {i}",1'][i % 4])
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("text,label\n" + "\n".join(ragged_lines) + "\n")
+    kept, bad = rows(ragged)
+    assert len(kept) + len(bad) == 31  # read = kept + quarantined
+    assert sorted(bad) == [i + 1 for i in range(31) if i % 4 == 2] and all("malformed CSV: 3 fields" in w for w in bad.values())
+    assert len(kept) == 31 - 8
+
+
+def test_a_csv_whose_header_never_closes_its_quote_is_one_line(tmp_path, capfd):
+    data = tmp_path / "h.csv"
+    data.write_text('"text,label\na,1\nb,0\n')
+    _one_line_error(capfd, main(["baseline", str(data), "--out", str(tmp_path / "b")]), "the header row: unterminated quote")
+
+
+def test_out_on_a_read_only_file_system_is_refused_before_any_work(tmp_path):
+    """The baseline used to work for 24 s and then end in a traceback."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) to mount a read-only file system privately")
+    data, ro = _jsonl(tmp_path / "d.jsonl"), tmp_path / "ro"
+    ro.mkdir()
+    script = (f"mount -t tmpfs -o ro,size=1m tmpfs {ro} || exit 99; "
+              f"exec {sys.executable} -m scanner.cli baseline {data} --out {ro}/b")
+    res = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    if res.returncode == 99 or "unshare:" in res.stderr:
+        pytest.skip(f"cannot mount a private read-only file system here: {res.stderr.strip()}")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "cannot be written (a read-only file system" in lines[0], res.stderr
+    assert not (ro / "b").exists()
+
+
+@pytest.mark.timeout(300)
+def test_an_input_whose_rows_are_all_quarantined_is_one_line(tmp_path, tiny_lm, ray_local, capfd):
+    """Used to end in a Ray task's traceback saying to run `scanner scan` first."""
+    data = tmp_path / "blank.jsonl"
+    data.write_text("".join(json.dumps({"text": " " * (i % 3)}) + "\n" for i in range(12)))
+    code = main(["scan", str(data), "--model", tiny_lm["model"], "--neighbors", "1", "--out", str(tmp_path / "r")])
+    err = capfd.readouterr().err
+    assert code == 2 and "Traceback" not in err and "ray::" not in err, err
+    assert err.strip().splitlines()[-1] == f"scanner: error: no usable row in {data}: {{'empty text': 12}}"
+    from scanner.errors import InputError
+    from scanner.runfolder import RunFolder
+
+    with pytest.raises(InputError, match=r"no usable row: each of the 12 rows read was quarantined \({'empty text': 12}\)"):
+        RunFolder(str(tmp_path / "r")).features()

@@ -34,7 +34,7 @@ def test_a_model_path_that_does_not_exist_stops_at_once(data, tmp_path, capsys):
     assert not (tmp_path / "run" / "run.json").exists()
 
 
-def test_a_checkpoint_that_does_not_load_is_one_line_and_leaves_no_run(one_cpu_ray, data, tmp_path, capsys):
+def test_a_checkpoint_that_does_not_load_is_one_line_and_does_not_block_a_corrected_run(one_cpu_ray, data, tmp_path, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
@@ -42,7 +42,14 @@ def test_a_checkpoint_that_does_not_load_is_one_line_and_leaves_no_run(one_cpu_r
     err = capsys.readouterr().err
     line = next(ln for ln in err.splitlines() if ln.startswith("scanner: error:"))
     assert f"cannot load model {broken}" in line and "Traceback" not in err
-    assert not (tmp_path / "run" / "run.json").exists()  # the corrected command is not refused as "another run"
+    # the claim was made (run.json first) but no shard finished: the corrected command is not refused
+    from scanner.inputs import list_inputs
+    from scanner.runfolder import RunFolder
+
+    folder = RunFolder(str(tmp_path / "run"))
+    assert folder.run["config"]["model"] == str(broken) and not folder.done()
+    with folder.claim({"kind": "scan", "scoring_hash": "a corrected model"}, {}, list_inputs([data])) as (run, _):
+        assert run["scoring_hash"] == "a corrected model"
 
 
 def test_actors_that_take_every_cpu_are_refused_instead_of_waiting_for_ever(one_cpu_ray, data, tmp_path, capsys):

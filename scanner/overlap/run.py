@@ -53,11 +53,9 @@ def eval_fingerprint(items: pl.DataFrame, n: int) -> str:
 
 def run_overlap(eval_paths: list[str], corpus_paths: list[str], out: str, n: int = DEFAULT_N,
                 eval_columns: Columns = Columns(label=None), corpus_columns: Columns = Columns(label=None),
-                parallel: int | None = None, shard_rows: int = SHARD_ROWS,
+                parallel: int | None = None, shard_rows: int = SHARD_ROWS, add: bool | None = None,
                 progress: Callable[[str], None] = print) -> dict:
-    import ray
-
-    t0 = time.perf_counter()
+    """add: corpus files the run in `out` lacks join it (RunFolder.claim)."""
     if n < 1:
         raise InputError(f"--n must be at least 1, not {n}")
     if parallel is not None and parallel < 1:
@@ -65,11 +63,21 @@ def run_overlap(eval_paths: list[str], corpus_paths: list[str], out: str, n: int
     if shard_rows < 1:
         raise InputError(f"--shard-size must be at least 1, not {shard_rows}")
     evals = read_corpus(eval_paths, eval_columns, progress=progress)
-    items = evals.samples
-    files = list_inputs(corpus_paths)
     folder = RunFolder(out)
-    run, new = folder.identify({"kind": "overlap", "scoring_hash": eval_fingerprint(items, n)},
-                               {"n": n, "eval": eval_paths, "corpus": corpus_paths, "shard_rows": shard_rows})
+    with folder.claim({"kind": "overlap", "scoring_hash": eval_fingerprint(evals.samples, n)},
+                      {"n": n, "eval": eval_paths, "corpus": corpus_paths, "shard_rows": shard_rows},
+                      list_inputs(corpus_paths), add) as (run, files):
+        return _overlap_claimed(folder, run, files, evals, n, corpus_columns, parallel, shard_rows, eval_paths,
+                                progress)
+
+
+def _overlap_claimed(folder: RunFolder, run: dict, files: list, evals, n: int, corpus_columns: Columns,
+                     parallel: int | None, shard_rows: int, eval_paths: list[str], progress: Callable[[str], None]
+                     ) -> dict:
+    import ray
+
+    t0 = time.perf_counter()
+    items = evals.samples
     if not ray.is_initialized():
         ray.init()
     limit = parallel or max(1, int(ray.cluster_resources().get("CPU", 1) // TASK_CPUS))
@@ -84,8 +92,6 @@ def run_overlap(eval_paths: list[str], corpus_paths: list[str], out: str, n: int
     index = _index(items, n, progress) if first_run else None
     shards, file_errors = plan(files, folder, shard_rows, progress, started=planning)
     refuse_file_errors(file_errors)
-    if new:
-        folder.save_run(run)
     finished = folder.done()
     pending = [s for s in shards if s.name not in finished]
     progress(f"{len(files)} corpus file(s) in {len(shards)} shard(s): {len(shards) - len(pending)} done before, "
@@ -97,7 +103,7 @@ def run_overlap(eval_paths: list[str], corpus_paths: list[str], out: str, n: int
     table = item_table(folder, items, n)
     folder.store.write_parquet("items.parquet", table.to_arrow())
     folder.write_eval_quarantine(evals.quarantine.to_arrow())  # nothing the eval side read goes unrecorded
-    metrics = summarize(folder, table, shards, errors, n, eval_paths, corpus_paths, time.perf_counter() - t0)
+    metrics = summarize(folder, table, shards, errors, n, eval_paths, [f.uri for f in files], time.perf_counter() - t0)
     metrics["counts"] |= {"eval_rows_read": evals.counts["read"], "eval_rows_quarantined": evals.counts["quarantined"],
                           "eval_quarantined_by_reason": evals.counts["quarantined_by_reason"]}
     metrics["run_id"] = run["run_id"]

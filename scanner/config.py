@@ -75,6 +75,7 @@ class ScanConfig:
     threads_per_actor: int | None = _opt(None, SCHEDULING)  # torch threads on CPU; default: the node's cores / its actors
     actor_start_timeout: int = _opt(1800, SCHEDULING)  # seconds for every scoring actor to load its model
     samples_per_call: int = _opt(16, SCHEDULING)  # samples (each with its neighbors) scored together
+    progress_seconds: float = _opt(30.0, SCHEDULING)  # a progress line inside long shards at least this often
     batch_tokens: int | None = _opt(None, SCHEDULING)  # padded tokens per forward pass; default 16384 GPU, 1024 CPU
     device: str | None = _opt(None, SCHEDULING)  # default: cuda when the actor has a GPU
     # vLLM engine (backend: vllm); see scanner.scoring.options.EngineOptions

@@ -171,7 +171,9 @@ class ScoringPool:
         n = default_actors(cfg, gpus)
         self.options = dict(num_cpus=cfg.cpus_per_actor, num_gpus=gpus, max_restarts=ACTOR_RESTARTS,
                             max_task_retries=ACTOR_RESTARTS, scheduling_strategy="SPREAD")
-        self.cls = ray.remote(actor_cls or ScoreActor)
+        cls = actor_cls or ScoreActor
+        # progress() is answered from its own thread while the default one scores a shard
+        self.cls = ray.remote(concurrency_groups={"progress": 1})(cls) if hasattr(cls, "progress") else ray.remote(cls)
         progress(f"starting {n} scoring actor(s): {gpus:g} GPU and {cfg.cpus_per_actor:g} CPU each")
         self.actors = [self.cls.options(**self.options).remote(*actor_args) for _ in range(n)]
         self.generation = [0] * n
@@ -241,16 +243,35 @@ class ScoringPool:
         except (ray.exceptions.RayError, ValueError):
             return False
 
-    def run(self, shards: list[Shard], read: Callable[[Shard], object], on_record: Callable[[Shard, dict], None]) -> None:
-        """Scores the shards into the run the pool is bound to."""
+    def run(self, shards: list[Shard], read: Callable[[Shard], object], on_record: Callable[[Shard, dict], None],
+            on_progress: Callable[[list[dict]], None] | None = None) -> None:
+        """Scores the shards into the run the pool is bound to; on_progress(the actors' reports
+        on the shards they are scoring) when no shard finished for cfg.progress_seconds."""
         self.map(shards, lambda actor, s, threads: actor.score_shard.remote(s.to_dict(), read(s), threads, self.binding),
-                 on_record, lambda s, error: {"shard": s.name, "error": error})
+                 on_record, lambda s, error: {"shard": s.name, "error": error},
+                 on_idle=on_progress and (lambda: on_progress(self.shard_reports())))
 
-    def map(self, items: list, submit: Callable, on_result: Callable, failed: Callable) -> None:
+    def shard_reports(self) -> list[dict]:
+        """What each actor says of the shard it is scoring (those that answer within 10 s)."""
+        import ray
+
+        refs = [a.progress.options(concurrency_group="progress").remote() for a in self.actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=10)
+        reports = []
+        for ref in ready:
+            try:
+                reports.append(ray.get(ref))
+            except ray.exceptions.RayError:  # a dying actor: the map loop deals with it
+                pass
+        return [r for r in reports if r]
+
+    def map(self, items: list, submit: Callable, on_result: Callable, failed: Callable,
+            on_idle: Callable[[], None] | None = None) -> None:
         """Each item through submit(actor, item, threads) -> a result ref, QUEUED_PER_ACTOR at a
         time per actor; on_result(item, result) as they finish, in any order. An actor that dies
         more often than Ray restarts it is replaced, and each of its items gets one more try
-        there; an item that still fails, or whose task raised, gets failed(item, error) instead."""
+        there; an item that still fails, or whose task raised, gets failed(item, error) instead.
+        on_idle() whenever cfg.progress_seconds pass without a result."""
         import ray
 
         queue, inflight, lost = deque(enumerate(items)), {}, Counter()
@@ -264,7 +285,11 @@ class ScoringPool:
             for _ in range(QUEUED_PER_ACTOR):
                 feed(k)
         while inflight:
-            (ref,), _ = ray.wait(list(inflight), num_returns=1)
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self.cfg.progress_seconds if on_idle else None)
+            if not ready:
+                on_idle()
+                continue
+            ref = ready[0]
             k, generation, i, item = inflight.pop(ref)
             try:
                 result = ray.get(ref)
@@ -375,6 +400,15 @@ class Tally:
         self.progress(f"[{self.counts['shards']}/{self.pending}] {shard.name}: {c['scored']} scored, "
                       f"{c['quarantined']} quarantined; {rate:,.0f} tokens/s")
 
+    def inside(self, reports: list[dict]) -> None:
+        """A line on the shards being scored when none finished for a while (a long shard)."""
+        if not reports:
+            return
+        done, rows = sum(r["done"] for r in reports), sum(r["rows"] for r in reports)
+        rate = (self.counts["tokens"] + sum(r["tokens"] for r in reports)) / (time.perf_counter() - self.t0)
+        self.progress(f"[{self.counts['shards']}/{self.pending}] scoring {len(reports)} shard(s): {done} of {rows} "
+                      f"rows; {rate:,.0f} tokens/s")
+
 
 def start_planning(files: list[InputFile], folder: RunFolder, shard_size: int, cpus: float = 0.5) -> list:
     """The planning tasks of every file, started (`plan` waits for them). `cpus` per task: a run
@@ -446,7 +480,8 @@ def _run_claimed(folder: RunFolder, run: dict, files: list[InputFile], cfg: Scan
         columns, neighbor_cfg = columns_from_config(cfg), cfg.neighbor_config()
         tally.start()
         try:
-            pool.run(pending, lambda s: reader.remote(s.to_dict(), columns, neighbor_cfg, folder.uri), tally.record)
+            pool.run(pending, lambda s: reader.remote(s.to_dict(), columns, neighbor_cfg, folder.uri), tally.record,
+                     tally.inside)
         finally:
             park(pool)
     duplicates = 0

@@ -88,7 +88,7 @@ class ScoreActor:
         self.cfg = ScanConfig(**cfg)
         # (asking outside Ray would start a local Ray instance)
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-        self.run, self.error = None, None
+        self.run, self.error, self.now = None, None, None
         self.loaded: dict = {}  # fill-mask model / embedder class -> (what it was loaded for, it)
         try:  # a model that cannot be loaded is reported by ready(), in one line, before any work
             self.scorer = make_scorer(self.cfg)
@@ -147,6 +147,12 @@ class ScoreActor:
             self.detector = load_trained(run["detector"]["folder"], run["detector"]["kind"])
         self.cfg, self.run = cfg, run
 
+    def progress(self) -> dict | None:
+        """How far the shard being scored is ({shard, rows, done, tokens}), or None. The engine
+        calls it in the actor's "progress" concurrency group: answered from its own thread while
+        score_shard runs, and printed inside long shards."""
+        return self.now
+
     def ready(self) -> dict:
         """Where the actor runs and what it can give; `error` when its model did not load."""
         if self.error:
@@ -203,8 +209,15 @@ class ScoreActor:
         if info.get("error"):
             return {"shard": shard["name"], "error": info["error"]}
         t0 = time.perf_counter()
-        step = self.cfg.samples_per_call
-        parts = [self.score_batch(samples.slice(i, step)) for i in range(0, samples.num_rows, step)]
+        step, parts = self.cfg.samples_per_call, []
+        self.now = {"shard": shard["name"], "rows": samples.num_rows, "done": 0, "tokens": 0}
+        try:
+            for i in range(0, samples.num_rows, step):
+                parts.append(self.score_batch(samples.slice(i, step)))
+                self.now = self.now | {"done": i + parts[-1].num_rows, "tokens": self.now["tokens"] + _tokens(parts[-1])}
+                faults.maybe_pause("mid_shard")
+        finally:
+            self.now = None
         features = pa.concat_tables(parts) if parts else None
         per_source = Counter(samples["source"].to_pylist())
         flagged: Counter = Counter()
@@ -223,10 +236,15 @@ class ScoreActor:
         if counts["read"] != scored + counts["quarantined"]:  # nothing lost, per shard
             raise RuntimeError(f"shard {shard['name']}: {counts['read']} read != {scored} scored + "
                                f"{counts['quarantined']} quarantined")
-        tokens = int(pc.sum(features["n_tokens"]).as_py() + pc.sum(features["nb_tokens"]).as_py()) if scored else 0
+        tokens = _tokens(features) if scored else 0
         record = {"shard": shard["name"], "uri": shard["uri"], "first_row": shard["first_row"], "counts": counts,
                   "tokens": tokens, "per_source": {s: [n, flagged[s]] for s, n in sorted(per_source.items())},
                   "read_on": info["node"], "scored_on": self.node_id,
                   "seconds": {"read": info["seconds"], "score": round(time.perf_counter() - t0, 3)}}
         self.folder.finish_shard(shard["name"], features, record)
         return record
+
+
+def _tokens(features: pa.Table) -> int:
+    """Tokens scored for these feature rows: the texts' and their neighbors'."""
+    return int(pc.sum(features["n_tokens"]).as_py() + pc.sum(features["nb_tokens"]).as_py())

@@ -1,6 +1,7 @@
 """`scanner scan` end to end on local Ray, with a tiny GPT-2 trained here on half of the passages."""
 
 import json
+import re
 
 import numpy as np
 import polars as pl
@@ -186,3 +187,29 @@ def test_the_next_run_of_the_same_model_reuses_its_actors_and_another_model_free
     engine.make_room(ray.cluster_resources()["CPU"])
     assert not engine._parked
     wait_until_dead(now.actors[0])
+
+
+@pytest.mark.timeout(300)
+def test_a_long_shard_shows_progress_while_it_is_scored(tmp_path, tiny_lm):
+    """A 378-row shard used to print nothing for minutes. The actor is held inside its shard (a
+    gate, not a timer) until the driver has printed a progress line about it."""
+    import os
+    import subprocess
+    import sys
+
+    data, gate, config = tmp_path / "d.jsonl", tmp_path / "gate", tmp_path / "c.yaml"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny_lm["passages"][:8]))
+    config.write_text("samples_per_call: 2\nprogress_seconds: 0.5\nneighbors: 1\n")
+    proc = subprocess.Popen([sys.executable, "-m", "scanner.cli", "scan", str(data), "--model", tiny_lm["model"],
+                             "--config", str(config), "--out", str(tmp_path / "run")], stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "SCANNER_PAUSE": f"mid_shard:{gate}"})
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "scoring 1 shard(s)" in line:
+            break
+    gate.touch()
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, "".join(seen) + rest
+    assert re.search(r"\[0/1\] scoring 1 shard\(s\): 2 of 8 rows; [\d,]+ tokens/s$", seen[-1].strip()), seen
+    assert "[1/1]" in rest and "8 scored" in rest

@@ -10,14 +10,18 @@ DEFAULT settings (the benchmark sets no scheduling option) against the scoring c
       mode only: a detector needs a scan with labels);
   (c) a FiMMIA-style loop: one text at a time, one model call for the loss and a second for
       the embedding;
-  (e) a naive loop: one text at a time, loss and embedding from one call.
+  (e) a naive loop: one text at a time, loss and embedding from one call;
+  (f) the bare forward: the same texts (and neighbors), batched as the scorer batches them, the
+      model's logits computed and nothing else (no statistics, no features): what (a) costs
+      beyond it is the price of every score (issue 32: a costs <= 1.25x f).
 
     python bench/scan_throughput.py                         # tiny: 9M GPT-2, 300 pydoc texts x 25
     python bench/scan_throughput.py --size real [--model DIR] [--texts 300]
         # SmolLM2-135M (bench/smollm2_checkpoint.py makes one; else a random-init model of its
         # shape: 30 layers, 576 wide, 49,152 vocabulary), WikiMIA-32 texts, 0 and 8 neighbors
 
-Targets (issue 10): tiny: b/a >= 0.8, d/a >= 0.85; real: b/a >= 0.8 and b >= 1.5x the naive loop.
+Targets (issue 10): tiny: b/a >= 0.8, d/a >= 0.85; real: b/a >= 0.8 and b >= 1.5x the naive loop;
+(issue 32): real: f/a <= 1.25 (a's time over f's).
 """
 
 from __future__ import annotations
@@ -85,7 +89,24 @@ def core(model: str, texts: list[str], cfg, budgets: list[int]) -> tuple[float, 
         print(f"  (a) batch_tokens={budget}: {rate:,.0f} tokens/s", flush=True)
         if rate > best:
             best, best_budget = rate, budget
-    return best, best_budget, n_tokens
+    return best, best_budget, n_tokens, bare_forward(scorer, groups, best_budget, n_tokens)
+
+
+def bare_forward(scorer, groups: list[list[str]], budget: int, n_tokens: int) -> float:
+    """(f): tokens/s of the model's forward alone (logits, nothing else), batched as (a) batches."""
+    from scanner.scoring.hf import right_padded
+
+    ids = [r for g in groups for r in scorer.tokenize(g)[0]]
+    order = sorted(ids, key=len, reverse=True)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        start = 0
+        while start < len(order):
+            size = max(1, budget // len(order[start]))
+            x, mask = right_padded(order[start:start + size], scorer.tokenize.pad_id)
+            scorer.model(input_ids=x, attention_mask=mask).logits
+            start += size
+    return n_tokens / (time.perf_counter() - t0)
 
 
 def write_jsonl(path: Path, texts: list[str], labels: bool) -> None:
@@ -195,10 +216,12 @@ def main() -> None:
           "settings", flush=True)
     results = {k: {} for k in neighbor_counts}
     for k in neighbor_counts:  # before Ray starts: the core alone on an idle machine
-        rate, budget, n_tokens = core(model, texts, ScanConfig(model=model, neighbors=k).validate(), budgets)
-        results[k] |= {"a": rate, "best_budget": budget}
+        rate, budget, n_tokens, bare = core(model, texts, ScanConfig(model=model, neighbors=k).validate(), budgets)
+        results[k] |= {"a": rate, "best_budget": budget, "f": bare, "a_time_over_f": bare / rate}
         print(f"(a) {k} neighbors: scoring core, all cores: {rate:,.0f} tokens/s (best at batch_tokens={budget}; "
               f"{n_tokens:,} tokens)", flush=True)
+        print(f"(f) {k} neighbors: bare forward (logits only): {bare:,.0f} tokens/s   every score costs "
+              f"{bare / rate:.2f}x it", flush=True)
     ray.init(include_dashboard=False, log_to_driver=False)  # Ray's defaults
     for k, r in results.items():
         r["b"] = scan(model, texts, k, work)

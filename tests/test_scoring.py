@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from scanner.scoring import hf, stats
+from scanner.scoring import stats, vocab_stats
 from scanner.scoring.hf import HFScorer
 
 TEXTS = [
@@ -52,7 +52,9 @@ def test_batched_chunked_scores_match_an_unbatched_reference(random_gpt2, monkey
     assert scorer.device == "cpu" and scorer.dtype == torch.float32
     assert scorer.split_head  # base + head reproduce GPT-2's logits
     scorer.split_head = split_head  # and the fallback through the full forward agrees too
-    monkeypatch.setattr(hf, "LOGITS_CHUNK_BYTES", {"cpu": 4 * 600 * 3 * 5})  # a few positions per chunk
+    # tiles of a few hundred logits: several slices of the vocabulary and several blocks of rows
+    monkeypatch.setattr(vocab_stats, "CHUNK_BYTES", {"cpu": 4 * 600 * 3})
+    monkeypatch.setattr(vocab_stats, "MIN_SLICE", 300)
     results = scorer.score_texts(TEXTS, batch_tokens=130)  # several padded batches
     ids, truncated = scorer.tokenize(TEXTS)
     assert truncated == [False, False, False, True, False] and len(ids[3]) == 64
@@ -96,3 +98,41 @@ def test_neighbor_features_on_hand_examples():
     assert none["nb_dL"] == [] and none["neighborhood"] is None and none["nb_de_proj"] == []
     p1, p2 = stats.projection_matrix(64, 8, seed=1), stats.projection_matrix(64, 8, seed=1)
     assert p1.shape == (64, 8) and np.array_equal(p1, p2)
+
+
+@pytest.mark.parametrize("scale", [0.1, 3.0, 30.0])  # nearly flat, ordinary, nearly one-hot distributions
+def test_vocabulary_statistics_merged_over_slices_match_float64(monkeypatch, scale):
+    """The streaming pass (slices of the vocabulary merged with the pairwise mean/variance
+    update) against log_softmax in float64, on a plain head, a soft-capped scaled head and a
+    head that must be called whole."""
+    from scanner.scoring.lm_head import LMHead
+
+    torch.manual_seed(0)
+    N, H, V = 37, 16, 1000
+    hidden, weight, bias = torch.randn(N, H), torch.randn(V, H) * scale / 4, torch.randn(V)
+    targets = torch.randint(0, V, (N,))
+    monkeypatch.setattr(vocab_stats, "CHUNK_BYTES", {"cpu": 4 * 8 * 96})  # blocks of 8 rows, slices of 96 words
+    monkeypatch.setattr(vocab_stats, "MIN_SLICE", 96)
+    linear = torch.nn.Linear(H, V)
+    linear.weight.data, linear.bias.data = weight, bias
+    capped = LMHead(weight, bias, softcap=5.0, scale=0.5)
+    whole = torch.nn.Sequential(linear)  # not a linear map the pass can slice: called whole
+    for head in (linear, capped, whole):
+        with torch.no_grad():
+            logp = torch.log_softmax(head(hidden).double(), -1)
+            got = vocab_stats.row_statistics(hidden, targets, head)
+        p = logp.exp()
+        mu = (p * logp).sum(-1)
+        sd = (p * (logp - mu[:, None]) ** 2).sum(-1).sqrt()
+        for g, want in zip(got, (logp[torch.arange(N), targets], mu, sd)):
+            np.testing.assert_allclose(g.numpy(), want.numpy(), atol=2e-5, rtol=1e-5)
+    with torch.no_grad():
+        flat = vocab_stats.row_statistics(hidden, targets, _zero_head(H, V))
+    np.testing.assert_allclose(flat[1].numpy(), -math.log(V), rtol=1e-6)  # uniform: mu = -log V, sigma = 0
+    np.testing.assert_allclose(flat[2].numpy(), 0.0, atol=1e-6)
+
+
+def _zero_head(H, V):
+    head = torch.nn.Linear(H, V, bias=False)
+    torch.nn.init.zeros_(head.weight)
+    return head

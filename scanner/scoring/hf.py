@@ -9,10 +9,10 @@
   keeps each score a plain function of the text's first `max_length` tokens.
 - Batches are built by a token budget over texts sorted by length (little padding); padding is
   on the right and masked, so no pad token reaches any score.
-- The LM head runs on chunks of positions: logits are turned into log-softmax, the actual token's
-  log-prob and the mean/std of log p under the model's own distribution (for Min-K%++), so
-  B x T x V is never materialised in fp32 at once. The embedding is the masked mean of the last
-  hidden state.
+- The LM head runs over the real positions only, on slices of the vocabulary
+  (scanner.scoring.vocab_stats): the actual token's log-prob and the mean/std of log p under the
+  model's own distribution (for Min-K%++), never B x T x V logits at once, the head's weights
+  read once per batch. The embedding is the masked mean of the last hidden state.
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ import numpy as np
 import torch
 
 from scanner.scoring.interface import Capabilities, TextScore, TextTokenizer
+from scanner.scoring.vocab_stats import logits_statistics, row_statistics
 
-# fp32 logits held at once per chunk: on a CPU, chunks that stay in cache are fastest (8 MiB
-# measured ~1.5x faster than 128 MiB); on a GPU, big chunks mean fewer kernel launches
-LOGITS_CHUNK_BYTES = {"cpu": 8 << 20, "cuda": 512 << 20}
 # padded tokens per forward pass when not set: small CPU batches stay in cache (a 9M GPT-2 with a
 # 16k vocabulary scored 5.9k tokens/s at 1024 vs 4.7k at 8192 on 2 cores); GPUs want big ones
 DEFAULT_BATCH_TOKENS = {"cpu": 1024, "cuda": 16384}
@@ -93,30 +91,6 @@ def load_model(auto_class, model: str, device: str, dtype: torch.dtype, revision
     return lm
 
 
-def token_statistics(ids: torch.Tensor, logits_of, head, config, first: int = 0):
-    """Per position t >= first (predicting token t + 1): the token's log-prob, and the mean and
-    std of log p under the model's next-token distribution, each (B, T - 1 - first) on the CPU.
-    The LM head runs on chunks of positions (`logits_of(t0, t1)`), so B x T x V is never held in
-    fp32 at once."""
-    B, T = ids.shape
-    vocab = head.out_features if hasattr(head, "out_features") else config.vocab_size
-    step = max(1, LOGITS_CHUNK_BYTES["cuda" if ids.is_cuda else "cpu"] // (4 * B * vocab))
-    lp, mu, sd = (torch.empty((B, T - 1 - first)) for _ in range(3))
-    for t0 in range(first, T - 1, step):
-        t1 = min(T - 1, t0 + step)
-        logp = torch.log_softmax(logits_of(t0, t1).float(), dim=-1)
-        at = slice(t0 - first, t1 - first)
-        lp[:, at] = logp.gather(-1, ids[:, t0 + 1: t1 + 1].unsqueeze(-1)).squeeze(-1).cpu()
-        p = logp.exp()
-        mean = torch.einsum("btv,btv->bt", p, logp)
-        mu[:, at] = mean.cpu()
-        # two-pass variance: E[x^2] - mu^2 cancels badly in fp32 when p is nearly flat
-        centred = logp - mean.unsqueeze(-1)
-        sd[:, at] = torch.einsum("btv,btv->bt", p * centred, centred).sqrt().cpu()
-        del logp, p, centred
-    return lp, mu, sd
-
-
 class HFScorer:
     capabilities = Capabilities(vocab_stats=True, hidden_states=True)
 
@@ -137,27 +111,24 @@ class HFScorer:
 
     # ------------------------------------------------------------ forward
 
-    def _hidden_and_logits_fn(self, input_ids, attention_mask):
-        if self.split_head:
-            hidden = self.base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            return hidden, lambda t0, t1: self.head(hidden[:, t0:t1])
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        return out.hidden_states[-1], lambda t0, t1: out.logits[:, t0:t1]
-
     @torch.no_grad()
     def _score_batch(self, batch: list[list[int]]) -> list[tuple]:
         ids, mask = right_padded(batch, self.tokenize.pad_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        hidden, logits_of = self._hidden_and_logits_fn(ids, mask)
+        scored = mask[:, 1:].bool()  # position t predicts token t + 1: the real ones, row by row
+        targets = ids[:, 1:][scored]
+        if self.split_head:
+            hidden = self.base(input_ids=ids, attention_mask=mask).last_hidden_state
+            lp, mu, sd = row_statistics(hidden[:, :-1][scored], targets, self.head)
+        else:
+            out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            hidden = out.hidden_states[-1]
+            lp, mu, sd = logits_statistics(out.logits[:, :-1][scored], targets)
         m = mask.unsqueeze(-1).to(hidden.dtype)
         emb = ((hidden * m).sum(1) / m.sum(1)).float().cpu().numpy()
-        lp, mu, sd = token_statistics(ids, logits_of, self.head, self.model.config)
-        out = []
-        for i, r in enumerate(batch):
-            n = len(r) - 1
-            out.append((lp[i, :n].numpy().astype(np.float64), mu[i, :n].numpy().astype(np.float64),
-                        sd[i, :n].numpy().astype(np.float64), emb[i]))
-        return out
+        sizes = [len(r) - 1 for r in batch]
+        return [(a.numpy().astype(np.float64), b.numpy().astype(np.float64), c.numpy().astype(np.float64), e)
+                for a, b, c, e in zip(lp.split(sizes), mu.split(sizes), sd.split(sizes), emb)]
 
     def score_ids(self, ids: list[list[int]], batch_tokens: int | None = None) -> list[tuple]:
         """Sorted by length, cut into batches of at most `batch_tokens` padded tokens."""

@@ -27,7 +27,11 @@ class LMHead(torch.nn.Module):
         self.softcap, self.scale = softcap, scale
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = torch.nn.functional.linear(hidden, self.weight, self.bias)
+        return self.transform(torch.nn.functional.linear(hidden, self.weight, self.bias))
+
+    def transform(self, logits: torch.Tensor) -> torch.Tensor:
+        """What the model does to the linear map's output (elementwise: it may run on a slice of
+        the vocabulary, scanner.scoring.vocab_stats)."""
         if self.scale != 1.0:
             logits = logits * self.scale
         if self.softcap:

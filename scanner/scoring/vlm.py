@@ -6,10 +6,10 @@
   image-caption pairs are seen in pretraining; the processor expands the placeholder into the
   image's tokens. Only the text's tokens are scored: each given the image and the text before
   it, the first one given the image alone. Token log-probs, the Min-K%++ statistics (the same
-  chunked LM-head pass as the text backend, scanner.scoring.hf.token_statistics) and the
-  embedding (mean last hidden state over the text's tokens) come from one forward pass, so the
-  feature rows are those of a text scan and every later step works unchanged. As in the text
-  backend, the base model runs alone and the LM head on chunks of the text's positions, when
+  LM-head pass as the text backend, scanner.scoring.vocab_stats) and the embedding (mean last
+  hidden state over the text's tokens) come from one forward pass, so the feature rows are those
+  of a text scan and every later step works unchanged. As in the text backend, the base model
+  runs alone and the LM head over the text's positions only, on slices of the vocabulary, when
   that gives the model's own logits (checked at load); else one full forward pass.
 - Texts are scored whole (the image's tokens must not be cut): `truncated` is always false.
 """
@@ -21,8 +21,9 @@ import torch
 
 from scanner.errors import InputError
 from scanner.images import decode_rgb, encode
-from scanner.scoring.hf import device_and_dtype, load_model, split_head_matches, token_statistics
+from scanner.scoring.hf import device_and_dtype, load_model, split_head_matches
 from scanner.scoring.interface import Capabilities, TextScore
+from scanner.scoring.vocab_stats import logits_statistics, row_statistics
 
 PAIRS_PER_BATCH = {"cpu": 8, "cuda": 32}
 
@@ -68,20 +69,6 @@ class VLMScorer:
                              return_tensors="pt", padding=True)
         return {k: v.to(self.device) for k, v in enc.items()}
 
-    def _hidden_and_logits_fn(self, enc: dict, first: int):
-        """(last hidden state, logits_of(t0, t1) for positions t0..t1 >= first)."""
-        if self.split_head:
-            hidden = self.base(**enc).last_hidden_state
-            return hidden, lambda t0, t1: self.head(hidden[:, t0:t1])
-        T = enc["input_ids"].shape[1]
-        try:  # the LM head only over the text's positions (the image's tokens come first)
-            out = self.model(**enc, output_hidden_states=True, logits_to_keep=T - first)
-            kept = first
-        except TypeError:  # a model without logits_to_keep: all positions
-            out = self.model(**enc, output_hidden_states=True)
-            kept = 0
-        return out.hidden_states[-1], lambda t0, t1: out.logits[:, t0 - kept:t1 - kept]
-
     @torch.no_grad()
     def _score_batch(self, texts: list[str], images: list[bytes]) -> list[TextScore]:
         enc = self._inputs(texts, images)
@@ -90,16 +77,30 @@ class VLMScorer:
         # a row's text starts after its last image token and ends at its last real token
         starts = torch.where(ids == self.image_token_id, positions, -1).max(dim=1).values + 1
         ends = torch.where(mask.bool(), positions, -1).max(dim=1).values + 1
-        first = int(starts.min()) - 1  # statistics only from the first text position on
-        hidden, logits_of = self._hidden_and_logits_fn(enc, first)
-        lp, mu, sd = token_statistics(ids, logits_of, self.head, self.text_config, first)
+        # position t - 1 predicts the text's token t: the positions scored, row by row
+        scored = (positions[None, :-1] >= starts[:, None] - 1) & (positions[None, :-1] < ends[:, None] - 1)
+        targets = ids[:, 1:][scored]
+        if self.split_head:
+            hidden = self.base(**enc).last_hidden_state
+            lp, mu, sd = row_statistics(hidden[:, :-1][scored], targets, self.head)
+        else:
+            first = int(starts.min()) - 1  # the LM head only over the text's positions (the image's come first)
+            T = ids.shape[1]
+            try:
+                out = self.model(**enc, output_hidden_states=True, logits_to_keep=T - first)
+                kept = first
+            except TypeError:  # a model without logits_to_keep: all positions
+                out = self.model(**enc, output_hidden_states=True)
+                kept = 0
+            hidden = out.hidden_states[-1]
+            lp, mu, sd = logits_statistics(out.logits[:, :T - 1 - kept][scored[:, kept:]], targets)
+        sizes = (ends - starts).tolist()
         scores = []
-        for i in range(len(texts)):
+        for i, (a, b, c) in enumerate(zip(lp.split(sizes), mu.split(sizes), sd.split(sizes))):
             s, e = int(starts[i]), int(ends[i])
-            at = slice(s - 1 - first, e - 1 - first)  # position t - 1 predicts the text's token t
             emb = hidden[i, s:e].float().mean(0).cpu().numpy()
-            scores.append(TextScore(lp[i, at].numpy().astype(np.float64), mu[i, at].numpy().astype(np.float64),
-                                    sd[i, at].numpy().astype(np.float64), emb, e - s + 1, False))
+            scores.append(TextScore(a.numpy().astype(np.float64), b.numpy().astype(np.float64),
+                                    c.numpy().astype(np.float64), emb, e - s + 1, False))
         return scores
 
     def score_pairs(self, texts: list[str], images: list[bytes], pairs_per_batch: int | None = None) -> list[TextScore]:

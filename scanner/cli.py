@@ -173,6 +173,8 @@ def cmd_scan(args) -> int:
     print(f"scanned {c['scored']} samples ({c['scored_this_invocation']} this run, {c['shards_skipped']} shards "
           f"skipped), {c['quarantined']} quarantined, {c['shards_failed']} shards failed; "
           f"{m['tokens_per_second'] or 0:.0f} tokens/s")
+    if m["positions"]:
+        print(f"padding: {m['positions']['padded_share']:.1%} of the forward passes' positions")
     print(f"features: {args.out}/features  manifest: {args.out}/manifest.json")
     return _failed_shards(m)
 

@@ -510,6 +510,7 @@ def summarize(folder: RunFolder, run: dict, cfg: ScanConfig, files: list[InputFi
     counts = Counter()
     reasons: Counter = Counter()
     per_source: dict[str, list[int]] = {}
+    positions: Counter = Counter()
     scored_on, read_on = set(), set()
     entries = []
     for s in shards:
@@ -524,6 +525,7 @@ def summarize(folder: RunFolder, run: dict, cfg: ScanConfig, files: list[InputFi
             reasons.update(c["quarantined_by_reason"])
             for source, (n, flagged) in record["per_source"].items():
                 per_source[source] = [a + b for a, b in zip(per_source.get(source, [0, 0]), (n, flagged))]
+            positions.update(record.get("positions") or {})
             scored_on.add(record["scored_on"])
             read_on.add(record["read_on"])
         entries.append(entry)
@@ -551,5 +553,7 @@ def summarize(folder: RunFolder, run: dict, cfg: ScanConfig, files: list[InputFi
         "wall_seconds": round(wall, 2),
         "tokens_scored_this_invocation": tally.counts["tokens"],
         "tokens_per_second": round(tally.counts["tokens"] / wall, 1) if tally.counts["tokens"] else None,
+        "positions": dict(positions) | {"padded_share": round(positions["padded"] / sum(positions.values()), 4)}
+        if sum(positions.values()) else None,
         "versions": package_versions(),
     }

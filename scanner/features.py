@@ -210,6 +210,7 @@ class ScoreActor:
             return {"shard": shard["name"], "error": info["error"]}
         t0 = time.perf_counter()
         step, parts = self.cfg.samples_per_call, []
+        before = dict(getattr(self.scorer, "positions", None) or {})
         self.now = {"shard": shard["name"], "rows": samples.num_rows, "done": 0, "tokens": 0}
         try:
             for i in range(0, samples.num_rows, step):
@@ -240,6 +241,7 @@ class ScoreActor:
         record = {"shard": shard["name"], "uri": shard["uri"], "first_row": shard["first_row"], "counts": counts,
                   "tokens": tokens, "per_source": {s: [n, flagged[s]] for s, n in sorted(per_source.items())},
                   "read_on": info["node"], "scored_on": self.node_id,
+                  "positions": _positions_since(before, getattr(self.scorer, "positions", None)),
                   "seconds": {"read": info["seconds"], "score": round(time.perf_counter() - t0, 3)}}
         self.folder.finish_shard(shard["name"], features, record)
         return record
@@ -248,3 +250,9 @@ class ScoreActor:
 def _tokens(features: pa.Table) -> int:
     """Tokens scored for these feature rows: the texts' and their neighbors'."""
     return int(pc.sum(features["n_tokens"]).as_py() + pc.sum(features["nb_tokens"]).as_py())
+
+
+def _positions_since(before: dict, now: dict | None) -> dict | None:
+    """Real and padded positions of the forward passes since `before` (None: a scorer that pads
+    nothing it could count, as vLLM's continuous batching)."""
+    return None if now is None else {k: now[k] - before.get(k, 0) for k in now}

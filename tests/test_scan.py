@@ -213,3 +213,6 @@ def test_a_long_shard_shows_progress_while_it_is_scored(tmp_path, tiny_lm):
     assert proc.wait(timeout=120) == 0, "".join(seen) + rest
     assert re.search(r"\[0/1\] scoring 1 shard\(s\): 2 of 8 rows; [\d,]+ tokens/s$", seen[-1].strip()), seen
     assert "[1/1]" in rest and "8 scored" in rest
+    # the padding the forward passes carried is counted: every real position is a scored token
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert m["positions"]["real"] == m["tokens_scored_this_invocation"] and 0 <= m["positions"]["padded_share"] < 1

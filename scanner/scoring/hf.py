@@ -108,6 +108,7 @@ class HFScorer:
         self.head = self.model.get_output_embeddings()
         ids = torch.tensor([[self.tokenize.prefix_id or 0, 1, 2, 3]], device=self.device)
         self.split_head = split_head_matches(self.model, self.base, self.head, {"input_ids": ids})
+        self.positions = {"real": 0, "padded": 0}  # the forward passes' positions so far (the scan reports the share)
 
     # ------------------------------------------------------------ forward
 
@@ -140,6 +141,9 @@ class HFScorer:
             longest = len(ids[order[start]])
             size = max(1, batch_tokens // max(longest, 1))
             chunk = order[start : start + size]
+            real = sum(len(ids[i]) for i in chunk)
+            self.positions["real"] += real
+            self.positions["padded"] += len(chunk) * longest - real
             for i, res in zip(chunk, self._score_batch([ids[i] for i in chunk])):
                 results[i] = res
             start += size

@@ -26,6 +26,9 @@ HEARTBEAT_S = 10.0
 STALE_S = 120.0
 
 
+_NOT_A_LOCK = {"token": None, "command": "?", "host": "", "pid": 0, "started": 0.0, "heartbeat": 0.0}
+
+
 def _age(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
@@ -48,9 +51,12 @@ class FolderLock:
         except FileNotFoundError:
             return None
         try:
-            return json.loads(data)
-        except json.JSONDecodeError:  # not a lock this code wrote: stale
-            return {"token": None, "command": "?", "host": "", "pid": 0, "started": 0.0, "heartbeat": 0.0}
+            held = json.loads(data)
+        except json.JSONDecodeError:
+            held = None
+        if not isinstance(held, dict) or not set(_NOT_A_LOCK) <= set(held):  # not a lock this code wrote: stale
+            return _NOT_A_LOCK | {"token": held.get("token") if isinstance(held, dict) else None}
+        return held
 
     def acquire(self) -> None:
         """Holds the folder, or raises one line naming the run that holds it."""

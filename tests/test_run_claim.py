@@ -60,9 +60,10 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_and_a_live_one_is_not(tmp_pat
     _plant(store, host="another-node", heartbeat=time.time() - STALE_S - 1)  # no heartbeat for too long
     with FolderLock(store, "scan") as lock:
         assert json.loads(store.read_bytes(LOCK))["token"] == lock.token
-    store.write_bytes(LOCK, b"garbage")  # not a lock this code wrote
-    with FolderLock(store, "scan"):
-        pass
+    for garbage in (b"garbage", b'{"token": "x"}', b"[1]"):  # not a lock this code wrote
+        store.write_bytes(LOCK, garbage)
+        with FolderLock(store, "scan"):
+            pass
     _plant(store, host="another-node", heartbeat=time.time() - 5)  # alive elsewhere
     with pytest.raises(InputError, match="in use by another run"):
         FolderLock(store, "scan").acquire()

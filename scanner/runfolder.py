@@ -80,17 +80,16 @@ class RunFolder:
                  "inputs": {f.uri: f.source for f in files}}
         if not self.store.exists("run.json"):
             return fresh, files
-        run = self.run
+        run, finished = self.run, self.done()
         differ = {k: (run.get(k), v) for k, v in identity.items() if run.get(k) != v}
         if differ:
-            if not self.done():
+            if not finished:
                 self._clear()
                 return fresh, files
             said = ", ".join(f"{k} {a} there, {b} here" for k, (a, b) in differ.items())
             raise InputError(f"{self.uri} holds another run ({said}); use a new --out or the same options")
         recorded: dict[str, str] = run.setdefault("inputs", {f.uri: f.source for f in files})  # (a run.json from before inputs were recorded)
         new = [f for f in files if f.uri not in recorded]
-        finished = self.done()
         for uri in set(recorded) - {f.uri for f in files}:  # a file left out that gave nothing (it failed) is dropped
             if not any(n.startswith(shard_prefix(uri)) for n in finished):
                 del recorded[uri]

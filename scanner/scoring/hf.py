@@ -17,11 +17,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from scanner.scoring.interface import Capabilities, TextScore, TextTokenizer
-from scanner.scoring.vocab_stats import logits_statistics, row_statistics
+from scanner.scoring.vocab_stats import logits_statistics, per_text, row_statistics
 
 # padded tokens per forward pass when not set: small CPU batches stay in cache (a 9M GPT-2 with a
 # 16k vocabulary scored 5.9k tokens/s at 1024 vs 4.7k at 8192 on 2 cores); GPUs want big ones
@@ -127,9 +126,7 @@ class HFScorer:
             lp, mu, sd = logits_statistics(out.logits[:, :-1][scored], targets)
         m = mask.unsqueeze(-1).to(hidden.dtype)
         emb = ((hidden * m).sum(1) / m.sum(1)).float().cpu().numpy()
-        sizes = [len(r) - 1 for r in batch]
-        return [(a.numpy().astype(np.float64), b.numpy().astype(np.float64), c.numpy().astype(np.float64), e)
-                for a, b, c, e in zip(lp.split(sizes), mu.split(sizes), sd.split(sizes), emb)]
+        return [(*stats, e) for stats, e in zip(per_text((lp, mu, sd), [len(r) - 1 for r in batch]), emb)]
 
     def score_ids(self, ids: list[list[int]], batch_tokens: int | None = None) -> list[tuple]:
         """Sorted by length, cut into batches of at most `batch_tokens` padded tokens."""

@@ -21,13 +21,12 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from scanner.errors import InputError
 from scanner.scoring.factory import check_backend_installed
 from scanner.scoring.hf import device_and_dtype
-from scanner.scoring.vocab_stats import row_statistics
+from scanner.scoring.vocab_stats import per_text, row_statistics
 from scanner.scoring.interface import Capabilities, TextScore, TextTokenizer
 from scanner.scoring.lm_head import load_lm_head
 from scanner.scoring.options import DEFAULT_CPU_KV_CACHE_GIB, EngineOptions
@@ -133,12 +132,10 @@ def hidden_to_scores(ids: list[list[int]], truncated: list[bool], hidden: list[t
     scored = torch.ones(len(flat_ids), dtype=torch.bool, device=device)
     scored[torch.tensor([len(row) for row in ids], device=device).cumsum(0) - 1] = False  # each prompt's last
     lp, mu, sd = row_statistics(flat[scored], flat_ids[1:][scored[:-1]], head)
-    sizes = [len(row) - 1 for row in ids]
     scores, start = [], 0
-    for row, tr, a, b, c in zip(ids, truncated, lp.split(sizes), mu.split(sizes), sd.split(sizes)):
+    for row, tr, stats in zip(ids, truncated, per_text((lp, mu, sd), [len(row) - 1 for row in ids])):
         n = len(row)
-        emb = flat[start: start + n].float().mean(0).cpu().numpy()
-        scores.append(TextScore(*(x.numpy().astype(np.float64) for x in (a, b, c)), emb, n, tr))
+        scores.append(TextScore(*stats, flat[start: start + n].float().mean(0).cpu().numpy(), n, tr))
         start += n
     return scores
 

@@ -16,14 +16,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from scanner.errors import InputError
 from scanner.images import decode_rgb, encode
 from scanner.scoring.hf import device_and_dtype, load_model, split_head_matches
 from scanner.scoring.interface import Capabilities, TextScore
-from scanner.scoring.vocab_stats import logits_statistics, row_statistics
+from scanner.scoring.vocab_stats import logits_statistics, per_text, row_statistics
 
 PAIRS_PER_BATCH = {"cpu": 8, "cuda": 32}
 
@@ -96,11 +95,9 @@ class VLMScorer:
             lp, mu, sd = logits_statistics(out.logits[:, :T - 1 - kept][scored[:, kept:]], targets)
         sizes = (ends - starts).tolist()
         scores = []
-        for i, (a, b, c) in enumerate(zip(lp.split(sizes), mu.split(sizes), sd.split(sizes))):
+        for i, stats in enumerate(per_text((lp, mu, sd), sizes)):
             s, e = int(starts[i]), int(ends[i])
-            emb = hidden[i, s:e].float().mean(0).cpu().numpy()
-            scores.append(TextScore(a.numpy().astype(np.float64), b.numpy().astype(np.float64),
-                                    c.numpy().astype(np.float64), emb, e - s + 1, False))
+            scores.append(TextScore(*stats, hidden[i, s:e].float().mean(0).cpu().numpy(), e - s + 1, False))
         return scores
 
     def score_pairs(self, texts: list[str], images: list[bytes], pairs_per_batch: int | None = None) -> list[TextScore]:

@@ -15,6 +15,7 @@ costs its real tokens here.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 # fp32 logits held at once: on a CPU, tiles that stay in cache are fastest; on a GPU, big tiles
@@ -113,6 +114,11 @@ def logits_statistics(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torc
         target_logit = block.gather(-1, targets[r0:r0 + rows, None]).view(-1).float()
         out.append(_finish(_tile(block.to(torch.float32, copy=True)), target_logit))  # (_tile overwrites its copy)
     return _cat(out)
+
+
+def per_text(stats: tuple[torch.Tensor, ...], sizes: list[int]) -> list[tuple[np.ndarray, ...]]:
+    """Rows laid text after text, cut back into each text's (log-prob, mu, sigma) in float64."""
+    return [tuple(x.numpy().astype(np.float64) for x in parts) for parts in zip(*(s.split(sizes) for s in stats))]
 
 
 def _cat(parts: list[tuple]) -> tuple[torch.Tensor, ...]:

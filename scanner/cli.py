@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "by about a third on small sets, at 3x the time (default 1)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the AUC CI (default 1000)")
-    b.add_argument("--jobs", type=int, default=None, help="parallel folds (default: one per CPU)")
+    b.add_argument("--jobs", type=int, default=None, help="worker threads (default: one per CPU)")
     b.add_argument("--permute-labels", action="store_true", help="negative control: shuffle labels first")
     b.set_defaults(func=cmd_baseline)
 

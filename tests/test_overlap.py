@@ -273,7 +273,7 @@ def test_two_vocabulary_words_with_one_hash_are_told_apart_by_their_bytes():
 
 
 def test_the_unicode_tables_kept_on_disk_are_the_ones_computed(tmp_path, monkeypatch):
-    from scanner.overlap import kernel
+    from scanner import unicode_text as kernel
 
     kept = tmp_path / "tables.npz"
     monkeypatch.setattr(kernel, "tables_file", lambda: kept)

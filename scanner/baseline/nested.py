@@ -16,11 +16,13 @@ import os
 import time
 import warnings
 from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import numpy as np
-from joblib import Parallel, delayed
+from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
@@ -66,14 +68,46 @@ def _stacker():
     return make_pipeline(StandardScaler(), LogisticRegression(C=1.0))
 
 
-def _fit_predict(c: Candidate, feats: TextFeatures, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
-    X = feats.block(c.block)
-    with warnings.catch_warnings():
-        # a weakly regularised fit may stop before full convergence; selection judges it by its
-        # held-out AUC like any other candidate, so the warning would only be noise
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model = c.build().fit(X[train], y[train])
-    return model.predict_proba(X[test])[:, 1]
+class Split:
+    """One training / test split of a fold."""
+
+    def __init__(self, feats: TextFeatures, y: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int):
+        self.feats, self.y, self.train, self.test, self.seed = feats, y, train, test, seed
+
+    def fit_predict(self, group: list[Candidate]) -> dict[str, np.ndarray]:
+        """Each candidate's predictions for the test rows, by name. The group shares its inputs
+        (group_key): the vocabulary is fitted on the training rows (or the stratified sample of
+        them that `max_rows` allows) once, and the rows are read through it once."""
+        c = group[0]
+        X = self.feats.block(c.block)
+        rows = self.train if c.max_rows is None else _selection_rows(self.train, self.y, c.max_rows, self.seed)
+        if c.vocabulary is None:
+            X_train, X_test = X[rows], X[self.test]
+        else:
+            v = clone(c.vocabulary).fit_rows(X, rows)
+            X_train, X_test = v.transform_rows(X, rows), v.transform_rows(X, self.test)
+        out = {}
+        for c in group:
+            with warnings.catch_warnings():
+                # a weakly regularised fit may stop before full convergence; selection judges it by
+                # its held-out AUC like any other candidate, so the warning would only be noise
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                model = c.build().fit(X_train, self.y[rows])
+            out[c.name] = model.predict_proba(X_test)[:, 1]
+        return out
+
+
+def group_key(c: Candidate) -> tuple:
+    """Candidates with the same key read the same inputs: one work item fits them all."""
+    vocab = None if c.vocabulary is None else (type(c.vocabulary), tuple(sorted(c.vocabulary.get_params().items())))
+    return (c.block, c.max_rows, vocab) if vocab is not None else (c.block, c.max_rows, c.name)
+
+
+def _groups(cands: list[Candidate]) -> list[list[Candidate]]:
+    groups: dict[tuple, list[Candidate]] = {}
+    for c in cands:
+        groups.setdefault(group_key(c), []).append(c)
+    return list(groups.values())
 
 
 def _selection_rows(train: np.ndarray, y: np.ndarray, limit: int, seed: int) -> np.ndarray:
@@ -98,49 +132,102 @@ def _folds(n_splits: int, seed: int, y: np.ndarray, groups: np.ndarray | None) -
     return list(StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups))
 
 
-def _run_fold(r, k, train, test, feats, y, groups, inner_folds, seed, make_candidates, max_selection_rows):
-    """Select on the inner folds of `train`, refit, predict `test`. Returns the outer
-    predictions of every family's best setting and of the stack, and the fold's log."""
-    t0 = time.perf_counter()
-    fold_seed = seed + k + REPEAT_SEED_STEP * (r - 1)  # repeat 1 draws exactly what a single run draws
-    sel = _selection_rows(train, y, max_selection_rows, fold_seed)
-    inner = _folds(inner_folds, fold_seed, y[sel], None if groups is None else groups[sel])
-    cands = make_candidates(len(train), seed)
-    inner_pred, inner_auc = {}, {}
-    for c in cands:
-        pred = np.empty(len(sel))
-        for itr, ite in inner:
-            pred[ite] = _fit_predict(c, feats, y, sel[itr], sel[ite])
-        inner_pred[c.name], inner_auc[c.name] = pred, roc_auc(y[sel], pred)
-    best_of: dict[str, Candidate] = {}
-    for c in cands:  # each family's best setting on the inner folds
-        if c.family not in best_of or inner_auc[c.name] > inner_auc[best_of[c.family].name]:
-            best_of[c.family] = c
-    meta_inner = np.column_stack([_logit(inner_pred[c.name]) for c in best_of.values()])
-    stack_pred = cross_val_predict(_stacker(), meta_inner, y[sel], cv=inner, method="predict_proba")[:, 1]
-    inner_auc[STACK] = roc_auc(y[sel], stack_pred)
+class Fold:
+    """One outer fold: selection on the inner folds of its training rows, then each family's best
+    setting refitted on all of them and a stack over those. Its work comes in items (a split x a
+    group of candidates that share inputs) that any worker thread can run: inner items first,
+    the refits (`outer_items`) once every inner item is done."""
 
-    outer_pred = {fam: _fit_predict(c, feats, y, train, test) for fam, c in best_of.items()}
-    stacker = _stacker().fit(meta_inner, y[sel])
-    outer_pred[STACK] = stacker.predict_proba(np.column_stack([_logit(p) for p in outer_pred.values()]))[:, 1]
+    def __init__(self, r, k, train, test, feats, y, groups, inner_folds, seed, make_candidates, max_selection_rows):
+        self.r, self.k, self.train, self.test, self.feats, self.y = r, k, train, test, feats, y
+        self.started = None
+        self.seed = seed + k + REPEAT_SEED_STEP * (r - 1)  # repeat 1 draws exactly what a single run draws
+        self.sel = _selection_rows(train, y, max_selection_rows, self.seed)
+        self.inner = _folds(inner_folds, self.seed, y[self.sel], None if groups is None else groups[self.sel])
+        self.cands = make_candidates(len(train), seed)
+        self.inner_pred = {c.name: np.empty(len(self.sel)) for c in self.cands}
+        self.outer_pred: dict[str, np.ndarray] = {}
+        self.refitting = False
+        self.pending = len(self.inner) * len(_groups(self.cands))  # work items not yet done
 
-    contenders = {fam: inner_auc[c.name] for fam, c in best_of.items()} | {STACK: inner_auc[STACK]}
-    chosen = max(contenders, key=contenders.get)  # first listed wins ties
-    log = {
-        "repeat": r,
-        "fold": k,
-        "n_train": int(len(train)),
-        "n_test": int(len(test)),
-        "n_selection": int(len(sel)),
-        "chosen_family": chosen,
-        "chosen": STACK if chosen == STACK else best_of[chosen].name,
-        "chosen_inner_auc": contenders[chosen],
-        "inner_auc": {name: round(a, 4) for name, a in inner_auc.items()},
-        "outer_auc": roc_auc(y[test], outer_pred[chosen]),
-        "outer_auc_by_family": {fam: roc_auc(y[test], p) for fam, p in outer_pred.items()},
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
-    return test, outer_pred, log
+    def inner_items(self) -> list[Callable[[], None]]:
+        items = []
+        for itr, ite in self.inner:
+            split = Split(self.feats, self.y, self.sel[itr], self.sel[ite], self.seed)
+            items += [partial(self._inner, split, ite, group) for group in _groups(self.cands)]
+        return items
+
+    def _inner(self, split: Split, ite: np.ndarray, group: list[Candidate]) -> None:
+        self.started = self.started or time.perf_counter()
+        for name, pred in split.fit_predict(group).items():
+            self.inner_pred[name][ite] = pred
+
+    def outer_items(self) -> list[Callable[[], None]]:
+        """After the inner items: each family's best setting on the inner folds, refitted."""
+        self.inner_auc = {name: roc_auc(self.y[self.sel], pred) for name, pred in self.inner_pred.items()}
+        self.best_of: dict[str, Candidate] = {}
+        for c in self.cands:
+            if c.family not in self.best_of or self.inner_auc[c.name] > self.inner_auc[self.best_of[c.family].name]:
+                self.best_of[c.family] = c
+        split = Split(self.feats, self.y, self.train, self.test, self.seed)
+        groups = _groups(list(self.best_of.values()))
+        self.refitting, self.pending = True, len(groups)
+        return [partial(self._outer, split, group) for group in groups]
+
+    def _outer(self, split: Split, group: list[Candidate]) -> None:
+        preds = split.fit_predict(group)
+        for c in group:
+            self.outer_pred[c.family] = preds[c.name]
+
+    def result(self) -> tuple[np.ndarray, dict, dict]:
+        """After the outer items: the test rows, every family's and the stack's predictions, the log."""
+        y, sel, inner = self.y, self.sel, self.inner
+        meta_inner = np.column_stack([_logit(self.inner_pred[c.name]) for c in self.best_of.values()])
+        stack_pred = cross_val_predict(_stacker(), meta_inner, y[sel], cv=inner, method="predict_proba")[:, 1]
+        inner_auc = self.inner_auc | {STACK: roc_auc(y[sel], stack_pred)}
+        outer_pred = {fam: self.outer_pred[fam] for fam in self.best_of}
+        stacker = _stacker().fit(meta_inner, y[sel])
+        outer_pred[STACK] = stacker.predict_proba(np.column_stack([_logit(p) for p in outer_pred.values()]))[:, 1]
+        contenders = {fam: inner_auc[c.name] for fam, c in self.best_of.items()} | {STACK: inner_auc[STACK]}
+        chosen = max(contenders, key=contenders.get)  # first listed wins ties
+        log = {
+            "repeat": self.r,
+            "fold": self.k,
+            "n_train": int(len(self.train)),
+            "n_test": int(len(self.test)),
+            "n_selection": int(len(sel)),
+            "chosen_family": chosen,
+            "chosen": STACK if chosen == STACK else self.best_of[chosen].name,
+            "chosen_inner_auc": contenders[chosen],
+            "inner_auc": {name: round(a, 4) for name, a in inner_auc.items()},
+            "outer_auc": roc_auc(y[self.test], outer_pred[chosen]),
+            "outer_auc_by_family": {fam: roc_auc(y[self.test], p) for fam, p in outer_pred.items()},
+            "seconds": round(time.perf_counter() - self.started, 2),  # from its first work item to its last
+        }
+        return self.test, outer_pred, log
+
+
+def _run(folds: list[Fold], n_jobs: int, done: Callable[[Fold], None]) -> None:
+    """Every fold's work items on `n_jobs` threads (the fits and the compiled loops release the
+    GIL): a fold's refits as soon as its selection is done, before any later fold's selection, so
+    folds finish one after another and no thread idles while work is left. `done(fold)` runs in
+    this thread as each fold finishes; a failed item raises here."""
+    queue = [(fold, item) for fold in folds for item in fold.inner_items()]
+    running: dict = {}
+    with ThreadPoolExecutor(n_jobs) as pool:
+        while queue or running:
+            while queue and len(running) < n_jobs:
+                fold, item = queue.pop(0)
+                running[pool.submit(item)] = fold
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                fold = running.pop(future)
+                future.result()
+                fold.pending -= 1
+                if fold.pending == 0 and not fold.refitting:
+                    queue[:0] = [(fold, item) for item in fold.outer_items()]
+                elif fold.pending == 0:
+                    done(fold)
 
 
 def nested_cv(
@@ -151,13 +238,13 @@ def nested_cv(
     seed: int = 0,
     repeats: int = 1,
     make_candidates: Callable[[int, int], list[Candidate]] = candidates,
-    max_selection_rows: int = 20_000,
+    max_selection_rows: int = 10_000,
     n_jobs: int | None = None,
     progress: Callable[[str], None] = lambda msg: None,
     groups: np.ndarray | None = None,
 ) -> NestedResult:
-    """Outer folds (of every repeat) run in parallel processes (`n_jobs`, default: one per CPU,
-    at most folds x repeats). groups: samples that must share a fold (identical texts), or None."""
+    """Outer folds (of every repeat) are worked on by `n_jobs` threads (default: one per CPU).
+    groups: samples that must share a fold (identical texts), or None."""
     y = np.asarray(y, dtype=np.int64)
     n_minority = int(min(y.sum(), len(y) - y.sum()))
     if n_minority < folds * inner_folds:
@@ -168,16 +255,15 @@ def nested_cv(
     if repeats < 1:
         raise InputError(f"cross-validation repeats must be at least 1, got {repeats}")
     total = folds * repeats
-    n_jobs = min(total, n_jobs or len(os.sched_getaffinity(0)))
-    jobs = (
-        delayed(_run_fold)(r, k, train, test, feats, y, groups, inner_folds, seed, make_candidates, max_selection_rows)
-        for r in range(1, repeats + 1)
-        for k, (train, test) in enumerate(_folds(folds, seed + REPEAT_SEED_STEP * (r - 1), y, groups), 1)
-    )
+    plan = [Fold(r, k, train, test, feats, y, groups, inner_folds, seed, make_candidates, max_selection_rows)
+            for r in range(1, repeats + 1)
+            for k, (train, test) in enumerate(_folds(folds, seed + REPEAT_SEED_STEP * (r - 1), y, groups), 1)]
     scores, fold_of = np.zeros(len(y)), np.zeros(len(y), dtype=np.int64)
     family_scores: dict[str, np.ndarray] = {}
     fold_log = []
-    for test, outer_pred, log in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs):
+
+    def done(fold: Fold) -> None:
+        test, outer_pred, log = fold.result()
         if log["repeat"] == 1:
             fold_of[test] = log["fold"]
         scores[test] += outer_pred[log["chosen_family"]] / repeats  # each sample is tested once per repeat
@@ -189,5 +275,7 @@ def nested_cv(
             f"{where}: chose {log['chosen']} (inner AUC {log['chosen_inner_auc']:.3f}), "
             f"outer AUC {log['outer_auc']:.3f}, {log['seconds']:.1f}s  [{len(fold_log)}/{total} done]"
         )
+
+    _run(plan, n_jobs or len(os.sched_getaffinity(0)), done)
     fold_log.sort(key=lambda f: (f["repeat"], f["fold"]))
     return NestedResult(scores=scores, family_scores=family_scores, folds=fold_log, fold_of=fold_of)

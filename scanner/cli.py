@@ -291,6 +291,13 @@ def cmd_nightly(args) -> int:
     return m["exit_code"]
 
 
+def cmd_scores(args) -> int:
+    from scanner.scoring import registry
+
+    print(registry.markdown_table(registry.scores(args.module)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scanner", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -443,6 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--adapter", help="a peft adapter folder (LoRA) to merge into the model, e.g. calibrate's fine-tune")
     h.add_argument("--trust-remote-code", action="store_true", help="allow the model repo's own code (off by default)")
     h.set_defaults(func=cmd_hessian)
+
+    r = sub.add_parser("scores", help="the registered membership scores: name, direction, needs, version (a "
+                                      "Markdown table, the README's)")
+    r.add_argument("--module", action="append", default=[], help="also a score module of your own (importable name)")
+    r.set_defaults(func=cmd_scores)
 
     d = sub.add_parser("demo", help="run the embedded default end to end (offline, ~4 minutes on 2 cores)")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

@@ -61,6 +61,8 @@ class ScanConfig:
     mlm_model: str | None = _opt(None, FEATURES)  # fill-mask model (hub id or path) for the "mlm" neighbor kind
     embedder: str | None = _opt(None, FEATURES)  # separate sentence embedder; default: the target's hidden state
     proj_dim: int = _opt(8, FEATURES)  # random projection of the embedding difference per neighbor (0: off)
+    scores: list[str] | None = _opt(None, FEATURES)  # the registered scores to compute (default: all; `scanner scores`)
+    score_modules: list[str] = _opt([], FEATURES)  # the user's own score modules (importable names), in every worker
     # which rows, and how they are cut into resumable shards
     shard_size: int = _opt(1000, DATA)  # at most this many rows per shard
     text_col: str | None = _opt(None, DATA)
@@ -118,6 +120,14 @@ class ScanConfig:
         if self.backend == "vlm" and self.embedder:
             raise InputError("a separate text embedder does not see the image: the vlm backend embeds with its own "
                              "hidden states (unset embedder)")
+        if self.scores is not None:
+            from scanner.scoring import registry
+
+            known = [s.name for s in registry.scores(self.score_modules)]
+            unknown = [s for s in self.scores if s not in known]
+            if unknown or not self.scores:
+                said = f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not registered" if unknown else "none chosen"
+                raise InputError(f"config scores: {said}; known: {', '.join(known)}")
         if "mlm" in self.neighbor_kinds and not self.mlm_model:
             raise InputError('the "mlm" neighbor kind needs a fill-mask model: set mlm_model (e.g. a BERT path)')
         try:
@@ -138,11 +148,28 @@ class ScanConfig:
             if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
                 raise InputError(f"config {f.name} = {value!r}: must be {' or '.join(kinds)}")
 
+    def score_identity(self) -> dict | None:
+        """The scores this run computes and their versions, {name: version}; None for the set
+        every run computed before the score registry existed (so those runs still resume and their
+        detectors still apply)."""
+        from scanner.scoring import registry
+
+        chosen = {s.name: s.version for s in registry.scores(self.score_modules)
+                  if self.scores is None or s.name in self.scores}
+        return None if chosen == registry.BEFORE_REGISTRY and not self.score_modules else chosen
+
+    def _identified(self, settings: dict) -> dict:
+        """settings with the scores' identity in place of the `scores` and `score_modules` options."""
+        settings = {k: v for k, v in settings.items() if k not in ("scores", "score_modules")}
+        identity = self.score_identity()
+        return settings | ({} if identity is None else {"score_versions": identity,
+                                                        "score_modules": list(self.score_modules)})
+
     def feature_settings(self) -> dict:
         """A detector only applies to features computed with the settings it was trained on; the
         hf and vllm backends compute the same text features (tested to 1e-3), the vlm backend
         image-text ones."""
-        settings = {k: getattr(self, k) for k in self.names(FEATURES)}
+        settings = self._identified({k: getattr(self, k) for k in self.names(FEATURES)})
         settings["backend"] = FEATURE_KIND[self.backend]
         return settings
 
@@ -152,7 +179,7 @@ class ScanConfig:
 
     def scoring_hash(self) -> str:
         """What decides a run's features and shards: a resumed run must match it."""
-        keep = {k: v for k, v in asdict(self).items() if k not in self.names(SCHEDULING)}
+        keep = self._identified({k: v for k, v in asdict(self).items() if k not in self.names(SCHEDULING)})
         if not self.image_col:  # decide nothing in a text run (and its hash stays what it was before images)
             del keep["image_col"], keep["image_neighbor_kinds"], keep["perturb"]
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]

@@ -33,7 +33,7 @@ from scanner.config import ScanConfig
 from scanner.corpus import Columns, read_shard
 from scanner.errors import InputError
 from scanner.faults import maybe_pause
-from scanner.features import FEATURE_SCHEMA, ScoreActor, binding, perturb_batch
+from scanner.features import ScoreActor, binding, feature_schema, perturb_batch
 from scanner.inputs import InputFile, list_inputs
 from scanner.provenance import package_versions
 from scanner.runfolder import RunFolder
@@ -547,7 +547,7 @@ def summarize(folder: RunFolder, run: dict, cfg: ScanConfig, files: list[InputFi
         "shards": entries,
         "capabilities": capabilities,
         "min_k_pp_available": None if capabilities is None else capabilities["vocab_stats"],
-        "feature_schema": [f"{f.name}: {f.type}" for f in FEATURE_SCHEMA],
+        "feature_schema": [f"{f.name}: {f.type}" for f in feature_schema(cfg.score_modules)],
         "read_on_nodes": sorted(read_on), "scored_on_nodes": sorted(scored_on),
         "scored_on_nodes_this_invocation": sorted(tally.nodes),
         "wall_seconds": round(wall, 2),

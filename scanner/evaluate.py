@@ -1,7 +1,7 @@
 """`scanner evaluate`: every MIA score next to the blind baseline, on the same samples.
 
-Scores: the classic ones (LOSS, zlib, Min-K%, Min-K%++, neighborhood; sign-corrected so higher =
-member), the FiMMIA and tabular detectors (when a detector folder is given: only the samples held
+Scores: every registered one (scanner.scoring.registry: LOSS, zlib, Min-K%, Min-K%++,
+neighborhood and any added; sign-corrected so higher = member), the FiMMIA and tabular detectors (when a detector folder is given: only the samples held
 out from their training, when it was trained on this run), and the model-free leakage baseline (out-of-fold scores of nested CV
 over all labelled texts, computed by `scanner train` in the same central task, or here when
 there is no model folder for this run; restricted to the same samples). The seed paper's standard decides the
@@ -31,6 +31,7 @@ from scanner.errors import InputError
 from scanner.metrics import min_negatives_for, roc_auc, summarize
 from scanner.report import TPR_NOTE, fmt, fmt_auc, fmt_tpr, roc_png, write_report
 from scanner.runfolder import RunFolder
+from scanner.scoring import registry
 
 BASELINE = "blind baseline"
 LENGTH_BUCKETS = (64, 128, 256)  # tokens
@@ -70,8 +71,8 @@ def _length_bucket(n: np.ndarray) -> list[str]:
 
 
 def score_family(name: str) -> str | None:
-    """Scores with many variants, of which plots show only the best."""
-    return "Min-K%++" if name.startswith("min_k_pp_") else "Min-K%" if name.startswith("min_k_") else None
+    """Scores with many variants, of which plots show only the best (the registry's family)."""
+    return registry.family(name)
 
 
 def headline_scores(metrics: dict) -> list[str]:
@@ -332,8 +333,8 @@ def _blocks(m: dict, y, scores: dict) -> list:
                      for r in m[key]])]
     if m.get("overlap"):
         blocks += _overlap_blocks(m["overlap"])
-    blocks.append(("p", "Scores are oriented so that higher = member (LOSS, zlib ratio and neighborhood are negated). "
-                        + TPR_NOTE))
+    negated = [s.name for s in registry.scores() if not s.higher_is_member]
+    blocks.append(("p", f"Scores are oriented so that higher = member ({', '.join(negated)} are negated). " + TPR_NOTE))
     return blocks
 
 

@@ -6,7 +6,8 @@ itself: the driver gets only that record.
 Feature row schema (one per sample; lists have one entry per neighbor, in neighbor order):
   sample_id, label (1 member / 0 non-member / null), source, file, row (where it was read), shard,
   n_tokens (original, incl. the prefix token), truncated,
-  loss, zlib_ratio, min_k_{5,10,20,30,50}, min_k_pp_{5,10,20,30,50}, neighborhood,
+  the registered scores (scanner.scoring.registry; built in: loss, zlib_ratio, min_k_{5,10,20,30,50},
+  min_k_pp_{5,10,20,30,50}, neighborhood), null where not computed,
   nb_kinds, nb_loss, nb_dL, nb_cos_dist, nb_l2, nb_de_proj (K x proj_dim, row-major; null if proj_dim = 0),
   nb_tokens (tokens scored over all neighbors),
   then text (when the run keeps texts: scans do, for the blind baseline; sweeps do not) and of
@@ -29,17 +30,21 @@ import pyarrow.compute as pc
 from scanner import faults
 from scanner.errors import InputError
 from scanner.neighbors import make_neighbors, make_pair_neighbors
-from scanner.scoring import stats
+from scanner.scoring import registry, stats
 
-FEATURE_SCHEMA = pa.schema(
-    [("sample_id", pa.string()), ("label", pa.int8()), ("source", pa.string()), ("file", pa.string()),
-     ("row", pa.int64()), ("shard", pa.string()), ("n_tokens", pa.int32()), ("truncated", pa.bool_()),
-     ("loss", pa.float64()), ("zlib_ratio", pa.float64())]
-    + [(name, pa.float64()) for name in stats.MIN_K_NAMES + stats.MIN_K_PP_NAMES]
-    + [("neighborhood", pa.float64()), ("nb_kinds", pa.list_(pa.string())), ("nb_loss", pa.list_(pa.float64())),
-       ("nb_dL", pa.list_(pa.float64())), ("nb_cos_dist", pa.list_(pa.float64())), ("nb_l2", pa.list_(pa.float64())),
-       ("nb_de_proj", pa.list_(pa.float32())), ("nb_tokens", pa.int64())]
-)
+def feature_schema(score_modules: list[str] | tuple[str, ...] = ()) -> pa.Schema:
+    """The feature rows' columns: the registered scores (with the run's own score modules) between
+    the sample's columns and the neighbor features."""
+    return pa.schema(
+        [("sample_id", pa.string()), ("label", pa.int8()), ("source", pa.string()), ("file", pa.string()),
+         ("row", pa.int64()), ("shard", pa.string()), ("n_tokens", pa.int32()), ("truncated", pa.bool_())]
+        + [(s.name, pa.float64()) for s in registry.scores(score_modules)]
+        + [("nb_kinds", pa.list_(pa.string())), ("nb_loss", pa.list_(pa.float64())),
+           ("nb_dL", pa.list_(pa.float64())), ("nb_cos_dist", pa.list_(pa.float64())), ("nb_l2", pa.list_(pa.float64())),
+           ("nb_de_proj", pa.list_(pa.float32())), ("nb_tokens", pa.int64())]
+    )
+
+
 PASSED_THROUGH = ("sample_id", "label", "source", "file", "row", "shard", "nb_kinds")  # from the samples, as they are
 
 
@@ -122,6 +127,7 @@ class ScoreActor:
         if run == self.run:
             return
         cfg = ScanConfig(**run["cfg"])
+        registry.load(cfg.score_modules)  # the user's own scores, in this worker too
         if scorer_key(cfg) != scorer_key(self.cfg):
             raise RuntimeError("this actor holds another model")  # the engine keys its pools so: never
         self.folder = None
@@ -180,12 +186,14 @@ class ScoreActor:
         for i, text in enumerate(originals):
             nb = scores[offset: offset + len(neighbors[i])]
             offset += len(neighbors[i])
-            rows.append(stats.sample_features(text, scores[i], nb, self.projection))
+            rows.append(stats.sample_features(text, scores[i], nb, self.projection, self.cfg.scores,
+                                              self.cfg.score_modules))
         cols = {name: batch[name] for name in PASSED_THROUGH}
-        for field in FEATURE_SCHEMA:
+        schema = feature_schema(self.cfg.score_modules)
+        for field in schema:
             if field.name not in cols:
                 cols[field.name] = pa.array([r.get(field.name) for r in rows], field.type)
-        table = pa.table({f.name: cols[f.name] for f in FEATURE_SCHEMA}).cast(FEATURE_SCHEMA)
+        table = pa.table({f.name: cols[f.name] for f in schema}).cast(schema)
         if self.keep_text:  # and the images of image-text samples: the blind baseline reads both
             table = table.append_column("text", batch["text"])
             if "image" in batch.column_names:

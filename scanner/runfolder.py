@@ -196,6 +196,10 @@ class RunFolder:
                 raise InputError(f"{self.uri}: no usable row: each of the {c['read']} rows read was quarantined "
                                  f"({c['quarantined_by_reason']})")
             raise InputError(f"{self.uri}: no scored samples in it; run `scanner scan` into it first")
+        if self.store.exists("run.json"):  # the run's own score modules: their columns are scores too
+            from scanner.scoring import registry
+
+            registry.load((self.config or {}).get("score_modules") or [])
         needed = None if columns is None else list(dict.fromkeys([*columns, "sample_id", "file", "row"]))
         df = pl.from_arrow(ds.to_table(columns=needed))
         if not with_duplicates and self.store.exists(f"quarantine/{DUPLICATES}.parquet"):

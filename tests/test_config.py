@@ -41,12 +41,15 @@ def test_every_field_says_once_what_it_decides():
     roles = {f.name: f.metadata["role"] for f in fields(ScanConfig)}
     assert set(roles.values()) == {"model", "features", "data", "scheduling"}
     cfg = ScanConfig(model="m", backend="vlm", image_col="image")  # an image-text run: every field counts
-    assert set(cfg.feature_settings()) == {n for n, r in roles.items() if r == "features"}
+    # the scores' options are stood for by their identity, absent for the scores every run computed before the registry
+    assert set(cfg.feature_settings()) == {n for n, r in roles.items() if r == "features"} - {"scores", "score_modules"}
+    assert ScanConfig(model="m", scores=["loss"]).feature_settings()["score_versions"] == {"loss": 1}
     assert set(cfg.inherited()) == {n for n, r in roles.items() if r in ("model", "features")}
     # every field but the scheduling ones changes the hash a resume is checked against
     for name, role in roles.items():
         value = getattr(cfg, name)
         changed = ScanConfig(**{"model": "m", "backend": "vlm", "image_col": "image", name: (value + 1 if isinstance(value, (int, float)) and not isinstance(value, bool)
+                                                    else ["scanner.scoring.scores.loss"] if name == "score_modules"  # importable
                                                     else [*value, "x"] if isinstance(value, list) else "other")})
         assert (changed.scoring_hash() == cfg.scoring_hash()) == (role == "scheduling"), name
 

@@ -74,16 +74,22 @@ def test_batched_chunked_scores_match_an_unbatched_reference(random_gpt2, monkey
 
 
 def test_score_functions_on_hand_examples():
+    from scanner.scoring.registry import ScoreInputs, get
+
     lp = np.array([-1.0, -2.0, -3.0, -4.0])
-    assert stats.loss(lp) == 2.5
-    assert stats.min_k(lp, 0.5) == -3.5  # the lowest half
-    assert stats.min_k(lp, 0.05) == -4.0  # at least one token
+    x = ScoreInputs("abc", lp)
+    assert get("loss").compute(x) == stats.loss(lp) == 2.5
+    assert get("min_k_50").compute(x) == -3.5  # the lowest half
+    assert get("min_k_5").compute(x) == -4.0  # at least one token
     mu, sd = np.array([-1.0, -1.0, -2.0, -2.0]), np.array([1.0, 2.0, 1.0, 0.5])
     # z = [0, -0.5, -1, -4] -> lowest half = mean(-4, -1)
-    assert stats.min_k_plus_plus(lp, mu, sd, 0.5) == -2.5
-    assert stats.zlib_ratio(2.5, "abc") == 2.5 / len(zlib.compress(b"abc"))
+    assert get("min_k_pp_50").compute(ScoreInputs("abc", lp, mu, sd)) == -2.5
+    assert get("zlib_ratio").compute(x) == 2.5 / len(zlib.compress(b"abc"))
+    assert get("neighborhood").compute(ScoreInputs("abc", lp, neighbor_losses=np.array([2.5, 1.5]))) == 0.5
     s = stats.text_scores("abc", lp, None, None)
-    assert s["min_k_pp_20"] is None and s["min_k_20"] == -4.0
+    assert s["min_k_pp_20"] is None and s["min_k_20"] == -4.0 and "neighborhood" not in s
+    assert [sc.member_sign for sc in map(get, ("loss", "zlib_ratio", "min_k_20", "min_k_pp_20", "neighborhood"))] == [
+        -1, -1, 1, 1, -1]
 
 
 def test_neighbor_features_on_hand_examples():
@@ -93,9 +99,8 @@ def test_neighbor_features_on_hand_examples():
     assert f["nb_cos_dist"] == pytest.approx([1.0, 0.0])
     assert f["nb_l2"] == pytest.approx([math.sqrt(2), 1.0])
     assert f["nb_de_proj"] == pytest.approx([-1.0, 1.0, 1.0, 0.0])
-    assert f["neighborhood"] == 0.0
     none = stats.neighbor_features(2.0, np.ones(2), [], [], projection=np.eye(2))  # --neighbors 0
-    assert none["nb_dL"] == [] and none["neighborhood"] is None and none["nb_de_proj"] == []
+    assert none["nb_dL"] == [] and none["nb_de_proj"] == []
     p1, p2 = stats.projection_matrix(64, 8, seed=1), stats.projection_matrix(64, 8, seed=1)
     assert p1.shape == (64, 8) and np.array_equal(p1, p2)
 

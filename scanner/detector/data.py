@@ -9,16 +9,14 @@ import numpy as np
 import polars as pl
 
 from scanner.errors import InputError
-from scanner.scoring.stats import MIN_K_NAMES, MIN_K_PP_NAMES
+from scanner.scoring import registry
 
-CLASSIC = ["loss", "zlib_ratio", *MIN_K_NAMES, *MIN_K_PP_NAMES, "neighborhood"]
-# member score = sign x stored value (loss, zlib ratio and neighborhood are lower for members)
-MEMBER_SIGN = {"loss": -1, "zlib_ratio": -1, "neighborhood": -1}
 NEIGHBOR_LISTS = ["nb_dL", "nb_cos_dist", "nb_l2"]
 
 
 def member_score(df: pl.DataFrame, name: str) -> np.ndarray:
-    return MEMBER_SIGN.get(name, 1) * df[name].cast(pl.Float64).to_numpy()
+    """The score oriented so that higher = member (the registry's direction)."""
+    return registry.member_sign(name) * df[name].cast(pl.Float64).to_numpy()
 
 
 def split_of(sample_id: str, seed: int) -> float:
@@ -37,8 +35,10 @@ def grouped_split(df: pl.DataFrame, seed: int, fractions=(0.5, 0.15, 0.15, 0.2))
 
 
 def available_classic(df: pl.DataFrame) -> list[str]:
-    """Classic scores present with values (Min-K%++ is null for backends without vocab stats)."""
-    return [c for c in CLASSIC if c in df.columns and df[c].null_count() < df.height]
+    """The registered scores present with values, in registration order (Min-K%++ is null for
+    backends without vocab stats; a score module's own scores count once the run's features were
+    read, which loads its modules)."""
+    return [c for c in registry.known() if c in df.columns and df[c].null_count() < df.height]
 
 
 def aggregates(df: pl.DataFrame) -> tuple[np.ndarray, list[str]]:

@@ -60,7 +60,10 @@ class MLPDetector:
             return neighbor_rows(df, self.neighbor_kinds)
         X, names = aggregates(df)
         if getattr(self, "feature_names", None) is not None and names != self.feature_names:
-            raise ValueError(f"features differ from training: {names} vs {self.feature_names}")
+            lacking, extra = [c for c in self.feature_names if c not in names], [c for c in names if c not in self.feature_names]
+            raise ValueError("features differ from training: " + "; ".join(
+                [f"these rows lack {', '.join(lacking)}"] * bool(lacking) + [f"the detector never saw {', '.join(extra)}"] * bool(extra)
+                or [f"other order: {names} vs {self.feature_names}"]))
         self.feature_names = names
         if self.inputs is not None:
             X = X[:, [names.index(c) for c in self.inputs]]

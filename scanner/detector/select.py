@@ -23,9 +23,10 @@ from collections.abc import Callable
 import numpy as np
 import polars as pl
 
-from scanner.detector.data import MEMBER_SIGN, aggregates, available_classic, split_of
+from scanner.detector.data import aggregates, available_classic, split_of
 from scanner.detector.mlp import MLPDetector
 from scanner.metrics import roc_auc
+from scanner.scoring import registry
 
 SELECTION_FOLDS = 4
 LEARNED = {"mlp": (64, 32), "linear": ()}
@@ -51,7 +52,7 @@ def form_estimates(train: pl.DataFrame, val: pl.DataFrame, seed: int) -> dict[st
     both = pl.concat([train, val], how="vertical_relaxed")
     y = both["label"].to_numpy()
     X, names = aggregates(both)  # nulls filled as the fitted forms see them
-    estimates = {name: roc_auc(y, MEMBER_SIGN.get(name, 1) * X[:, names.index(name)]) for name in available_classic(both)}
+    estimates = {name: roc_auc(y, registry.member_sign(name) * X[:, names.index(name)]) for name in available_classic(both)}
     for form, hidden in LEARNED.items():
         oof = out_of_fold(both, lambda a, b: MLPDetector(kind="tabular", hidden=hidden, seed=seed).fit(a, b),
                           seed, SELECTION_FOLDS, salt=f"select-{form}")

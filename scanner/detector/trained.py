@@ -54,11 +54,17 @@ class TrainedDetector:
     def check_usable_with(self, cfg: ScanConfig) -> None:
         """Before any work: the features must be computed as in training, and the detector must
         tell members from non-members at all (else no fraction can be estimated)."""
-        trained = ScanConfig(**self.scan_config).feature_settings()
-        differ = {k: (trained[k], v) for k, v in cfg.feature_settings().items() if trained[k] != v}
-        if differ:
+        from scanner.scoring import registry
+
+        trained_cfg = ScanConfig(**self.scan_config)
+        trained, now = trained_cfg.feature_settings(), cfg.feature_settings()
+        scores = registry.difference(trained_cfg.score_identity(), cfg.score_identity())
+        differ = {k: (trained.get(k), now.get(k)) for k in sorted(set(trained) | set(now))
+                  if trained.get(k) != now.get(k) and k not in ("score_versions", "score_modules")}
+        if differ or scores:
             raise InputError("the detector was trained on features computed with other settings: "
-                             + ", ".join(f"{k} {a!r} (trained) vs {b!r}" for k, (a, b) in differ.items()))
+                             + "; ".join([f"{k} {a!r} (trained) vs {b!r}" for k, (a, b) in differ.items()]
+                                         + ([scores] if scores else [])))
         op = self.operating_point
         if op.n_pos == 0 or op.n_neg == 0 or op.tpr <= op.fpr:
             raise InputError(f"{self.folder}: the {self.kind} detector does not separate members from non-members "

@@ -45,6 +45,7 @@ from scanner.infer.stats import DEFAULT_SPLITS, set_test
 from scanner.report import fmt, fmt_auc, fmt_fraction, forest_png, two_histograms_png, write_report
 from scanner.runfolder import RunFolder
 from scanner.scan import run_scan
+from scanner.scoring import registry
 from scanner.scoring.factory import check_model_path
 
 SEEN, NOT_SHOWN, INVALID = "seen", "not shown", "invalid: distribution shift"
@@ -95,9 +96,10 @@ def sample_features(run: RunFolder, detector: TrainedDetector | None, under_refe
 
 
 def reference_differences(target: pl.DataFrame, reference: pl.DataFrame) -> tuple[np.ndarray, list[str]]:
-    """target - reference model, per classic score both have (the neighborhood score needs
-    neighbors, which the reference model's scan does not make), matched by sample_id."""
-    scores = [c for c in available_classic(reference) if c in available_classic(target) and c != "neighborhood"]
+    """target - reference model, per registered score both have, but those that need neighbors
+    (the reference model's scan makes none), matched by sample_id."""
+    scores = [c for c in available_classic(reference) if c in available_classic(target)
+              and "neighbor_losses" not in registry.get(c).needs]
     joined = target.select("sample_id", *scores).join(reference.select("sample_id", *scores), on="sample_id",
                                                        how="left", suffix="_ref", maintain_order="left")
     missing = joined.filter(pl.col(f"{scores[0]}_ref").is_null())["sample_id"]

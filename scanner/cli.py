@@ -24,6 +24,10 @@ ACCEPT_SHIFT_HELP = ("estimate even when a calibrated detector does not transfer
                      "never-seen text moved with the fine-tune); the report's first sentence says so")
 
 
+NEIGHBOR_SEED_HELP = ("seeds the neighbors' perturbations and the embedding projection: a scoring setting, "
+                      "part of the run's identity (default: the config file's `neighbor_seed`, else 0)")
+
+
 def _add_corpus_args(p: argparse.ArgumentParser, labels_by_default: bool = True, labels: bool = True,
                      images: bool = False) -> None:
     p.add_argument("data", nargs="+", help="files, folders or globs: jsonl, parquet, csv/tsv, HF save_to_disk folders")
@@ -131,7 +135,7 @@ def cmd_demo(args) -> int:
     data = out / "known_membership.jsonl"
     member_set = set(members)
     data.write_text("".join(json.dumps({"text": t, "label": int(t in member_set)}) + "\n" for t in passages))
-    cfg = ScanConfig(model=str(model), neighbors=args.neighbors, seed=args.seed).validate()
+    cfg = ScanConfig(model=str(model), neighbors=args.neighbors, neighbor_seed=args.seed).validate()
     run_scan([str(data)], out / "scan_known", cfg, progress=progress)
     train_on_ray(str(out / "scan_known"), str(out / "detectors"), seed=args.seed)
     training_text = out / "training_text.jsonl"
@@ -163,7 +167,8 @@ def cmd_scan(args) -> int:
     from scanner.scan import run_scan
 
     overrides = {"model": args.model, "neighbors": args.neighbors, "batch_tokens": args.batch_tokens,
-                 "seed": args.seed, "actors": args.actors, "revision": args.revision, "shard_size": args.shard_size,
+                 "neighbor_seed": args.neighbor_seed, "actors": args.actors, "revision": args.revision,
+                 "shard_size": args.shard_size,
                  "trust_remote_code": args.trust_remote_code or None, "text_col": args.text_col,
                  "label_col": args.label_col, "id_col": args.id_col, "source_col": args.source_col,
                  "image_col": args.image_col, "backend": args.backend}
@@ -215,7 +220,7 @@ def cmd_calibrate(args) -> int:
     from scanner.calibrate.run import run_calibration
     from scanner.config import load_config
 
-    cfg = load_config(args.config, {"model": args.model, "seed": args.seed, "actors": args.actors})
+    cfg = load_config(args.config, {"model": args.model, "neighbor_seed": args.neighbor_seed, "actors": args.actors})
     spec = FinetuneSpec(model=cfg.model, method=args.method, epochs=args.epochs, lr=args.lr,
                         batch_size=args.batch_size, seed=args.seed, revision=cfg.revision,
                         trust_remote_code=cfg.trust_remote_code).validate()
@@ -232,16 +237,23 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
-def cmd_infer(args) -> int:
+def infer_config(args, detector):
+    """The scan settings of `scanner infer`: the detector's (its features must be computed alike) <
+    the config file < the flags given; --seed is the set test's and never a scan setting."""
     from scanner.config import load_config
+
+    overrides = {"model": args.model, "neighbors": args.neighbors, "neighbor_seed": args.neighbor_seed,
+                 "actors": args.actors, "text_col": args.text_col, "id_col": args.id_col,
+                 "source_col": args.source_col, "image_col": args.image_col}
+    return load_config(args.config, overrides, base=detector.base_config() if detector else None)
+
+
+def cmd_infer(args) -> int:
     from scanner.detector.trained import load_trained
     from scanner.infer.run import run_inference
 
     detector = load_trained(args.detector, args.kind) if args.detector else None
-    overrides = {"model": args.model, "neighbors": args.neighbors, "seed": args.seed, "actors": args.actors,
-                 "text_col": args.text_col, "id_col": args.id_col, "source_col": args.source_col,
-                 "image_col": args.image_col}
-    cfg = load_config(args.config, overrides, base=detector.base_config() if detector else None)
+    cfg = infer_config(args, detector)
     m = run_inference(args.data, args.reference, args.out, cfg, alpha=args.alpha, splits=args.splits, seed=args.seed,
                       detector=detector, reference_model=args.reference_model, progress=Progress())
     b = m["blind_baseline"]
@@ -326,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="YAML or TOML file with any scan option; flags override it")
     s.add_argument("--neighbors", type=int, help="neighbors per text (default 24)")
     s.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default 16384 on GPU, 1024 on CPU)")
-    s.add_argument("--seed", type=int)
+    s.add_argument("--neighbor-seed", type=int, help=NEIGHBOR_SEED_HELP)
     s.add_argument("--actors", type=int, help=ACTORS_HELP)
     s.add_argument("--shard-size", type=int, help=SHARD_HELP)
     s.add_argument("--revision", help="model revision (branch, tag or commit)")
@@ -380,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--exposures", type=_int_list, default=[1, 4, 16],
                    help="times each group of members is seen per epoch (default 1,4,16)")
     c.add_argument("--members-fraction", type=float, default=0.5, help="share of the texts made members (default 0.5)")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int, default=0, help="the members' split, the fine-tune and the evaluation (default 0)")
+    c.add_argument("--neighbor-seed", type=int, help=NEIGHBOR_SEED_HELP)
     c.add_argument("--actors", type=int, help=ACTORS_HELP)
     c.set_defaults(func=cmd_calibrate)
 
@@ -400,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--alpha", type=float, default=0.01, help="significance level of the verdict (default 0.01)")
     i.add_argument("--splits", type=int, default=10, help="random half-splits combined into the p-value (default 10)")
     i.add_argument("--neighbors", type=int, help="neighbors per text (default 24)")
-    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--seed", type=int, default=0, help="the set test's random splits and the blind baseline (default 0)")
+    i.add_argument("--neighbor-seed", type=int, help=NEIGHBOR_SEED_HELP + "; with --detector, the detector's")
     i.add_argument("--actors", type=int, help=ACTORS_HELP)
     i.set_defaults(func=cmd_infer)
 
@@ -412,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--model", help="checkpoint to check (overrides `model` in the config)")
     n.add_argument("--run-name", help="this run's subfolder (default: UTC date and time, sorts in run order)")
     n.add_argument("--previous", help="metrics.json to compare with (default: the newest earlier run in --out)")
-    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--seed", type=int, default=0, help="the evaluation's and set tests' splits (default 0); the "
+                                                       "neighbor seed is the detector's, or `neighbor_seed` in the config")
     n.add_argument("--accept-shift", action="store_true", help=ACCEPT_SHIFT_HELP)
     n.set_defaults(func=cmd_nightly)
 

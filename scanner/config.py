@@ -55,7 +55,7 @@ class ScanConfig:
     change_fraction: float = _opt(0.1, FEATURES)
     min_changes: int = _opt(1, FEATURES)
     max_changes: int = _opt(20, FEATURES)
-    seed: int = _opt(0, FEATURES)
+    neighbor_seed: int = _opt(0, FEATURES)  # the neighbors' perturbations and the embedding projection
     image_neighbor_kinds: list[str] = _opt(list(DEFAULT_IMAGE_KINDS), FEATURES)  # image-text samples only
     perturb: str = _opt("image", FEATURES)  # what an image-text neighbor changes: "image", "text" or "both"
     mlm_model: str | None = _opt(None, FEATURES)  # fill-mask model (hub id or path) for the "mlm" neighbor kind
@@ -93,7 +93,7 @@ class ScanConfig:
 
     def neighbor_config(self) -> NeighborConfig:
         return NeighborConfig(k=self.neighbors, kinds=tuple(self.neighbor_kinds), fraction=self.change_fraction,
-                              min_changes=self.min_changes, max_changes=self.max_changes, seed=self.seed,
+                              min_changes=self.min_changes, max_changes=self.max_changes, seed=self.neighbor_seed,
                               image_kinds=tuple(self.image_neighbor_kinds), perturb=self.perturb)
 
     def engine_options(self) -> EngineOptions:
@@ -180,6 +180,7 @@ class ScanConfig:
     def scoring_hash(self) -> str:
         """What decides a run's features and shards: a resumed run must match it."""
         keep = self._identified({k: v for k, v in asdict(self).items() if k not in self.names(SCHEDULING)})
+        keep["seed"] = keep.pop("neighbor_seed")  # its name before the seeds were told apart: old runs still resume
         if not self.image_col:  # decide nothing in a text run (and its hash stays what it was before images)
             del keep["image_col"], keep["image_neighbor_kinds"], keep["perturb"]
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
@@ -200,6 +201,7 @@ def read_config_file(path: str | None, extra: tuple[str, ...] = ()) -> dict:
             raise InputError(f"{path}: not valid {'TOML' if p.suffix == '.toml' else 'YAML'}: {e}") from None
         if not isinstance(data, dict):
             raise InputError(f"{path}: expected a mapping of option: value")
+    data = renamed(data)
     known = {f.name for f in fields(ScanConfig)} | set(extra)
     unknown = sorted(set(data) - known)
     if unknown:
@@ -207,10 +209,22 @@ def read_config_file(path: str | None, extra: tuple[str, ...] = ()) -> dict:
     return data
 
 
+def renamed(data: dict) -> dict:
+    """A scan config as this code names its options: `seed` (what the neighbor seed was called in
+    config files, run folders and detectors made before `--seed` came to mean the evaluation's
+    seed alone) is `neighbor_seed`."""
+    data = dict(data)
+    if "seed" in data:
+        old = data.pop("seed")
+        data.setdefault("neighbor_seed", old)
+    return data
+
+
 def load_config(path: str | None, overrides: dict, base: dict | None = None) -> ScanConfig:
-    """base (e.g. what a detector was trained with) < the config file < command-line overrides.
-    An image column implies the vlm backend unless one is named."""
-    data = dict(base or {}) | read_config_file(path) | {k: v for k, v in overrides.items() if v is not None}
+    """base (e.g. what a detector was trained with) < the config file < command-line overrides
+    (None: not given, the file's or the base's value stands). An image column implies the vlm
+    backend unless one is named."""
+    data = renamed(base or {}) | read_config_file(path) | {k: v for k, v in overrides.items() if v is not None}
     if data.get("image_col") and "backend" not in data:
         data["backend"] = "vlm"
     return ScanConfig(**data).validate()

@@ -144,7 +144,7 @@ class ScoreActor:
         self.embedder = self._kept(Embedder, cfg.embedder, cfg)
         own = self.scorer.hidden_size if self.scorer.capabilities.hidden_states else None
         emb_dim = self.embedder.dim if self.embedder else own
-        self.projection = (stats.projection_matrix(emb_dim, cfg.proj_dim, cfg.seed)
+        self.projection = (stats.projection_matrix(emb_dim, cfg.proj_dim, cfg.neighbor_seed)
                            if cfg.proj_dim > 0 and emb_dim else None)
         self.detector = None
         if run["detector"] is not None:

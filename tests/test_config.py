@@ -1,14 +1,16 @@
+import json
+
 import pytest
 
-from scanner.config import ScanConfig, load_config
+from scanner.config import ScanConfig, load_config, renamed
 from scanner.errors import InputError
 
 
 def test_toml_and_yaml_configs_with_flag_overrides(tmp_path):
     toml = tmp_path / "scan.toml"
     toml.write_text('model = "some/model"\nneighbors = 12\nneighbor_kinds = ["swap", "delete"]\n')
-    cfg = load_config(str(toml), {"neighbors": 6, "seed": None})
-    assert (cfg.model, cfg.neighbors, cfg.neighbor_kinds, cfg.seed) == ("some/model", 6, ["swap", "delete"], 0)
+    cfg = load_config(str(toml), {"neighbors": 6, "neighbor_seed": None})
+    assert (cfg.model, cfg.neighbors, cfg.neighbor_kinds, cfg.neighbor_seed) == ("some/model", 6, ["swap", "delete"], 0)
     yml = tmp_path / "scan.yaml"
     yml.write_text("model: m\nbatch_tokens: 4096\n")
     assert load_config(str(yml), {}).batch_tokens == 4096
@@ -32,7 +34,7 @@ def test_bad_configs_are_clear_input_errors(tmp_path, text, message):
 def test_scoring_hash_ignores_scheduling_knobs():
     a = ScanConfig(model="m")
     assert a.scoring_hash() == ScanConfig(model="m", actors=8, batch_tokens=99, gpus_per_actor=1).scoring_hash()
-    assert a.scoring_hash() != ScanConfig(model="m", seed=1).scoring_hash()
+    assert a.scoring_hash() != ScanConfig(model="m", neighbor_seed=1).scoring_hash()
 
 
 def test_every_field_says_once_what_it_decides():
@@ -88,3 +90,34 @@ def test_image_text_configs_are_checked_before_any_work(overrides, message):
 def test_an_image_column_implies_the_vlm_backend():
     assert load_config(None, {"model": "m", "image_col": "image"}).backend == "vlm"
     assert load_config(None, {"model": "m"}).backend == "hf"
+
+
+def test_infer_on_a_detector_trained_with_neighbor_seed_7_keeps_it_and_the_set_tests_seed_apart(tmp_path):
+    """`--seed` used to be both the neighbor seed and the set test's: its default 0 replaced a
+    detector's `seed: 7`, and the detector was refused for features computed otherwise."""
+    from scanner.cli import build_parser, infer_config
+    from scanner.detector.train import train_detectors
+    from scanner.detector.trained import load_trained
+    from tests.fake_scan import write_fake_run
+
+    write_fake_run(tmp_path / "run", n=300, signal=2.0)
+    train_detectors(str(tmp_path / "run"), str(tmp_path / "det"), seed=0)
+    saved = tmp_path / "det" / "scan_config.json"
+    old = json.loads(saved.read_text())
+    old["seed"] = 7  # as detectors were saved before the seeds were told apart
+    del old["neighbor_seed"]
+    saved.write_text(json.dumps(old))
+    detector = load_trained(str(tmp_path / "det"), "tabular")
+    for flags, neighbor_seed in (([], 7), (["--seed", "3"], 7), (["--neighbor-seed", "7", "--seed", "3"], 7)):
+        args = build_parser().parse_args(["infer", "s.jsonl", "--reference", "r.jsonl", "--out", "o",
+                                          "--detector", str(tmp_path / "det"), *flags])
+        cfg = infer_config(args, detector)
+        assert cfg.neighbor_seed == neighbor_seed
+        detector.check_usable_with(cfg)  # the same features: usable
+    args = build_parser().parse_args(["infer", "s.jsonl", "--reference", "r.jsonl", "--out", "o", "--neighbor-seed", "1"])
+    with pytest.raises(InputError, match="neighbor_seed 7 \\(trained\\) vs 1"):
+        detector.check_usable_with(infer_config(args, detector))
+    assert ScanConfig(model="m", neighbor_seed=7).scoring_hash() == ScanConfig(**renamed({"model": "m", "seed": 7})).scoring_hash()
+    legacy = tmp_path / "scan.yaml"
+    legacy.write_text("model: m\nseed: 5\n")  # a config file from before: `seed` was the neighbor seed
+    assert load_config(str(legacy), {}).neighbor_seed == 5

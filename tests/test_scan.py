@@ -75,7 +75,7 @@ def test_scan_separates_members_and_resumes_without_rescoring(ray_local, setup):
     assert scan(setup, out) == 0
     assert json.loads((out / "manifest.json").read_text())["counts"]["scored_this_invocation"] == 0
     # another scoring config in the same folder is refused
-    assert scan(setup, out, "--seed", "5") == 2
+    assert scan(setup, out, "--neighbor-seed", "5") == 2
 
 
 def test_config_file_sets_options_and_flags_override(ray_local, setup, tmp_path):
@@ -157,11 +157,11 @@ def test_the_next_run_of_the_same_model_reuses_its_actors_and_another_model_free
     engine.release_parked()
     assert run(tmp_path / "first") == 0
     capsys.readouterr()
-    assert run(tmp_path / "reused", "--seed", "1") == 0  # another run's settings, same model
+    assert run(tmp_path / "reused", "--neighbor-seed", "1") == 0  # another run's settings, same model
     err = capsys.readouterr().err
     assert "already hold" in err and "starting" not in err
     engine.release_parked()
-    assert run(tmp_path / "fresh", "--seed", "1") == 0
+    assert run(tmp_path / "fresh", "--neighbor-seed", "1") == 0
     assert "starting 1 scoring actor" in capsys.readouterr().err
     got, want = RunFolder(tmp_path / "reused").features(), RunFolder(tmp_path / "fresh").features()
     assert got["sample_id"].to_list() == want["sample_id"].to_list()

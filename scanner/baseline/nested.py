@@ -88,11 +88,7 @@ class Split:
             X_train, X_test = v.transform_rows(X, rows), v.transform_rows(X, self.test)
         out = {}
         for c in group:
-            with warnings.catch_warnings():
-                # a weakly regularised fit may stop before full convergence; selection judges it by
-                # its held-out AUC like any other candidate, so the warning would only be noise
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                model = c.build().fit(X_train, self.y[rows])
+            model = c.build().fit(X_train, self.y[rows])
             out[c.name] = model.predict_proba(X_test)[:, 1]
         return out
 
@@ -276,6 +272,10 @@ def nested_cv(
             f"outer AUC {log['outer_auc']:.3f}, {log['seconds']:.1f}s  [{len(fold_log)}/{total} done]"
         )
 
-    _run(plan, n_jobs or len(os.sched_getaffinity(0)), done)
+    with warnings.catch_warnings():  # here, not in the threads: the warning filters are the process's
+        # a weakly regularised fit may stop before full convergence; selection judges it by its
+        # held-out AUC like any other candidate, so the warning would only be noise
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        _run(plan, n_jobs or len(os.sched_getaffinity(0)), done)
     fold_log.sort(key=lambda f: (f["repeat"], f["fold"]))
     return NestedResult(scores=scores, family_scores=family_scores, folds=fold_log, fold_of=fold_of)

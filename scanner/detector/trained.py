@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from scanner.config import ScanConfig
+from scanner.config import ScanConfig, renamed
 from scanner.contamination import OperatingPoint
 from scanner.detector.folder import KINDS, DetectorFolder
 from scanner.detector.mlp import MLPDetector
@@ -49,14 +49,14 @@ class TrainedDetector:
 
     def base_config(self) -> dict:
         """The model and feature settings of the scan it was trained on."""
-        return ScanConfig(**self.scan_config).inherited()
+        return ScanConfig(**renamed(self.scan_config)).inherited()
 
     def check_usable_with(self, cfg: ScanConfig) -> None:
         """Before any work: the features must be computed as in training, and the detector must
         tell members from non-members at all (else no fraction can be estimated)."""
         from scanner.scoring import registry
 
-        trained_cfg = ScanConfig(**self.scan_config)
+        trained_cfg = ScanConfig(**renamed(self.scan_config))
         trained, now = trained_cfg.feature_settings(), cfg.feature_settings()
         scores = registry.difference(trained_cfg.score_identity(), cfg.score_identity())
         differ = {k: (trained.get(k), now.get(k)) for k in sorted(set(trained) | set(now))

@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_corpus_args(s, images=True)
     s.set_defaults(label_col=None)
     s.add_argument("--model", help="hub id or local path of a causal LM (a vision-language model with --image-col)")
-    s.add_argument("--backend", choices=BACKENDS, help="hf (default), vllm, or vlm (a vision-language model; "
+    s.add_argument("--backend", choices=list(BACKENDS), help="hf (default), vllm, or vlm (a vision-language model; "
                                                        "the default with --image-col)")
     s.add_argument("--out", required=True, help="run folder (re-running resumes it)")
     s.add_argument("--add", action="store_true", help=ADD_HELP)

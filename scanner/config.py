@@ -19,7 +19,7 @@ import yaml
 from scanner.errors import InputError
 from scanner.image_neighbors import DEFAULT_IMAGE_KINDS
 from scanner.neighbors import DEFAULT_KINDS, NeighborConfig
-from scanner.scoring.options import BACKENDS, FEATURE_KIND, EngineOptions
+from scanner.scoring.options import BACKENDS, EngineOptions
 
 try:  # Python 3.11+; the tomli backport on 3.10
     import tomllib
@@ -111,15 +111,16 @@ class ScanConfig:
             if value is not None and value < (0 if name == "neighbors" else 1):
                 raise InputError(f"config {name} = {value} is out of range")
         if self.backend not in BACKENDS:
-            raise InputError(f"backend {self.backend!r} is not one of {BACKENDS}")
+            raise InputError(f"backend {self.backend!r} is not one of {tuple(BACKENDS)}")
         self.engine_options().validate()
-        if (self.backend == "vlm") != bool(self.image_col):
+        backend = BACKENDS[self.backend]
+        if backend.image_text != bool(self.image_col):
             raise InputError("image-text samples (--image-col) are scored by a vision-language model (backend: vlm), "
                              "and a vlm scores image-text samples only" if self.image_col else
-                             "the vlm backend scores image-text samples: pass --image-col (the image column)")
-        if self.backend == "vlm" and self.embedder:
-            raise InputError("a separate text embedder does not see the image: the vlm backend embeds with its own "
-                             "hidden states (unset embedder)")
+                             f"the {self.backend} backend scores image-text samples: pass --image-col (the image column)")
+        if backend.own_embeddings and self.embedder:
+            raise InputError(f"a separate text embedder does not see the image: the {self.backend} backend embeds "
+                             "with its own hidden states (unset embedder)")
         if self.scores is not None:
             from scanner.scoring import registry
 
@@ -170,7 +171,7 @@ class ScanConfig:
         hf and vllm backends compute the same text features (tested to 1e-3), the vlm backend
         image-text ones."""
         settings = self._identified({k: getattr(self, k) for k in self.names(FEATURES)})
-        settings["backend"] = FEATURE_KIND[self.backend]
+        settings["backend"] = BACKENDS[self.backend].feature_kind
         return settings
 
     def inherited(self) -> dict:
@@ -226,5 +227,5 @@ def load_config(path: str | None, overrides: dict, base: dict | None = None) -> 
     backend unless one is named."""
     data = renamed(base or {}) | read_config_file(path) | {k: v for k, v in overrides.items() if v is not None}
     if data.get("image_col") and "backend" not in data:
-        data["backend"] = "vlm"
+        data["backend"] = next(b.name for b in BACKENDS.values() if b.image_text)
     return ScanConfig(**data).validate()

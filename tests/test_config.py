@@ -121,3 +121,25 @@ def test_infer_on_a_detector_trained_with_neighbor_seed_7_keeps_it_and_the_set_t
     legacy = tmp_path / "scan.yaml"
     legacy.write_text("model: m\nseed: 5\n")  # a config file from before: `seed` was the neighbor seed
     assert load_config(str(legacy), {}).neighbor_seed == 5
+
+
+def test_nothing_outside_the_factory_tests_a_backends_name():
+    """A backend declares what it is (scoring.options.BACKENDS); code asks that, so a new backend
+    is one declaration and one scorer module."""
+    import ast
+    from pathlib import Path
+
+    from scanner.scoring.options import BACKENDS
+
+    root = Path(__file__).resolve().parents[1] / "scanner"
+    allowed = {root / "scoring" / "factory.py", root / "scoring" / "options.py"}
+    tests = []
+    for path in sorted(set(root.rglob("*.py")) - allowed):
+        source = path.read_text()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Compare):
+                parts = [node.left, *node.comparators]
+                names = [p.value for p in parts if isinstance(p, ast.Constant) and p.value in BACKENDS]
+                if names and "backend" in ast.get_source_segment(source, node):
+                    tests.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not tests

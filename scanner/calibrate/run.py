@@ -44,7 +44,8 @@ from scanner.metrics import summarize
 from scanner.report import TPR_NOTE, fmt, fmt_auc, fmt_tpr, forest_png, line_png, write_report
 from scanner.runfolder import RunFolder
 from scanner.scan import run_scan
-from scanner.scoring.factory import check_model_path
+from scanner.scoring.factory import check_adapter_servable, check_model_path
+from scanner.scoring.options import BACKENDS
 from scanner.storage import absolute
 
 CROSS_FIT_FOLDS = 5
@@ -205,13 +206,10 @@ def run_calibration(heldout: list[str], out: str, cfg: ScanConfig, spec: Finetun
     import ray
 
     check_model_path(cfg.model)  # before any work, not when the scan's actors load it
-    if cfg.backend == "vlm":
+    if not BACKENDS[cfg.backend].fine_tuned_by_calibrate:
         raise InputError("calibrate fine-tunes causal language models on text; it has no vision-language path yet")
-    if cfg.backend == "vllm" and spec.method == "lora":  # (not after the fine-tune, when its scan starts)
-        from scanner.scoring.vllm import check_lora_servable
-
-        check_lora_servable(cfg.model, cfg.revision, cfg.trust_remote_code,
-                            instead="calibrate with --method full, or with backend hf")
+    if spec.method == "lora":  # (not after the fine-tune, when its scan starts)
+        check_adapter_servable(cfg, instead="calibrate with --method full, or with backend hf")
     out_ = Path(out)
     out_.mkdir(parents=True, exist_ok=True)
     split, counts = _split(heldout, columns, members_fraction, exposures, seed, out_, progress)

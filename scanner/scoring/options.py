@@ -6,8 +6,27 @@ from dataclasses import dataclass
 
 from scanner.errors import InputError
 
-BACKENDS = ("hf", "vllm", "vlm")
-FEATURE_KIND = {"hf": "text", "vllm": "text", "vlm": "image-text"}  # backends whose features a detector shares
+@dataclass(frozen=True)
+class Backend:
+    """What a backend is, declared once: the factory (scanner.scoring.factory) loads it by name,
+    everything else asks these instead of testing its name."""
+
+    name: str
+    scorer: str  # "module:class" of its Scorer
+    feature_kind: str  # a detector applies across backends of one kind (hf and vllm: tested to 1e-3)
+    image_text: bool = False  # scores image-text samples (--image-col), and only those
+    own_embeddings: bool = False  # embeds with its own hidden states: a separate embedder is refused
+    engine: bool = False  # takes EngineOptions, and holds tensor_parallel_size GPUs per actor
+    extra: str | None = None  # the optional extra that installs it (its import name too)
+    fine_tuned_by_calibrate: bool = True  # `scanner calibrate` can fine-tune its models (causal LMs)
+
+
+BACKENDS = {b.name: b for b in (
+    Backend("hf", "scanner.scoring.hf:HFScorer", "text"),
+    Backend("vllm", "scanner.scoring.vllm:VLLMScorer", "text", engine=True, extra="vllm"),
+    Backend("vlm", "scanner.scoring.vlm:VLMScorer", "image-text", image_text=True, own_embeddings=True,
+            fine_tuned_by_calibrate=False),
+)}
 
 
 # KV cache of a vLLM engine on a node without GPUs, GiB: vLLM would otherwise take

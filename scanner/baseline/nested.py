@@ -95,8 +95,9 @@ class Split:
 
 def group_key(c: Candidate) -> tuple:
     """Candidates with the same key read the same inputs: one work item fits them all."""
-    vocab = None if c.vocabulary is None else (type(c.vocabulary), tuple(sorted(c.vocabulary.get_params().items())))
-    return (c.block, c.max_rows, vocab) if vocab is not None else (c.block, c.max_rows, c.name)
+    if c.vocabulary is None:
+        return c.block, c.max_rows, c.name
+    return c.block, c.max_rows, type(c.vocabulary), tuple(sorted(c.vocabulary.get_params().items()))
 
 
 def _groups(cands: list[Candidate]) -> list[list[Candidate]]:
@@ -144,13 +145,14 @@ class Fold:
         self.inner_pred = {c.name: np.empty(len(self.sel)) for c in self.cands}
         self.outer_pred: dict[str, np.ndarray] = {}
         self.refitting = False
-        self.pending = len(self.inner) * len(_groups(self.cands))  # work items not yet done
+        self.pending = 0  # work items handed out and not yet done
 
     def inner_items(self) -> list[Callable[[], None]]:
-        items = []
+        items, groups = [], _groups(self.cands)
         for itr, ite in self.inner:
             split = Split(self.feats, self.y, self.sel[itr], self.sel[ite], self.seed)
-            items += [partial(self._inner, split, ite, group) for group in _groups(self.cands)]
+            items += [partial(self._inner, split, ite, group) for group in groups]
+        self.pending = len(items)
         return items
 
     def _inner(self, split: Split, ite: np.ndarray, group: list[Candidate]) -> None:

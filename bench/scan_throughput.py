@@ -133,7 +133,7 @@ def scan(model: str, texts: list[str], neighbors: int, work: Path) -> float:
 def sweep(texts: list[str], work: Path) -> float:
     """(d): a detector trained on (b)'s features, then `scanner sweep` with its defaults."""
     from scanner.config import load_config
-    from scanner.detector.train import train_detectors
+    from scanner.train import train_detectors
     from scanner.detector.trained import load_trained
     from scanner.sweep import run_sweep
 

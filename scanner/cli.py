@@ -13,6 +13,7 @@ from scanner.corpus import Columns
 from scanner.errors import InputError
 from scanner.progress import Progress
 from scanner.scoring.options import BACKENDS
+from scanner.storage import join
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # as a shell reports a Ctrl-C
@@ -63,14 +64,14 @@ def _print_summary(m: dict) -> None:
 def cmd_baseline(args) -> int:
     from scanner.baseline.report import baseline_report
 
-    m = baseline_report(args.data, Path(args.out), columns_from_args(args), args.folds, args.seed, args.n_boot,
+    m = baseline_report(args.data, args.out, columns_from_args(args), args.folds, args.seed, args.n_boot,
                         args.jobs, args.permute_labels, args.cv_repeats, Progress())
     _print_summary(m)
     return 0
 
 
 def cmd_train(args) -> int:
-    from scanner.detector.train import train_on_ray
+    from scanner.train import train_on_ray
 
     info = train_on_ray(args.features, args.out, seed=args.seed, target_fpr=args.target_fpr)
     for kind, d in info["detectors"].items():
@@ -83,11 +84,11 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _evaluate(run_dir: Path, out: Path, detector_dir: Path | None, seed: int, progress, overlap_dir=None) -> None:
+def _evaluate(run_dir: str, out: str, detector_dir: str | None, seed: int, progress, overlap_dir=None) -> None:
     from scanner.evaluate import evaluate, write_evaluation_report
 
     ev = evaluate(run_dir, detector_dir, seed=seed, overlap_dir=overlap_dir, progress=progress)
-    write_evaluation_report(ev, out)
+    report = write_evaluation_report(ev, out)
     m = ev.metrics
     print(f"{'score':<22} {'AUC':>6}  95% CI          TPR@1%FPR")
     for name, s in m["scores"].items():
@@ -101,12 +102,11 @@ def _evaluate(run_dir: Path, out: Path, detector_dir: Path | None, seed: int, pr
         o = m["overlap"]
         print(f"overlap with the corpus: {o['whole_in_corpus']} of {o['n']} items occur whole ({o['members_whole']} "
               f"members), {o['any_overlap']} share an n-gram; {len(o['non_members_with_overlap'])} non-members overlap")
-    print(f"report: {out / 'report.html'}")
+    print(f"report: {report['html']}")
 
 
 def cmd_evaluate(args) -> int:
-    _evaluate(Path(args.features), Path(args.out), Path(args.detector) if args.detector else None, args.seed,
-              Progress(), overlap_dir=args.overlap)
+    _evaluate(args.features, args.out, args.detector, args.seed, Progress(), overlap_dir=args.overlap)
     return 0
 
 
@@ -119,36 +119,41 @@ def cmd_demo(args) -> int:
     import json
 
     from scanner.config import ScanConfig
-    from scanner.detector.train import train_on_ray
+    from scanner.train import train_on_ray
     from scanner.overlap.run import run_overlap
     from scanner.scan import run_scan
+    from scanner.storage import Store, absolute, cache_folder
     from scanner.toy import english_passages, member_split, train_tiny_gpt2
 
-    out = Path(args.out)
+    out = Store(absolute(args.out))
+    at = out.uri_of
     progress = Progress()
     passages = english_passages()
     members, non_members = member_split(passages, seed=args.seed)
-    model = out / "model"
-    if not (model / "config.json").exists():
+    if not out.exists("model/config.json"):
         progress(f"training a tiny GPT-2 on {len(members)} of {len(passages)} passages (about two minutes on 2 cores)")
-        train_tiny_gpt2(members, passages, model, seed=args.seed, log=progress)
-    data = out / "known_membership.jsonl"
+        local = Path(out.root if out.local else cache_folder("demo", out.uri))
+        train_tiny_gpt2(members, passages, local / "model", seed=args.seed, log=progress)
+        if not out.local:
+            out.upload(str(local / "model"), "model")
     member_set = set(members)
-    data.write_text("".join(json.dumps({"text": t, "label": int(t in member_set)}) + "\n" for t in passages))
-    cfg = ScanConfig(model=str(model), neighbors=args.neighbors, neighbor_seed=args.seed).validate()
-    run_scan([str(data)], out / "scan_known", cfg, progress=progress)
-    train_on_ray(str(out / "scan_known"), str(out / "detectors"), seed=args.seed)
-    training_text = out / "training_text.jsonl"
-    training_text.write_text("".join(json.dumps({"id": f"train-{i}", "text": t}) + "\n" for i, t in enumerate(members)))
+    if not out.exists("known_membership.jsonl"):  # (rewritten, a rerun would score it again)
+        out.write_bytes("known_membership.jsonl", "".join(
+            json.dumps({"text": t, "label": int(t in member_set)}) + "\n" for t in passages).encode())
+    cfg = ScanConfig(model=at("model"), neighbors=args.neighbors, neighbor_seed=args.seed).validate()
+    run_scan([at("known_membership.jsonl")], at("scan_known"), cfg, progress=progress)
+    train_on_ray(at("scan_known"), at("detectors"), seed=args.seed)
+    if not out.exists("training_text.jsonl"):
+        out.write_bytes("training_text.jsonl", "".join(
+            json.dumps({"id": f"train-{i}", "text": t}) + "\n" for i, t in enumerate(members)).encode())
     progress("exact 13-gram overlap of the passages with the model's training text")
-    run_overlap([str(data)], [str(training_text)], str(out / "overlap_known"), progress=progress)
+    run_overlap([at("known_membership.jsonl")], [at("training_text.jsonl")], at("overlap_known"), progress=progress)
     print("== known membership (tiny GPT-2 trained on half of the passages), held-out samples")
-    _evaluate(out / "scan_known", out / "eval_known", out / "detectors", args.seed, progress,
-              overlap_dir=out / "overlap_known")
+    _evaluate(at("scan_known"), at("eval_known"), at("detectors"), args.seed, progress, overlap_dir=at("overlap_known"))
     wikimia = str(resources.files("scanner") / "data" / "wikimia_128.jsonl")
-    run_scan([wikimia], out / "scan_wikimia", cfg, progress=progress)
+    run_scan([wikimia], at("scan_wikimia"), cfg, progress=progress)
     print("== WikiMIA-128 under the same model (it never saw any of it)")
-    _evaluate(out / "scan_wikimia", out / "eval_wikimia", out / "detectors", args.seed, progress)
+    _evaluate(at("scan_wikimia"), at("eval_wikimia"), at("detectors"), args.seed, progress)
     return 0
 
 
@@ -180,7 +185,7 @@ def cmd_scan(args) -> int:
           f"{m['tokens_per_second'] or 0:.0f} tokens/s")
     if m["positions"]:
         print(f"padding: {m['positions']['padded_share']:.1%} of the forward passes' positions")
-    print(f"features: {args.out}/features  manifest: {args.out}/manifest.json")
+    print(f"features: {join(args.out, 'features')}  manifest: {join(args.out, 'manifest.json')}")
     return _failed_shards(m)
 
 
@@ -201,10 +206,10 @@ def cmd_sweep(args) -> int:
     for source, e in list(m["sources"].items())[:20]:
         print(f"{source:<40} {e['n']:>8} docs  flagged {e['flag_rate']:.3f}  contaminated {fmt_fraction(e)}")
     if len(m["sources"]) > 20:
-        print(f"... {len(m['sources']) - 20} more sources in {args.out}/metrics.json")
+        print(f"... {len(m['sources']) - 20} more sources in {join(args.out, 'metrics.json')}")
     sh = m["shards"]
     print(f"shards: {sh['done']} scored, {sh['skipped']} skipped (done before), {sh['failed']} failed; "
-          f"report: {args.out}/report.html")
+          f"report: {join(args.out, 'report.html')}")
     return _failed_shards(RunFolder(args.out).manifest)
 
 
@@ -233,7 +238,7 @@ def cmd_calibrate(args) -> int:
                          f"{'' if s['tpr_at_fpr_estimable']['0.01'] else '*'}"
                          for n, s in scores.items() if n.endswith("detector"))
         print(f"{group:<12} {dets}")
-    print(f"detector folder for sweep / nightly: {args.out}/detector  report: {args.out}/report.html")
+    print(f"detector folder for sweep / nightly: {join(args.out, 'detector')}  report: {join(args.out, 'report.html')}")
     return 0
 
 
@@ -261,7 +266,7 @@ def cmd_infer(args) -> int:
           f"{b['auc_ci'][1]:.3f}]")
     if m["p_value"] is not None:
         print(f"p = {m['p_value']:.3g} over {args.splits} splits; effect size {m['test']['effect_size']:.3f}")
-    print(f"verdict: {m['verdict']}; report: {args.out}/report.html")
+    print(f"verdict: {m['verdict']}; report: {join(args.out, 'report.html')}")
     return m["exit_code"]
 
 
@@ -275,7 +280,7 @@ def cmd_overlap(args) -> int:
     c = m["counts"]
     print(f"{c['items_with_overlap']} of {c['items']} eval items share a {args.n}-gram with the corpus "
           f"({c['corpus_rows_read']} documents, {c['corpus_documents_matching']} matching)")
-    print(f"per item: {args.out}/items.parquet  report: {args.out}/report.html")
+    print(f"per item: {join(args.out, 'items.parquet')}  report: {join(args.out, 'report.html')}")
     return 2 if m["errors"] else 0
 
 
@@ -288,7 +293,7 @@ def cmd_hessian(args) -> int:
                        actors=args.actors)
     m = run_hessian(args.data, args.out, spec, columns_from_args(args), scan=args.scan, progress=Progress())
     print(m["conclusion"])
-    print(f"per sample: {args.out}/samples.parquet  report: {args.out}/report.html")
+    print(f"per sample: {join(args.out, 'samples.parquet')}  report: {join(args.out, 'report.html')}")
     return 0
 
 
@@ -299,7 +304,7 @@ def cmd_nightly(args) -> int:
                     seed=args.seed, accept_shift=args.accept_shift, progress=Progress())
     for line in summary_lines(m):
         print(line)
-    print(f"exit {m['exit_code']}; report: {Path(args.out) / m['run'] / 'report.html'}")
+    print(f"exit {m['exit_code']}; report: {join(args.out, m['run'], 'report.html')}")
     return m["exit_code"]
 
 

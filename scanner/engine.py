@@ -37,8 +37,8 @@ from scanner.features import ScoreActor, binding, feature_schema, perturb_batch
 from scanner.inputs import InputFile, list_inputs
 from scanner.provenance import package_versions
 from scanner.runfolder import RunFolder
-from scanner.scoring.factory import check_adapter_path, check_backend_installed, check_model_path, scorer_key
-from scanner.scoring.options import BACKENDS
+from scanner.scoring.factory import check_adapter_path, check_model_path, scorer_key
+from scanner.scoring.options import BACKENDS, check_backend_installed
 from scanner.shards import Shard, plan_file
 
 QUEUED_PER_ACTOR = 2  # shards handed to an actor at once: the next one is read while one is scored

@@ -16,22 +16,21 @@ against the labels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import polars as pl
 
 from scanner.baseline.run import summarize_by_fold, verdict
-from scanner.detector.data import available_classic, member_score
+from scanner.detector.data import available_classic, blind_baseline, labelled_features, member_score
 from scanner.detector.folder import DetectorFolder
 from scanner.detector.mlp import MLPDetector
-from scanner.detector.train import blind_baseline, labelled_features
 from scanner.errors import InputError
 from scanner.metrics import min_negatives_for, roc_auc, summarize
 from scanner.report import TPR_NOTE, fmt, fmt_auc, fmt_tpr, roc_png, write_report
 from scanner.runfolder import RunFolder
 from scanner.scoring import registry
+from scanner.storage import Store
 
 BASELINE = "blind baseline"
 LENGTH_BUCKETS = (64, 128, 256)  # tokens
@@ -165,10 +164,10 @@ def _held_out(df: pl.DataFrame, run: RunFolder, detectors: DetectorFolder | None
 
 def overlap_items(overlap_dir) -> pl.DataFrame:
     """A `scanner overlap` result's per-item table (read before any work: a wrong folder fails at once)."""
-    path = Path(overlap_dir) / "items.parquet"
-    if not path.is_file():
+    store = Store(str(overlap_dir), create=False)
+    if not store.exists("items.parquet"):
         raise InputError(f"{overlap_dir}: no items.parquet; run `scanner overlap` into it first")
-    return pl.read_parquet(path).select("sample_id", "coverage", "longest_span", "n_docs", "doc_ids")
+    return pl.from_arrow(store.read_parquet("items.parquet")).select("sample_id", "coverage", "longest_span", "n_docs", "doc_ids")
 
 
 def overlap_evidence(dt: pl.DataFrame, y: np.ndarray, scores: dict, items: pl.DataFrame, overlap_dir) -> dict:
@@ -270,8 +269,8 @@ def evaluate(run_dir, detector_dir=None, seed: int = 0, n_boot: int = 1000, over
     return Evaluation(metrics=result, labels=y, scores=scores)
 
 
-def write_evaluation_report(ev: Evaluation, out) -> dict[str, Path]:
-    return write_report(Path(out), "Membership inference vs the blind baseline",
+def write_evaluation_report(ev: Evaluation, out) -> dict[str, str]:
+    return write_report(out, "Membership inference vs the blind baseline",
                         _blocks(ev.metrics, ev.labels, ev.scores), ev.metrics)
 
 

@@ -57,15 +57,25 @@ def format_of(name: str) -> str | None:
 
 
 def is_compressed(uri: str) -> bool:
-    return uri.lower().endswith(".gz")
+    return without_query(uri).lower().endswith(".gz")
+
+
+def without_query(uri: str) -> str:
+    return uri.partition("?")[0] if "://" in uri else uri
 
 
 def _scheme(arg: str) -> str:
     return arg.split("://", 1)[0] + "://" if "://" in arg else ""
 
 
+def _query(arg: str) -> str:
+    """A URI's query ("?endpoint_override=..."), which every file listed under it keeps."""
+    return "?" + arg.partition("?")[2] if "://" in arg and "?" in arg else ""
+
+
 def _has_glob(s: str) -> bool:
-    return any(ch in s for ch in "*?[")
+    path = s.partition("?")[0] if "://" in s else s  # a URI's query is not a pattern
+    return any(ch in path for ch in "*?[")
 
 
 def _hf_arrow_files(fs: pafs.FileSystem, folder: str) -> list[str]:
@@ -118,7 +128,7 @@ def _raise_corpus_error(e: OSError) -> None:
     raise CorpusError(f"{e.filename}: cannot be listed: {e.strerror}")
 
 
-def _expand(arg: str) -> tuple[pafs.FileSystem, str, list[str]]:
+def _expand(arg: str) -> tuple[pafs.FileSystem, str, str, list[str]]:
     fs, path = filesystem(arg)
     local = isinstance(fs, pafs.LocalFileSystem)
     if _has_glob(arg):
@@ -146,16 +156,16 @@ def _expand(arg: str) -> tuple[pafs.FileSystem, str, list[str]]:
             found.append(m)
         elif not _has_glob(arg):
             raise CorpusError(f"{m}: unsupported file type; use JSON lines, Parquet, CSV/TSV or an HF save_to_disk folder")
-    return fs, _scheme(arg) if not local else "", found
+    return fs, _scheme(arg) if not local else "", _query(arg), found
 
 
 def list_inputs(patterns: list[str]) -> list[InputFile]:
     """Every corpus file the arguments name, in a stable order, no repeats, never empty."""
     listed: dict[str, tuple[pafs.FileSystem, str]] = {}
     for arg in patterns:
-        fs, prefix, paths = _expand(arg)
+        fs, prefix, query, paths = _expand(arg)
         for p in paths:  # a local file reached by two paths (links) is read once
-            key = prefix + p if prefix or not isinstance(fs, pafs.LocalFileSystem) else os.path.realpath(p)
+            key = prefix + p + query if prefix or not isinstance(fs, pafs.LocalFileSystem) else os.path.realpath(p)
             listed.setdefault(key, (fs, p))
     if not listed:
         raise CorpusError(f"no readable corpus files in {' '.join(patterns)}")

@@ -46,12 +46,11 @@ import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
-from pathlib import Path
 
 from scanner.config import load_config, read_config_file
 from scanner.contamination import OperatingPoint, fraction_over_exposures
 from scanner.detector.trained import TrainedDetector, calibration_note, load_trained
-from scanner.detector.transfer import exposure_points, operating_point_sentence, transfer_warning, transferred_detector
+from scanner.transfer import exposure_points, operating_point_sentence, transfer_warning, transferred_detector
 from scanner.engine import RunKind, columns_from_config, require_complete, run_shards
 from scanner.errors import InputError
 from scanner.infer.run import (INVALID, NOT_SHOWN, SEEN, compare_runs, reference_model_config,
@@ -62,6 +61,7 @@ from scanner.provenance import package_versions
 from scanner.report import fmt, fmt_auc, fmt_fraction, forest_png, fraction_rows, trend_png, write_report
 from scanner.runfolder import RunFolder
 from scanner.scoring.options import BACKENDS
+from scanner.storage import Store, join, parent, read_json_at
 
 NIGHTLY_KEYS = ("detector", "eval_sets", "contamination_threshold", "max_increase", "alpha", "reference_model")
 COLUMN_KEYS = ("text_col", "label_col", "id_col", "source_col", "image_col")
@@ -112,39 +112,40 @@ def check_run_name(name: str) -> str:
     return name
 
 
-def earlier_runs(root: Path, run_name: str) -> list[Path]:
-    """The run folders in root before this run (by name) that finished (have a metrics.json)."""
-    return sorted(d for d in root.iterdir() if d.is_dir() and d.name < run_name and (d / "metrics.json").is_file())
+def earlier_runs(root: Store, run_name: str) -> list[str]:
+    """The names of the run folders in root before this run (by name) that finished (have a
+    metrics.json)."""
+    return [d for d in root.folders() if d < run_name and root.exists(f"{d}/metrics.json")]
 
 
-def previous_metrics(root: Path, run_name: str, explicit: str | None) -> tuple[dict | None, str | None]:
+def previous_metrics(root: Store, run_name: str, explicit: str | None) -> tuple[dict | None, str | None]:
     if explicit:
-        p = Path(explicit)
-        if not p.is_file():
-            raise InputError(f"--previous {explicit}: no such file")
-        return json.loads(p.read_text()), str(p)
+        try:
+            return read_json_at(explicit), explicit
+        except FileNotFoundError:
+            raise InputError(f"--previous {explicit}: no such file") from None
     earlier = earlier_runs(root, run_name)
     if not earlier:
         return None, None
-    return json.loads((earlier[-1] / "metrics.json").read_text()), str(earlier[-1] / "metrics.json")
+    return root.read_json(f"{earlier[-1]}/metrics.json"), root.uri_of(f"{earlier[-1]}/metrics.json")
 
 
 TREND_RUNS = 30  # earlier runs a set's trend chart shows
 
 
-def history(root: Path, run_name: str, sets: dict) -> dict[str, list[dict]]:
+def history(root: Store, run_name: str, sets: dict) -> dict[str, list[dict]]:
     """Per eval set of this run, its seen-fraction estimates in the earlier runs in root (the
     last TREND_RUNS that hold it) and in this one, oldest first."""
     out: dict[str, list[dict]] = {name: [] for name in sets}
     for d in earlier_runs(root, run_name):
         try:
-            old = json.loads((d / "metrics.json").read_text()).get("sets", {})
+            old = root.read_json(f"{d}/metrics.json").get("sets", {})
         except (OSError, json.JSONDecodeError):
             continue  # a run folder being written, or damaged: not part of the trend
         for name in out:
             c = (old.get(name) or {}).get("contamination")
             if c and c.get("estimable"):
-                out[name].append({"run": d.name, "estimate": c["estimate"], "ci": c["ci"]})
+                out[name].append({"run": d, "estimate": c["estimate"], "ci": c["ci"]})
     for name, r in sets.items():
         c = r.get("contamination")
         if c and c.get("estimable"):
@@ -179,37 +180,37 @@ def set_config(detector: TrainedDetector, scan_options: dict, overrides: dict):
     return load_config(None, overrides, base=base)
 
 
-def check_set(spec: dict, run_dir: Path, detector: TrainedDetector, scan_options: dict, overrides: dict,
+def check_set(spec: dict, root: Store, run_dir: str, detector: TrainedDetector, scan_options: dict, overrides: dict,
               settings: dict, previous: dict | None, seed: int, progress: Callable[[str], None],
               reference_model: dict | None = None, operating_point: OperatingPoint | None = None) -> dict:
     """operating_point: the detector's under this model where it was measured here (a calibrated
-    detector, scanner.detector.transfer); else the detector's own."""
+    detector, scanner.transfer); else the detector's own."""
     from scanner.evaluate import evaluate, write_evaluation_report
 
-    set_dir = run_dir / "sets" / spec["name"]
+    set_dir = join(run_dir, "sets", spec["name"])
     cfg = set_config(detector, scan_options, overrides | {k: spec[k] for k in COLUMN_KEYS if k in spec})
     op = operating_point or detector.operating_point
     detector.check_usable_with(cfg)
-    manifest = _scan(spec["data"], set_dir / "scan", cfg, detector, "the set", progress)
-    feats = RunFolder(set_dir / "scan").features(columns=["sample_id", "label", "flagged"])
+    manifest = _scan(spec["data"], join(set_dir, "scan"), cfg, detector, "the set", progress)
+    feats = RunFolder(join(set_dir, "scan")).features(columns=["sample_id", "label", "flagged"])
     result = {"data": spec["data"], "counts": manifest["counts"],
               "contamination": fraction_over_exposures(int(feats["flagged"].sum()), feats.height, op,
                                                        exposure_points(detector, op.fp, op.n_neg))}
-    overlap_dir = _overlap(spec, cfg, run_dir.parent, progress)
+    overlap_dir = _overlap(spec, cfg, root, progress)
     if overlap_dir is not None:
         result["overlap"] = overlap_summary(overlap_dir)
     labels = feats["label"]
     if labels.null_count() == 0 and labels.n_unique() == 2:
         progress(f"{spec['name']}: labelled: leakage baseline and MIA scores")
-        ev = evaluate(set_dir / "scan", detector.folder, seed=seed, overlap_dir=overlap_dir, progress=progress)
-        write_evaluation_report(ev, set_dir / "evaluate")
+        ev = evaluate(join(set_dir, "scan"), detector.folder, seed=seed, overlap_dir=overlap_dir, progress=progress)
+        report = write_evaluation_report(ev, join(set_dir, "evaluate"))
         m = ev.metrics
         result["labelled"] = {"baseline_auc": m["scores"]["blind baseline"]["auc"],
                               "baseline_auc_ci": m["scores"]["blind baseline"]["auc_ci"],
                               "baseline_verdict": m["baseline_verdict"]["status"], "best_mia": m["best_mia"],
                               "best_mia_auc": m["scores"][m["best_mia"]]["auc"],
                               "mia_beats_baseline": m["mia_beats_baseline"], "conclusion": m["conclusion"],
-                              "report": str(set_dir / "evaluate" / "report.html")}
+                              "report": report["html"]}
     if "reference" in spec:
         result["inference"] = _inference(spec, set_dir, cfg, detector, seed, progress, reference_model)
     if not result["contamination"]["estimable"]:
@@ -224,27 +225,27 @@ def check_set(spec: dict, run_dir: Path, detector: TrainedDetector, scan_options
     return result
 
 
-def _overlap(spec: dict, cfg, root: Path, progress) -> Path | None:
+def _overlap(spec: dict, cfg, root: Store, progress) -> str | None:
     """The set's overlap result: the one given, or its items matched against its corpus (once per
     distinct set of items: later nights find the finished shards and skip them)."""
     from scanner.corpus import read_corpus
     from scanner.overlap.run import eval_fingerprint, run_overlap
 
     if "overlap" in spec:
-        return Path(spec["overlap"])
+        return spec["overlap"]
     if "corpus" not in spec:
         return None
     columns = columns_from_config(cfg, labels=False)
     items = read_corpus(spec["data"], columns).samples
-    folder = root / "overlap" / spec["name"] / eval_fingerprint(items, DEFAULT_N)
+    folder = root.uri_of(f"overlap/{spec['name']}/{eval_fingerprint(items, DEFAULT_N)}")
     progress(f"{spec['name']}: exact {DEFAULT_N}-gram overlap with {' '.join(spec['corpus'])}")
-    m = run_overlap(spec["data"], spec["corpus"], str(folder), eval_columns=columns, progress=progress)
+    m = run_overlap(spec["data"], spec["corpus"], folder, eval_columns=columns, progress=progress)
     if m["errors"]:
         raise InputError(f"the overlap with the corpus is incomplete: {next(iter(m['errors'].values()))}")
     return folder
 
 
-def overlap_summary(folder: Path) -> dict:
+def overlap_summary(folder: str) -> dict:
     from scanner.evaluate import overlap_items
 
     cov = overlap_items(folder)["coverage"]
@@ -252,8 +253,8 @@ def overlap_summary(folder: Path) -> dict:
             "share_any": float((cov > 0).mean()), "share_whole": float((cov >= 1).mean())}
 
 
-def _scan(data: list[str], folder: Path, cfg, detector: TrainedDetector, what: str, progress) -> dict:
-    manifest = run_shards(data, str(folder), cfg, RunKind("scan", detector=detector.spec), progress)
+def _scan(data: list[str], folder: str, cfg, detector: TrainedDetector, what: str, progress) -> dict:
+    manifest = run_shards(data, folder, cfg, RunKind("scan", detector=detector.spec), progress)
     require_complete(manifest, f"the scan of {what} failed")
     return manifest
 
@@ -265,19 +266,19 @@ def resolve_reference_model(setting: str | None, previous: dict | None, previous
         return setting and {"model": setting, "previous_run": None}
     if previous is None:
         return None
-    return {"model": previous["model"], "previous_run": Path(previous_path).parent}
+    return {"model": previous["model"], "previous_run": parent(previous_path)}
 
 
-def _under_reference_model(spec: dict, set_dir: Path, cfg, reference_model: dict, progress):
+def _under_reference_model(spec: dict, set_dir: str, cfg, reference_model: dict, progress):
     """The set and its reference under the reference model: the previous run's scans of the same
     files when they were made under that model, else scans without neighbors."""
     prev = reference_model["previous_run"]
     if prev is not None:
-        prev_set = prev / "sets" / spec["name"]
-        runs = [prev_set / "scan", prev_set / "reference"]
+        prev_set = join(prev, "sets", spec["name"])
+        runs = [join(prev_set, "scan"), join(prev_set, "reference")]
         try:
             same = [RunFolder.existing(r) for r in runs]
-            earlier = json.loads((prev / "metrics.json").read_text())["sets"][spec["name"]]
+            earlier = read_json_at(join(prev, "metrics.json"))["sets"][spec["name"]]
         except (InputError, KeyError, OSError):
             same = None
         if same and (earlier.get("data"), (earlier.get("inference") or {}).get("reference")) == (
@@ -289,7 +290,7 @@ def _under_reference_model(spec: dict, set_dir: Path, cfg, reference_model: dict
                                       reference_model_config(cfg, reference_model["model"]), progress)
 
 
-def _inference(spec: dict, set_dir: Path, cfg, detector: TrainedDetector, seed: int, progress,
+def _inference(spec: dict, set_dir: str, cfg, detector: TrainedDetector, seed: int, progress,
                reference_model: dict | None = None) -> dict:
     """Dataset inference against the set's reference (scanner.infer); the p-value is adjusted
     over the run's sets afterwards (holm)."""
@@ -298,9 +299,9 @@ def _inference(spec: dict, set_dir: Path, cfg, detector: TrainedDetector, seed: 
     if not shift["verdict"]["usable_for_mia"]:
         return {"verdict": INVALID, "p_value": None, "blind_baseline": shift}
     progress(f"{spec['name']}: scanning its reference {' '.join(spec['reference'])}")
-    _scan(spec["reference"], set_dir / "reference", replace(cfg, label_col=None), detector, "its reference", progress)
+    _scan(spec["reference"], join(set_dir, "reference"), replace(cfg, label_col=None), detector, "its reference", progress)
     under_ref = reference_model and _under_reference_model(spec, set_dir, cfg, reference_model, progress)
-    result = compare_runs(RunFolder(set_dir / "scan"), RunFolder(set_dir / "reference"), detector, DEFAULT_SPLITS, seed,
+    result = compare_runs(RunFolder(join(set_dir, "scan")), RunFolder(join(set_dir, "reference")), detector, DEFAULT_SPLITS, seed,
                           under_ref)
     progress(f"{spec['name']}: set test p = {result['p_value']:.3g}")
     return {"p_value": result["p_value"], "effect_size": result["test"]["effect_size"],
@@ -337,18 +338,17 @@ def run_nightly(config: str, out: str, run_name: str | None = None, previous: st
                 model: str | None = None, seed: int = 0, accept_shift: bool = False,
                 progress: Callable[[str], None] = print) -> dict:
     """accept_shift: check the sets even when a calibrated detector does not transfer to the
-    model (scanner.detector.transfer); the report's first sentence then says so."""
+    model (scanner.transfer); the report's first sentence then says so."""
     t0 = time.perf_counter()
     settings, sets, scan_options = load_nightly(config)
     detector = load_trained(settings["detector"])
     model_cfg = set_config(detector, scan_options, {"model": model})
     detector.check_usable_with(model_cfg)
-    root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
+    root = Store(out)
     run_name = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%MZ") if run_name is None else check_run_name(run_name)
     prev, prev_path = previous_metrics(root, run_name, previous)
-    run_dir = root / run_name
-    detector, transfer = transferred_detector(detector, model_cfg, str(run_dir / "transfer"), accept_shift, progress)
+    run_dir = root.uri_of(run_name)
+    detector, transfer = transferred_detector(detector, model_cfg, join(run_dir, "transfer"), accept_shift, progress)
     op = transfer.operating_point if transfer else detector.operating_point
     overrides = {"model": model}
     reference_model = resolve_reference_model(settings["reference_model"], prev, prev_path)
@@ -356,7 +356,7 @@ def run_nightly(config: str, out: str, run_name: str | None = None, previous: st
     for spec in sets:
         progress(f"eval set {spec['name']}: {' '.join(spec['data'])}")
         try:
-            results[spec["name"]] = check_set(spec, run_dir, detector, scan_options, overrides, settings, prev, seed,
+            results[spec["name"]] = check_set(spec, root, run_dir, detector, scan_options, overrides, settings, prev, seed,
                                               progress, reference_model, op)
         except InputError as e:
             results[spec["name"]] = {"data": spec["data"], "status": "error", "error": str(e)}

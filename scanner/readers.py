@@ -9,42 +9,23 @@ from itertools import islice
 from typing import Iterable, Iterator
 
 import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from scanner.inputs import CorpusError, is_compressed
 from scanner.shards import (
     Prefixed,
     Shard,
+    arrow_batches,
     csv_delimiter,
     csv_records,
     gunzip,
     is_json_array,
     lines_with_offsets,
+    open_arrow,
 )
-from scanner.storage import filesystem, open_input
+from scanner.storage import open_input
 
 Record = tuple[int, dict | None, str | None]
-
-
-def _open_arrow(uri: str):
-    """An Arrow IPC reader: the stream format save_to_disk writes, or the file format. Local
-    files are memory-mapped, so skipping to a shard costs no reading."""
-    fs, path = filesystem(uri)
-    source = pa.memory_map(path) if isinstance(fs, pafs.LocalFileSystem) else fs.open_input_file(path)
-    try:
-        return pa.ipc.open_stream(source)
-    except pa.ArrowInvalid:
-        source.seek(0)
-        return pa.ipc.open_file(source)
-
-
-def arrow_batches(uri: str) -> Iterator[pa.RecordBatch]:
-    reader = _open_arrow(uri)
-    if isinstance(reader, pa.ipc.RecordBatchFileReader):
-        return (reader.get_batch(k) for k in range(reader.num_record_batches))
-    return iter(reader)
 
 
 def _json_line(raw: bytes) -> tuple[dict | None, str | None]:
@@ -176,5 +157,5 @@ def columns_of(shard: Shard) -> list[str] | None:
     if shard.fmt == "parquet":
         return pq.ParquetFile(open_input(shard.uri)).schema_arrow.names
     if shard.fmt == "arrow":
-        return _open_arrow(shard.uri).schema.names
+        return open_arrow(shard.uri).schema.names
     return None

@@ -8,7 +8,6 @@ import html
 import io
 import json
 import re
-from pathlib import Path
 
 import matplotlib
 
@@ -17,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from scanner.metrics import roc_points  # noqa: E402
+from scanner.storage import Store  # noqa: E402
 
 # Blocks: ("h1"|"h2", text), ("p", text), ("table", header, rows), ("img", name, png_bytes),
 # ("details", summary, [blocks]): folded away in the HTML report (a <details> element)
@@ -300,11 +300,12 @@ def render_report(title: str, blocks: list, metrics: dict) -> dict[str, bytes]:
     return files
 
 
-def write_report(out_dir: Path, title: str, blocks: list, metrics: dict) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, data in render_report(title, blocks, metrics).items():
-        (out_dir / name).write_bytes(data)
-    return {"metrics": out_dir / "metrics.json", "md": out_dir / "report.md", "html": out_dir / "report.html"}
+def write_report(out, title: str, blocks: list, metrics: dict) -> dict[str, str]:
+    """The report files in `out` (a local path, a URI or a scanner.storage.Store); their URIs."""
+    store = out if isinstance(out, Store) else Store(str(out))
+    store.write_files(render_report(title, blocks, metrics))
+    return {key: store.uri_of(name) for key, name in
+            (("metrics", "metrics.json"), ("md", "report.md"), ("html", "report.html"))}
 
 
 TPR_NOTE = (

@@ -227,5 +227,4 @@ class RunFolder:
 
     def write_files(self, files: dict[str, bytes]) -> None:
         """Report files (metrics.json, report.md/html, images) at the top of the folder."""
-        for name, data in files.items():
-            self.store.write_bytes(name, data)
+        self.store.write_files(files)

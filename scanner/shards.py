@@ -29,9 +29,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.ipc
 import pyarrow.parquet as pq
 
-from scanner.inputs import CorpusError, InputFile, is_compressed
+from scanner.inputs import CorpusError, InputFile, is_compressed, without_query
 from scanner.storage import filesystem, open_input
 
 BLOCK = 16 << 20  # bytes read at a time while planning
@@ -55,7 +57,7 @@ class Shard:
 
 def shard_prefix(uri: str) -> str:
     """What the names of one file's shards begin with."""
-    return f"{posixpath.basename(uri.rstrip('/'))}-{hashlib.sha256(uri.encode()).hexdigest()[:10]}-"
+    return f"{posixpath.basename(without_query(uri).rstrip('/'))}-{hashlib.sha256(uri.encode()).hexdigest()[:10]}-"
 
 
 def shard_name(uri: str, index: int) -> str:
@@ -177,14 +179,31 @@ def is_json_array(head: bytes) -> bool:
 
 
 def csv_delimiter(uri: str) -> str:
-    return "\t" if uri.lower().removesuffix(".gz").endswith(".tsv") else ","
+    return "\t" if without_query(uri).lower().removesuffix(".gz").endswith(".tsv") else ","
+
+
+def open_arrow(uri: str):
+    """An Arrow IPC reader: the stream format save_to_disk writes, or the file format. Local
+    files are memory-mapped, so skipping to a shard costs no reading."""
+    fs, path = filesystem(uri)
+    source = pa.memory_map(path) if isinstance(fs, pafs.LocalFileSystem) else fs.open_input_file(path)
+    try:
+        return pa.ipc.open_stream(source)
+    except pa.ArrowInvalid:
+        source.seek(0)
+        return pa.ipc.open_file(source)
+
+
+def arrow_batches(uri: str) -> Iterator[pa.RecordBatch]:
+    reader = open_arrow(uri)
+    if isinstance(reader, pa.ipc.RecordBatchFileReader):
+        return (reader.get_batch(k) for k in range(reader.num_record_batches))
+    return iter(reader)
 
 
 def count_rows(f: InputFile) -> int:
     """Rows of a file that is read from its start: compressed, a JSON array, or HF Arrow."""
     if f.fmt == "arrow":
-        from scanner.readers import arrow_batches
-
         return sum(b.num_rows for b in arrow_batches(f.uri))
     with open_input(f.uri) as raw:
         stream = gunzip(raw) if is_compressed(f.uri) else raw

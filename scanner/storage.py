@@ -8,9 +8,11 @@ installed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
+import shutil
 import uuid
 from pathlib import Path
 
@@ -33,6 +35,39 @@ def absolute(uri) -> str:
     """A URI as it is; a local path made absolute (as a task in another working directory, or a
     later run, must see it)."""
     return str(uri) if "://" in str(uri) else resolved(str(uri))
+
+
+def is_uri(path) -> bool:
+    return "://" in str(path)
+
+
+def join(uri, *parts: str) -> str:
+    """A path under a folder, a local path or a URI alike; a URI's query (s3's endpoint_override,
+    say) stays at its end, where pyarrow reads it."""
+    base, mark, query = str(uri).partition("?")
+    return posixpath.join(base, *parts) + mark + query
+
+
+def parent(uri) -> str:
+    """The folder a file or folder is in, a local path or a URI alike."""
+    base, mark, query = str(uri).partition("?")
+    return posixpath.dirname(base.rstrip("/")) + mark + query
+
+
+def _file_at(uri) -> tuple["Store", str]:
+    base = str(uri).partition("?")[0]
+    return Store(parent(uri), create=False), posixpath.basename(base)
+
+
+def read_json_at(uri):
+    """One JSON file named by its own path or URI; FileNotFoundError when there is none."""
+    store, name = _file_at(uri)
+    return store.read_json(name)
+
+
+def read_parquet_at(uri) -> pa.Table:
+    store, name = _file_at(uri)
+    return store.read_parquet(name)
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -75,8 +110,23 @@ class Store:
     def path(self, rel: str) -> str:
         return posixpath.join(self.root, rel)
 
+    def uri_of(self, rel: str) -> str:
+        """A file's or folder's own URI (or local path), as an input of another run or a task."""
+        return join(self.uri, rel)
+
+    def child(self, rel: str, create: bool = True) -> "Store":
+        return Store(self.uri_of(rel), create=create)
+
     def exists(self, rel: str) -> bool:
         return self.fs.get_file_info(self.path(rel)).type == pafs.FileType.File
+
+    def has_folder(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type == pafs.FileType.Directory
+
+    def folders(self, rel: str = "") -> list[str]:
+        """Names of the folders in a folder (not recursive), sorted."""
+        info = self.fs.get_file_info(pafs.FileSelector(self.path(rel), allow_not_found=True))
+        return sorted(posixpath.basename(e.path) for e in info if e.type == pafs.FileType.Directory)
 
     def _write(self, rel: str, write) -> None:
         final = self.path(rel)
@@ -92,6 +142,11 @@ class Store:
 
     def write_json(self, rel: str, obj) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=2).encode())
+
+    def write_files(self, files: dict[str, bytes]) -> None:
+        """Report files (metrics.json, report.md/html, images), each whole."""
+        for name, data in files.items():
+            self.write_bytes(name, data)
 
     def read_bytes(self, rel: str) -> bytes:
         """The file's bytes; FileNotFoundError when there is none."""
@@ -163,6 +218,20 @@ class Store:
         if self.exists(rel):
             self.fs.delete_file(self.path(rel))
 
+    def delete_folder(self, rel: str) -> None:
+        if self.has_folder(rel):
+            self.fs.delete_dir(self.path(rel))
+
+    def download(self, rel: str, local: str) -> None:
+        """The files under `rel` copied into a local folder."""
+        Path(local).mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(self.path(rel), local, source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+
+    def upload(self, local: str, rel: str) -> None:
+        """A local folder's files copied under `rel` (each file whole: see _write)."""
+        self.fs.create_dir(self.path(rel), recursive=True)
+        pafs.copy_files(local, self.path(rel), source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+
     def read_parquet(self, rel: str) -> pa.Table:
         return pq.read_table(self.path(rel), filesystem=self.fs)
 
@@ -171,6 +240,39 @@ class Store:
         info = self.fs.get_file_info(pafs.FileSelector(self.path(folder), allow_not_found=True))
         names = (posixpath.basename(e.path) for e in info if e.type == pafs.FileType.File)
         return sorted(n for n in names if n.endswith(suffix) and not n.startswith("."))
+
+
+def cache_folder(kind: str, key: str, create: bool = True) -> Path:
+    """This node's folder for `key` ($SCANNER_CACHE or ~/.cache/scanner, then kind/hash of key)."""
+    root = Path(os.environ.get("SCANNER_CACHE") or Path.home() / ".cache" / "scanner") / kind
+    root.mkdir(parents=True, exist_ok=True)
+    folder = root / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if create:
+        folder.mkdir(exist_ok=True)
+    return folder
+
+
+def local_folder(uri: str) -> str:
+    """A folder (a model, an adapter) as a local path: the folder itself where it is local, else
+    a copy in this node's cache ($SCANNER_CACHE or ~/.cache/scanner), fetched once per content
+    (its files' names, sizes and times), so every actor of a node loads the same files."""
+    fs, root = filesystem(str(uri))
+    if isinstance(fs, pafs.LocalFileSystem):
+        return root
+    info = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    files = sorted((e.path, e.size, e.mtime_ns) for e in info if e.type == pafs.FileType.File)
+    if not files:
+        raise InputError(f"{uri}: no such folder, or it is empty")
+    target = cache_folder("remote", json.dumps([str(uri), files], default=str), create=False)
+    if not target.is_dir():
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        tmp.mkdir()
+        pafs.copy_files(root, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        try:
+            os.rename(tmp, target)  # whole or absent; another actor of the node may have been faster
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
 
 
 def _token(data: bytes) -> str | None:

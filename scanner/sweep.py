@@ -21,7 +21,7 @@ from dataclasses import asdict
 from scanner.config import ScanConfig
 from scanner.contamination import fraction_over_exposures
 from scanner.detector.trained import TrainedDetector, calibration_note
-from scanner.detector.transfer import (Transfer, exposure_points, operating_point_sentence, transfer_warning,
+from scanner.transfer import (Transfer, exposure_points, operating_point_sentence, transfer_warning,
                                        transferred_detector)
 from scanner.engine import RunKind, run_shards
 from scanner.report import exposure_sentence, fmt, fmt_fraction, forest_png, fraction_rows, render_report
@@ -31,7 +31,7 @@ from scanner.runfolder import RunFolder
 def run_sweep(inputs: list[str], out: str, detector: TrainedDetector, cfg: ScanConfig, accept_shift: bool = False,
               progress: Callable[[str], None] = print, add: bool | None = None) -> dict:
     """accept_shift: estimate even when a calibrated detector does not transfer to cfg's model
-    (scanner.detector.transfer); the report's first sentence then says so. add: input files the
+    (scanner.transfer); the report's first sentence then says so. add: input files the
     run in `out` lacks join it."""
     detector.check_usable_with(cfg)
     detector, transfer = transferred_detector(detector, cfg, str(out).rstrip("/") + "/transfer", accept_shift, progress)

@@ -77,7 +77,7 @@ def ray_local(tmp_path_factory):
 def train_tiny_detector(root, tiny_lm, neighbors: int) -> str:
     """Scan all labelled passages under the tiny model and train the detectors on them (needs Ray)."""
     from scanner.cli import main
-    from scanner.detector.train import train_detectors
+    from scanner.train import train_detectors
 
     labelled = root / "labelled.jsonl"
     labelled.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for y, texts in

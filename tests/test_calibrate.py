@@ -14,6 +14,7 @@ from scanner.calibrate.finetune import FinetuneSpec, finetune
 from scanner.calibrate.split import calibration_split, training_stream
 from scanner.detector.data import grouped_split
 from scanner.errors import InputError
+from scanner.storage import Store
 from scanner.toy import english_passages, train_tiny_gpt2
 from tests.conftest import cached_model
 
@@ -171,10 +172,10 @@ def test_the_split_file_is_written_once_so_that_a_rerun_resumes_the_scan(tmp_pat
     data = tmp_path / "h.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in english_passages()[:30]))
     args = ([str(data)], Columns(label=None), 0.5, [1, 4], 0)
-    _split(*args, tmp_path, progress=lambda m: None)
+    _split(*args, Store(str(tmp_path)), progress=lambda m: None)
     before = (tmp_path / "set.parquet").stat().st_mtime_ns
     os.utime(tmp_path / "set.parquet", ns=(before - 10**9, before - 10**9))  # as if written a second earlier
-    _split(*args, tmp_path, progress=lambda m: None)
+    _split(*args, Store(str(tmp_path)), progress=lambda m: None)
     # the engine takes a changed input file for new data and scores all its shards again
     assert (tmp_path / "set.parquet").stat().st_mtime_ns == before - 10**9
 
@@ -187,7 +188,7 @@ def test_a_split_the_text_alone_separates_stops_the_run(tmp_path):
     split = pl.DataFrame({"sample_id": [r["id"] for r in rows], "text": [r["text"] for r in rows],
                           "source": ["x"] * len(rows), "label": [r["label"] for r in rows]})
     with pytest.raises(InputError, match="by their text alone"):
-        _checked_baseline(split, tmp_path, seed=0, progress=lambda m: None)
+        _checked_baseline(split, Store(str(tmp_path)), seed=0, progress=lambda m: None)
     assert json.loads((tmp_path / "baseline.json").read_text())["auc"] > 0.9  # kept: a rerun does not redo it
 
 

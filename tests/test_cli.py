@@ -93,8 +93,8 @@ def test_demo_runs_the_embedded_default(tmp_path):
 
     from scanner.runfolder import RunFolder
 
-    demo = tmp_path / "demo"
-    res = scanner("demo", "--out", str(demo), "--neighbors", "12", timeout=2400)
+    demo = tmp_path / "demo"  # given as a file:// URI (tests/test_uri_outputs.py: the other commands)
+    res = scanner("demo", "--out", f"file://{demo}", "--neighbors", "12", timeout=2400)
     assert res.returncode == 0, res.stderr[-3000:]
     labels = RunFolder(demo / "scan_known").features(columns=["sample_id", "label"])
     items = labels.join(pl.read_parquet(demo / "overlap_known" / "items.parquet"), on="sample_id")

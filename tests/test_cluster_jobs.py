@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 import yaml
 
-from scanner.detector.train import train_detectors
+from scanner.train import train_detectors
 from scanner.runfolder import RunFolder
 from tests.fake_scan import write_fake_run
 from tests.local_cluster import BIN, LocalCluster, _alive, is_loopback

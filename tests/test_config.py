@@ -96,7 +96,7 @@ def test_infer_on_a_detector_trained_with_neighbor_seed_7_keeps_it_and_the_set_t
     """`--seed` used to be both the neighbor seed and the set test's: its default 0 replaced a
     detector's `seed: 7`, and the detector was refused for features computed otherwise."""
     from scanner.cli import build_parser, infer_config
-    from scanner.detector.train import train_detectors
+    from scanner.train import train_detectors
     from scanner.detector.trained import load_trained
     from tests.fake_scan import write_fake_run
 

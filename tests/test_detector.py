@@ -10,7 +10,7 @@ import torch
 
 from scanner.detector.data import grouped_split
 from scanner.detector.mlp import MLPDetector
-from scanner.detector.train import train_detectors
+from scanner.train import train_detectors
 from scanner.evaluate import evaluate, roc_curves, write_evaluation_report
 from scanner.metrics import roc_auc
 from scanner.report import draw_roc, fmt, fmt_auc

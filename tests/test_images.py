@@ -277,7 +277,8 @@ def test_neighbor_detector_on_a_tiny_llava_trained_on_half_of_300_pairs(ray_loca
     the FiMMIA detector (image neighbors only, 24 per pair) separates members from held-out pairs
     with AUC > 0.8, measured out of fold over all 300 (each pair scored by detectors that never
     saw it; the single train/test split of `scanner train` holds only ~60 test pairs)."""
-    from scanner.detector.train import cross_fitted_scores, labelled_features
+    from scanner.detector.data import labelled_features
+    from scanner.train import cross_fitted_scores
     from scanner.metrics import roc_auc
     from scanner.runfolder import RunFolder
     from scanner.toy_images import train_tiny_llava

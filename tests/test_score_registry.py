@@ -38,7 +38,7 @@ def test_the_new_score_computes_its_definition_on_a_hand_case(top_half):
 
 def test_a_score_registered_here_is_a_feature_column_a_detector_input_an_evaluate_row_and_a_report_row(
         top_half, tiny_lm, tmp_path):
-    from scanner.detector.train import train_detectors
+    from scanner.train import train_detectors
     from scanner.evaluate import evaluate, write_evaluation_report
     from scanner.features import ScoreActor, perturb_batch
 

@@ -1,5 +1,5 @@
 """A calibrated detector applied to the model it was calibrated for, not to the tuned copy, must
-keep its promise (scanner.detector.transfer): the FPR is measured again under that model on the
+keep its promise (scanner.transfer): the FPR is measured again under that model on the
 calibration texts it never saw, and a detector whose scores moved with the fine-tune stops the run.
 
 End to end on the tests' tiny GPT-2 (trained on its members, so membership is known): calibrated
@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from scanner.contamination import OperatingPoint
-from scanner.detector.transfer import (SHIFT_TOLERANCE, Transfer, applies_to_tuned_copy, chosen_kind, compare,
+from scanner.transfer import (SHIFT_TOLERANCE, Transfer, applies_to_tuned_copy, chosen_kind, compare,
                                        operating_point_sentence, transfer_warning)
 from tests.test_cli import scanner
 

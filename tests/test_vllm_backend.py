@@ -11,7 +11,7 @@ import torch
 
 from scanner.config import ScanConfig
 from scanner.errors import InputError
-from scanner.scoring.factory import check_backend_installed
+from scanner.scoring.options import check_backend_installed
 from scanner.scoring.lm_head import LMHead, load_lm_head, logit_transform, spellings
 from scanner.scoring.options import DEFAULT_CPU_KV_CACHE_GIB, EngineOptions
 from scanner.scoring.vllm import engine_error, engine_kwargs, hidden_to_scores, lora_kwargs, token_groups

@@ -3,7 +3,6 @@ its report folder."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -14,9 +13,10 @@ from scanner.corpus import Columns, read_corpus
 from scanner.errors import InputError
 from scanner.provenance import package_versions
 from scanner.report import TPR_NOTE, fmt, fmt_auc, fmt_tpr, forest_png, roc_png, write_report
+from scanner.storage import Store
 
 
-def baseline_report(data: list[str], out: Path, columns: Columns = Columns(), folds: int = 5, seed: int = 0,
+def baseline_report(data: list[str], out: str, columns: Columns = Columns(), folds: int = 5, seed: int = 0,
                     n_boot: int = 1000, jobs: int | None = None, permute_labels: bool = False,
                     cv_repeats: int = 1, progress: Callable[[str], None] = lambda m: None) -> dict:
     """metrics.json's content, plus `_report`: the path of report.html."""
@@ -39,17 +39,16 @@ def baseline_report(data: list[str], out: Path, columns: Columns = Columns(), fo
         "permuted_labels": permute_labels,
         "versions": package_versions(),
     }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    corpus.quarantine.write_parquet(out / "quarantine.parquet")
-    result.scores.write_parquet(out / "scores.parquet")
+    out = Store(str(out))
+    out.write_parquet("quarantine.parquet", corpus.quarantine.to_arrow())
+    out.write_parquet("scores.parquet", result.scores.to_arrow())
     y = result.scores["label"].to_numpy()
     curves = {"auto (nested CV)": (y, result.scores["score"].to_numpy())} | {
         fam: (y, result.scores[f"score_{fam}"].to_numpy()) for fam in result.metrics["models"]
     }
     title = "Leakage baseline" + (" (labels permuted: negative control)" if permute_labels else "")
     paths = write_report(out, title, baseline_blocks(metrics, curves, corpus.files, counts), metrics)
-    return metrics | {"_report": str(paths["html"])}
+    return metrics | {"_report": paths["html"]}
 
 
 def baseline_blocks(metrics: dict, curves: dict, inputs: list[str], counts: dict) -> list:

@@ -4,10 +4,15 @@ full fine-tuning. Checkpointed every `checkpoint_every` steps with the optimizer
 so a killed run continues where its last checkpoint left off and ends where an uninterrupted run
 would. Texts are tokenized as the scan tokenizes them (scanner.scoring.interface.TextTokenizer).
 
+  <dir>/spec.json     the settings: a folder refuses a fine-tune with other settings
   <dir>/checkpoint/   weights (adapter or full model), the optimizer's and RNG's state
                       (optimizer.safetensors + optimizer.json: no pickle), state.json (step, losses)
   <dir>/model/        the result: adapter or full checkpoint with its tokenizer
   <dir>/log.json      the spec, the loss per step, tokens/s, where it resumed; written last
+
+<dir> is a local path or a URI (scanner.storage). At a URI the task trains in a local working
+folder and copies each checkpoint there (state.json last: a checkpoint without it is not one),
+then the model, then log.json; a task restarted on another node takes the checkpoint from there.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 
 from scanner.errors import InputError
 from scanner.faults import maybe_fail
+from scanner.storage import Store, absolute, cache_folder
 
 METHODS = ("lora", "full")
 DEFAULT_LR = {"lora": 5e-4, "full": 5e-5}
@@ -98,27 +104,35 @@ def _load_optimizer(optimizer, folder: Path) -> None:
 class Finetune:
     """Everything one fine-tune needs, built where it runs (the Ray task)."""
 
-    def __init__(self, spec: FinetuneSpec, folder: Path, log=print):
+    def __init__(self, spec: FinetuneSpec, store: Store, log=print):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from scanner.scoring.factory import local_model
         from scanner.scoring.hf import auto_device, auto_dtype
         from scanner.scoring.interface import TextTokenizer
 
-        self.spec, self.folder, self.log = spec, Path(folder), log
+        self.spec, self.store, self.log = spec, store, log
+        # where it trains: the folder itself, or a local one beside a folder at a URI
+        self.folder = Path(store.root) if store.local else cache_folder("finetune", store.uri)
         self.device = auto_device()
         if self.device == "cpu":  # Ray gives a 1-CPU task one thread; the fine-tune is the node's only work
             torch.set_num_threads(len(os.sched_getaffinity(0)))
+        if not store.local:
+            shutil.rmtree(self.folder / "checkpoint", ignore_errors=True)
+            if store.exists("checkpoint/state.json"):
+                store.download("checkpoint", str(self.folder / "checkpoint"))
         ckpt = _existing(self.folder / "checkpoint")
         torch.manual_seed(spec.seed)  # the LoRA initialisation, then the RNG state of a checkpoint
         common = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code)
-        self.tokenizer = AutoTokenizer.from_pretrained(spec.model, **common)
+        base = local_model(spec.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(base, **common)
         # LoRA: a frozen base in the scan's dtype; full: fp32 weights, so small updates are not rounded away
         dtype = auto_dtype(self.device) if spec.method == "lora" else torch.float32
         if spec.method == "full" and ckpt is not None:
             model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype)
         else:
-            model = AutoModelForCausalLM.from_pretrained(spec.model, dtype=dtype, **common)
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **common)
         if spec.method == "lora":
             from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -179,36 +193,48 @@ class Finetune:
                      f"{self.state['tokens'] / self.state['seconds']:,.0f} tokens/s")
             if (step + 1) % self.spec.checkpoint_every == 0 and step + 1 < len(batches):
                 self._save(self.folder / "checkpoint", with_optimizer=True)
+                self._publish_checkpoint()
                 maybe_fail("finetune_checkpoint")
         self._save(self.folder / "model", with_optimizer=False)
+        if not self.store.local:
+            self.store.upload(str(self.folder / "model"), "model")
         result = {"spec": asdict(self.spec), "steps": len(batches), "losses": self.state["losses"],
                   "tokens": self.state["tokens"], "seconds": round(self.state["seconds"], 1),
                   "tokens_per_second": self.state["tokens"] / max(self.state["seconds"], 1e-9),
                   "resumed_from": self.state["resumed_from"], "device": self.device}
-        (self.folder / "log.json").write_text(json.dumps(result))
+        self.store.write_json("log.json", result)
         shutil.rmtree(self.folder / "checkpoint", ignore_errors=True)
+        if not self.store.local:
+            self.store.delete_folder("checkpoint")
         return result
+
+    def _publish_checkpoint(self) -> None:
+        """A folder at a URI gets the checkpoint file by file, its state.json removed first and
+        written last: a kill in between leaves no checkpoint, never a mixed one."""
+        if self.store.local:
+            return
+        self.store.delete("checkpoint/state.json")
+        local = self.folder / "checkpoint"
+        files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: p.name == "state.json")
+        for p in files:
+            self.store.write_bytes(f"checkpoint/{p.relative_to(local).as_posix()}", p.read_bytes())
 
 
 def finetune(spec: dict, texts: list[str], stream: list[int], folder: str) -> dict:
     """The task body: resumes a checkpoint of the same spec, refuses one of another."""
-    spec_ = FinetuneSpec(**spec)
-    folder_ = Path(folder)
-    log_file = folder_ / "log.json"
-    if log_file.is_file():
-        done = json.loads(log_file.read_text())
+    store = Store(folder)
+    if store.exists("log.json"):
+        done = store.read_json("log.json")
         if done["spec"] != spec:
             raise InputError(f"{folder}: fine-tuned with other settings ({done['spec']}); use a new --out")
         return done | {"skipped": True}
-    folder_.mkdir(parents=True, exist_ok=True)
-    spec_file = folder_ / "spec.json"
-    if spec_file.is_file() and json.loads(spec_file.read_text()) != spec:
+    if store.exists("spec.json") and store.read_json("spec.json") != spec:
         raise InputError(f"{folder}: a fine-tune with other settings was started here; use a new --out")
-    spec_file.write_text(json.dumps(spec))
-    return Finetune(spec_, folder_, log=lambda m: print(m, flush=True)).run(texts, stream)
+    store.write_json("spec.json", spec)
+    return Finetune(FinetuneSpec(**spec), store, log=lambda m: print(m, flush=True)).run(texts, stream)
 
 
-def finetune_on_ray(spec: FinetuneSpec, texts: list[str], stream: list[int], folder: Path) -> dict:
+def finetune_on_ray(spec: FinetuneSpec, texts: list[str], stream: list[int], folder: str) -> dict:
     import ray
 
     from scanner.engine import release_parked
@@ -217,7 +243,7 @@ def finetune_on_ray(spec: FinetuneSpec, texts: list[str], stream: list[int], fol
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(finetune)
     try:
-        return ray.get(task.remote(asdict(spec), texts, stream, str(Path(folder).resolve())))
+        return ray.get(task.remote(asdict(spec), texts, stream, absolute(folder)))
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, InputError):
             raise InputError(str(e.cause)) from None

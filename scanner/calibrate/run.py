@@ -12,7 +12,7 @@ scan is an ordinary run folder.
                           plus calibration.json: how its operating point was measured, and
                           never_seen.parquet: its test texts, which the original model never saw
   <out>/original/         those texts scanned under the original model: does the operating point
-                          transfer to it (scanner.detector.transfer)?
+                          transfer to it (scanner.transfer)?
   <out>/metrics.json, report.md, report.html
 """
 
@@ -22,7 +22,6 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -35,8 +34,8 @@ from scanner.corpus import Columns, read_corpus
 from scanner.detector.data import available_classic, member_score
 from scanner.detector.folder import KINDS, DetectorFolder
 from scanner.detector.mlp import MLPDetector
-from scanner.detector.train import train_on_ray
-from scanner.detector.transfer import SHIFT_TOLERANCE, measure_transfers, score_shifts
+from scanner.train import train_on_ray
+from scanner.transfer import SHIFT_TOLERANCE, measure_transfers, score_shifts
 from scanner.engine import require_complete
 from scanner.errors import InputError
 from scanner.evaluate import BASELINE
@@ -46,7 +45,7 @@ from scanner.runfolder import RunFolder
 from scanner.scan import run_scan
 from scanner.scoring.factory import check_adapter_servable, check_model_path
 from scanner.scoring.options import BACKENDS
-from scanner.storage import absolute
+from scanner.storage import Store, absolute
 
 CROSS_FIT_FOLDS = 5
 BASELINE_SCORES = "baseline_scores.parquet"
@@ -69,35 +68,35 @@ TRANSFER_NOTE = ("Sweeps and nightly checks apply the detector to the original m
                  "little about the original model. The same shift per classic score shows which inputs carry over.")
 
 
-def _baseline(split: pl.DataFrame, out: Path, seed: int, progress) -> dict:
+def _baseline(split: pl.DataFrame, out: Store, seed: int, progress) -> dict:
     """The blind baseline on the split, computed once per split; its out-of-fold scores are kept
     for the detector folder, so that training does not compute it again."""
     key = hashlib.sha256(json.dumps([split["sample_id"].to_list(), split["label"].to_list(), seed]).encode()).hexdigest()
-    path = out / "baseline.json"
-    if path.is_file() and (out / BASELINE_SCORES).is_file() and json.loads(path.read_text()).get("split_hash") == key:
-        return json.loads(path.read_text())
+    if out.exists("baseline.json") and out.exists(BASELINE_SCORES) and out.read_json("baseline.json").get(
+            "split_hash") == key:
+        return out.read_json("baseline.json")
     progress(f"blind baseline on the random split ({split.height} texts, nested CV, text only)")
     b = run_baseline(split.select("sample_id", "label", "source", "text"), seed=seed, n_boot=1000, progress=progress)
-    b.scores.select("sample_id", "score").write_parquet(out / BASELINE_SCORES)
+    out.write_parquet(BASELINE_SCORES, b.scores.select("sample_id", "score").to_arrow())
     m = b.metrics
     result = {"split_hash": key, "auc": m["auc"], "auc_ci": m["auc_ci"], "best_model": m["best_model"],
               "verdict": verdict(m["auc_ci"])}
-    path.write_text(json.dumps(result))  # last: marks the baseline complete
+    out.write_json("baseline.json", result)  # last: marks the baseline complete
     return result
 
 
-def _scan_config(cfg: ScanConfig, spec: FinetuneSpec, tuned: Path) -> ScanConfig:
+def _scan_config(cfg: ScanConfig, spec: FinetuneSpec, tuned: str) -> ScanConfig:
     """The tuned copy: base + adapter (LoRA) or the saved checkpoint (full); the set's columns;
     small shards, so that a scan of a few hundred texts under a big model shows progress and
     resumes after a kill without redoing most of it."""
     columns = dict(text_col="text", label_col="label", id_col="sample_id", source_col="source",
                    shard_size=min(cfg.shard_size, SCAN_SHARD_ROWS))
     if spec.method == "lora":
-        return replace(cfg, adapter=str(tuned), **columns)
-    return replace(cfg, model=str(tuned), revision=None, adapter=None, **columns)
+        return replace(cfg, adapter=tuned, **columns)
+    return replace(cfg, model=tuned, revision=None, adapter=None, **columns)
 
 
-def all_scores(scan: Path, detectors: DetectorFolder, split: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+def all_scores(scan: str, detectors: DetectorFolder, split: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
     """Every sample of the set with its exposure, and every member score (higher = member) of
     every sample: the classic ones, both detectors cross-fitted, the blind baseline out of fold."""
     df = RunFolder.existing(scan).features().join(split.select("sample_id", "exposure"), on="sample_id")
@@ -124,12 +123,11 @@ def by_exposure(samples: pl.DataFrame, scores: dict, epochs: int, n_boot: int, s
 
 
 def _split(heldout: list[str], columns: Columns, members_fraction: float, exposures: list[int], seed: int,
-           out: Path, progress) -> tuple[pl.DataFrame, dict]:
+           out: Store, progress) -> tuple[pl.DataFrame, dict]:
     corpus = read_corpus(heldout, replace(columns, label=None), progress=progress)
     split, repeated = calibration_split(corpus.samples, members_fraction, exposures, seed)
-    path = out / "set.parquet"
-    if not (path.is_file() and pl.read_parquet(path).equals(split)):  # rewritten, the scan would start over
-        split.write_parquet(path)
+    if not (out.exists("set.parquet") and pl.from_arrow(out.read_parquet("set.parquet")).equals(split)):
+        out.write_parquet("set.parquet", split.to_arrow())  # (rewritten, the scan would start over)
     counts = {"read": corpus.counts["read"], "quarantined": corpus.counts["quarantined"], "repeated_texts": repeated,
               "members": int(split["label"].sum()), "non_members": int((split["label"] == 0).sum()),
               "per_exposure": {str(e): int((split["exposure"] == e).sum()) for e in exposures}}
@@ -138,7 +136,7 @@ def _split(heldout: list[str], columns: Columns, members_fraction: float, exposu
     return split, counts
 
 
-def _checked_baseline(split: pl.DataFrame, out: Path, seed: int, progress) -> dict:
+def _checked_baseline(split: pl.DataFrame, out: Store, seed: int, progress) -> dict:
     """The blind baseline must be at chance on a random split; else the run stops here."""
     baseline = _baseline(split, out, seed, progress)
     lo, hi = baseline["auc_ci"]
@@ -151,32 +149,32 @@ def _checked_baseline(split: pl.DataFrame, out: Path, seed: int, progress) -> di
     return baseline
 
 
-def _finetune(split: pl.DataFrame, spec: FinetuneSpec, out: Path, progress) -> dict:
+def _finetune(split: pl.DataFrame, spec: FinetuneSpec, out: Store, progress) -> dict:
     members = split.filter(pl.col("label") == 1)
     stream = training_stream(members["exposure"].to_list(), spec.epochs, spec.seed)
     progress(f"fine-tuning ({spec.method}) {spec.model} on {members.height} members: {len(stream)} texts, "
              f"{-(-len(stream) // spec.batch_size)} steps")
-    tuned = finetune_on_ray(spec, members["text"].to_list(), stream, out / "finetune")
+    tuned = finetune_on_ray(spec, members["text"].to_list(), stream, out.uri_of("finetune"))
     progress(f"fine-tune done: {tuned['steps']} steps, final loss {tuned['losses'][-1]:.3f}, "
              f"{tuned['tokens_per_second']:,.0f} tokens/s" + (" (done before)" if tuned.get("skipped") else ""))
     return tuned
 
 
-def _detectors(out: Path, scan_cfg: ScanConfig, target: ScanConfig, calibration: dict, split: pl.DataFrame,
+def _detectors(out: Store, scan_cfg: ScanConfig, target: ScanConfig, calibration: dict, split: pl.DataFrame,
                seed: int, progress) -> DetectorFolder:
     """Trained on the tuned copy's scan (unless done for this very scan run), then labelled for
     use on the target model: a sweep or nightly run with it scores the target, same features."""
-    folder = DetectorFolder(out / "detector")
-    run_id = RunFolder.existing(out / "scan").run_id
+    folder, scan = DetectorFolder(out.uri_of("detector")), out.uri_of("scan")
+    run_id = RunFolder.existing(scan).run_id
     if folder.calibration == calibration and folder.split.get("run_id") == run_id and folder.has_never_seen():
         progress("detectors: trained before on this scan")
         return folder
     progress("training the detectors on the tuned copy's features (and cross-fitted scores of every sample)")
-    train_on_ray(str(out / "scan"), str(folder.path), seed=seed, cross_fit_folds=CROSS_FIT_FOLDS,
-                 baseline_scores=str(out / BASELINE_SCORES))
+    train_on_ray(scan, folder.uri, seed=seed, cross_fit_folds=CROSS_FIT_FOLDS,
+                 baseline_scores=out.uri_of(BASELINE_SCORES))
     folder.write_scan_config(asdict(replace(scan_cfg, model=target.model, revision=target.revision,
                                             adapter=target.adapter)))
-    folder.write_never_seen(never_seen_set(RunFolder.existing(out / "scan").features(), folder, split))
+    folder.write_never_seen(never_seen_set(RunFolder.existing(scan).features(), folder, split))
     folder.write_calibration(calibration)  # last: marks the folder complete
     return folder
 
@@ -191,12 +189,12 @@ def never_seen_set(features: pl.DataFrame, folder: DetectorFolder, split: pl.Dat
         split.select("sample_id", "exposure"), on="sample_id", how="left")
 
 
-def _transfer(out: Path, original: ScanConfig, detectors: DetectorFolder, progress) -> dict:
-    """Each detector's FPR and shift under the original model (scanner.detector.transfer), and
+def _transfer(out: Store, original: ScanConfig, detectors: DetectorFolder, progress) -> dict:
+    """Each detector's FPR and shift under the original model (scanner.transfer), and
     every classic score's shift, which tells which inputs carry over from the tuned copy."""
-    transfers = measure_transfers(detectors, original, str(out / "original"), progress)
-    scores = score_shifts(RunFolder.existing(out / "scan").features().join(
-        detectors.never_seen().select("sample_id"), on="sample_id"), RunFolder.existing(out / "original").features())
+    transfers = measure_transfers(detectors, original, out.uri_of("original"), progress)
+    scores = score_shifts(RunFolder.existing(out.uri_of("scan")).features().join(
+        detectors.never_seen().select("sample_id"), on="sample_id"), RunFolder.existing(out.uri_of("original")).features())
     return {"detectors": {kind: t.to_dict() for kind, t in transfers.items()}, "scores": scores}
 
 
@@ -210,24 +208,23 @@ def run_calibration(heldout: list[str], out: str, cfg: ScanConfig, spec: Finetun
         raise InputError("calibrate fine-tunes causal language models on text; it has no vision-language path yet")
     if spec.method == "lora":  # (not after the fine-tune, when its scan starts)
         check_adapter_servable(cfg, instead="calibrate with --method full, or with backend hf")
-    out_ = Path(out)
-    out_.mkdir(parents=True, exist_ok=True)
+    out_ = Store(absolute(out))
     split, counts = _split(heldout, columns, members_fraction, exposures, seed, out_, progress)
     baseline = _checked_baseline(split, out_, seed, progress)
     if not ray.is_initialized():
         ray.init()
     tuned = _finetune(split, spec, out_, progress)
-    scan_cfg = _scan_config(cfg, spec, out_ / "finetune" / "model")
-    scanned = run_scan([str(out_ / "set.parquet")], out_ / "scan", scan_cfg, progress=progress)
+    scan_cfg = _scan_config(cfg, spec, out_.uri_of("finetune/model"))
+    scanned = run_scan([out_.uri_of("set.parquet")], out_.uri_of("scan"), scan_cfg, progress=progress)
     require_complete(scanned, "the scan under the tuned copy failed")
     calibration = {"operating_point_from": "controlled contamination", "method": spec.method,
                    "exposures": exposures, "epochs": spec.epochs, "seen_times": [e * spec.epochs for e in exposures],
-                   "tuned_model": absolute(out_ / "finetune" / "model"), "members": counts["members"],
+                   "tuned_model": out_.uri_of("finetune/model"), "members": counts["members"],
                    "non_members": counts["non_members"]}
     detectors = _detectors(out_, scan_cfg, cfg, calibration, split, seed, progress)
     transfer = _transfer(out_, replace(scan_cfg, model=cfg.model, revision=cfg.revision, adapter=cfg.adapter),
                          detectors, progress)
-    samples, scores = all_scores(out_ / "scan", detectors, split)
+    samples, scores = all_scores(out_.uri_of("scan"), detectors, split)
     groups = by_exposure(samples, scores, spec.epochs, n_boot=1000, seed=seed)
     metrics = {"task": "calibrate", "model": cfg.model, "counts": counts, "blind_baseline": baseline,
                "finetune": {k: v for k, v in tuned.items() if k != "losses"} | {"final_loss": tuned["losses"][-1]},

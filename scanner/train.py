@@ -16,34 +16,16 @@ from dataclasses import asdict
 import numpy as np
 import polars as pl
 
-from scanner.baseline.run import run_baseline
 from scanner.contamination import OperatingPoint
-from scanner.detector.data import grouped_split
+from scanner.detector.data import blind_baseline, grouped_split, labelled_features
 from scanner.detector.folder import KINDS, DetectorFolder
 from scanner.detector.select import fit_detector, out_of_fold
 from scanner.errors import InputError
 from scanner.metrics import roc_auc
 from scanner.runfolder import RunFolder
-from scanner.storage import absolute
+from scanner.storage import absolute, read_parquet_at
 
 TASK_CPUS = 2  # the baseline's outer folds run in parallel inside the task
-
-
-def labelled_features(run: RunFolder) -> pl.DataFrame:
-    df = run.features().filter(pl.col("label").is_not_null())
-    if df.height == 0 or df["label"].n_unique() < 2:
-        raise InputError(f"{run.uri}: training needs labelled members (1) and non-members (0)")
-    return df
-
-
-def blind_baseline(df: pl.DataFrame, seed: int, n_jobs: int | None = None, progress=lambda m: None):
-    """The model-free baseline over the texts (and the images of image-text samples) of df's
-    samples, which the scan keeps: nested CV, so each sample's out-of-fold score comes from a model
-    that never saw it."""
-    if "text" not in df.columns:
-        raise InputError("these features hold no texts (a sweep's output): the blind baseline needs a scan run")
-    keep = ["sample_id", "label", "source", "text"] + (["image"] if "image" in df.columns else [])
-    return run_baseline(df.select(keep), seed=seed, n_boot=200, n_jobs=n_jobs, progress=progress)
 
 
 def cross_fitted_scores(df: pl.DataFrame, seed: int, folds: int) -> pl.DataFrame:
@@ -58,7 +40,7 @@ def cross_fitted_scores(df: pl.DataFrame, seed: int, folds: int) -> pl.DataFrame
 def given_baseline(df: pl.DataFrame, path: str) -> tuple[pl.DataFrame, dict]:
     """The blind baseline's out-of-fold scores of these samples, computed before (by `scanner
     calibrate`, on the same texts and seed): every sample must have one."""
-    given = pl.read_parquet(path)
+    given = pl.from_arrow(read_parquet_at(path))
     keep = ["sample_id", "score"] + (["fold"] if "fold" in given.columns else [])  # (older files have no folds)
     scores = df.select("sample_id", "label").join(given.select(keep), on="sample_id", how="left")
     missing = scores.filter(pl.col("score").is_null())

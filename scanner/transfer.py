@@ -79,16 +79,16 @@ def measure_transfers(folder: DetectorFolder, cfg: ScanConfig, out: str, progres
     from scanner.scan import run_scan
 
     if not folder.has_never_seen():
-        raise InputError(f"{folder.path}: calibrated before never-seen texts were kept, so its operating point "
+        raise InputError(f"{folder.uri}: calibrated before never-seen texts were kept, so its operating point "
                          "cannot be checked on another model; run `scanner calibrate` again (it resumes)")
     progress(f"does the calibrated detector transfer to {cfg.model}? Scoring the {folder.never_seen_count()} "
              "never-seen calibration texts under it")
-    require_complete(run_scan([str(folder.never_seen_path)], out, never_seen_config(cfg), progress=progress),
+    require_complete(run_scan([folder.never_seen_uri], out, never_seen_config(cfg), progress=progress),
                      "scoring the never-seen calibration texts failed")
     features, never_seen = RunFolder(out).features(), folder.never_seen()
     transfers = {}
     for kind in folder.kinds():
-        detector = load_trained(folder.path, kind)
+        detector = load_trained(folder.uri, kind)
         prob, flagged = detector.score(features)
         applied = features.select("sample_id").with_columns(pl.Series("member_prob", prob),
                                                             pl.Series("flagged", flagged))
@@ -118,7 +118,7 @@ def exposure_points(detector: TrainedDetector, fp: int, n_neg: int) -> dict[str,
     """A calibrated detector's operating point per exposure group ("seen 16x": TP of that group's
     never-seen members under the tuned copy), each with the FPR counts given; empty where the
     folder has fewer than two groups or predates them."""
-    folder = DetectorFolder(detector.folder)
+    folder = DetectorFolder.existing(detector.folder)
     if detector.calibration is None or not folder.has_never_seen():
         return {}
     members = folder.never_seen().filter(pl.col("label") == 1)
@@ -152,7 +152,7 @@ def transferred_detector(detector: TrainedDetector, cfg: ScanConfig, out: str, a
 
     if detector.calibration is None or applies_to_tuned_copy(detector, cfg):
         return detector, None
-    folder = DetectorFolder(detector.folder)
+    folder = DetectorFolder.existing(detector.folder)
     transfers = measure_transfers(folder, cfg, out, progress)
     kind = chosen_kind(transfers, detector.kind, detector.auto_kind,
                        {k: folder.detector_meta(k)["info"]["best_val_auc"] for k in transfers})

@@ -4,7 +4,8 @@
 
 The baseline runs as one Ray task that reserves --jobs CPUs (default 2) wherever Ray places it
 (the head of cluster.yaml takes no work), so DATA must be readable there: shared storage. The task
-sends the report files back and the driver writes them to --out on the node it runs on (the head).
+sends the report files back and the driver writes them to --out (a folder on the node it runs on,
+the head, or a URI).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from scanner.cli import build_parser, columns_from_args
 from scanner.corpus import Columns
 from scanner.errors import InputError
 from scanner.progress import Progress
+from scanner.storage import Store, absolute
 
 OPTIONS = ("folds", "seed", "n_boot", "jobs", "permute_labels", "cv_repeats")
 
@@ -38,7 +40,7 @@ def baseline_task(data: list[str], columns: Columns, options: dict) -> dict:
     """Runs where Ray places it; returns {file name: bytes} of the report folder, or an error."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            baseline_report(data, Path(tmp), columns, progress=Progress(), **options)
+            baseline_report(data, tmp, columns, progress=Progress(), **options)
         except InputError as e:
             return {"error": str(e)}
         return {"files": {p.name: p.read_bytes() for p in Path(tmp).iterdir()}, "node": ray.get_runtime_context().get_node_id()}
@@ -56,11 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     if "error" in result:
         print(f"scanner: error: {result['error']}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in result["files"].items():
-        (out / name).write_bytes(data)
-    print(f"baseline ran on node {result['node'][:12]}; report: {out / 'report.html'}")
+    out = Store(absolute(args.out))
+    out.write_files(result["files"])
+    print(f"baseline ran on node {result['node'][:12]}; report: {out.uri_of('report.html')}")
     return 0
 
 

@@ -118,8 +118,9 @@ class Finetune:
         self.device = auto_device()
         if self.device == "cpu":  # Ray gives a 1-CPU task one thread; the fine-tune is the node's only work
             torch.set_num_threads(len(os.sched_getaffinity(0)))
-        if not store.local:
-            shutil.rmtree(self.folder / "checkpoint", ignore_errors=True)
+        if not store.local:  # the store's checkpoint, never one an earlier task left in this node's folder
+            for name in ("checkpoint", "checkpoint.old", "checkpoint.tmp"):
+                shutil.rmtree(self.folder / name, ignore_errors=True)
             if store.exists("checkpoint/state.json"):
                 store.download("checkpoint", str(self.folder / "checkpoint"))
         ckpt = _existing(self.folder / "checkpoint")

@@ -120,7 +120,7 @@ def cmd_demo(args) -> int:
 
     from scanner.config import ScanConfig
     from scanner.train import train_on_ray
-    from scanner.overlap.run import run_overlap
+    from scanner.overlap import run_overlap
     from scanner.scan import run_scan
     from scanner.storage import Store, absolute, cache_folder
     from scanner.toy import english_passages, member_split, train_tiny_gpt2
@@ -221,8 +221,7 @@ def _int_list(value: str) -> list[int]:
 
 
 def cmd_calibrate(args) -> int:
-    from scanner.calibrate.finetune import FinetuneSpec
-    from scanner.calibrate.run import run_calibration
+    from scanner.calibrate import FinetuneSpec, run_calibration
     from scanner.config import load_config
 
     cfg = load_config(args.config, {"model": args.model, "neighbor_seed": args.neighbor_seed, "actors": args.actors})
@@ -255,7 +254,7 @@ def infer_config(args, detector):
 
 def cmd_infer(args) -> int:
     from scanner.detector.trained import load_trained
-    from scanner.infer.run import run_inference
+    from scanner.infer import run_inference
 
     detector = load_trained(args.detector, args.kind) if args.detector else None
     cfg = infer_config(args, detector)
@@ -271,7 +270,7 @@ def cmd_infer(args) -> int:
 
 
 def cmd_overlap(args) -> int:
-    from scanner.overlap.run import run_overlap
+    from scanner.overlap import run_overlap
 
     m = run_overlap(args.data, args.corpus, args.out, n=args.n, eval_columns=columns_from_args(args),
                     corpus_columns=Columns(text=args.corpus_text_col, label=None, id=args.corpus_id_col,
@@ -285,7 +284,7 @@ def cmd_overlap(args) -> int:
 
 
 def cmd_hessian(args) -> int:
-    from scanner.hessian.run import HessianSpec, run_hessian
+    from scanner.hessian import HessianSpec, run_hessian
 
     spec = HessianSpec(model=args.model, probes=args.probes, eigs=args.eigs, lanczos_steps=args.lanczos_steps,
                        max_tokens=args.max_tokens, max_samples=args.max_samples, seed=args.seed, dtype=args.dtype,

@@ -148,6 +148,28 @@ class Evaluation:
     labels: np.ndarray  # of the evaluated samples
     scores: dict[str, np.ndarray]  # member scores per name, higher = member, the blind baseline's last
 
+    @property
+    def headline(self) -> "Headline":
+        m = self.metrics
+        baseline = m["scores"][BASELINE]
+        return Headline(baseline_auc=baseline["auc"], baseline_auc_ci=baseline["auc_ci"],
+                        baseline_verdict=m["baseline_verdict"]["status"], best_mia=m["best_mia"],
+                        best_mia_auc=m["scores"][m["best_mia"]]["auc"], mia_beats_baseline=m["mia_beats_baseline"],
+                        conclusion=m["conclusion"])
+
+
+@dataclass(frozen=True)
+class Headline:
+    """What a command that runs an evaluation shows of it (nightly, per labelled eval set)."""
+
+    baseline_auc: float
+    baseline_auc_ci: list[float]
+    baseline_verdict: str  # usable / leaky / ...
+    best_mia: str
+    best_mia_auc: float
+    mia_beats_baseline: bool
+    conclusion: str
+
 
 def _held_out(df: pl.DataFrame, run: RunFolder, detectors: DetectorFolder | None) -> tuple[np.ndarray, str, bool]:
     """(mask of the samples to evaluate, what they are, whether the detectors were trained on

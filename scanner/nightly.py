@@ -44,24 +44,23 @@ import json
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 
 from scanner.config import load_config, read_config_file
 from scanner.contamination import OperatingPoint, fraction_over_exposures
 from scanner.detector.trained import TrainedDetector, calibration_note, load_trained
-from scanner.transfer import exposure_points, operating_point_sentence, transfer_warning, transferred_detector
 from scanner.engine import RunKind, columns_from_config, require_complete, run_shards
 from scanner.errors import InputError
-from scanner.infer.run import (INVALID, NOT_SHOWN, SEEN, compare_runs, reference_model_config,
-                               scan_under_reference_model, shift_check)
-from scanner.infer.stats import DEFAULT_SPLITS
-from scanner.overlap.ngrams import DEFAULT_N
+from scanner.infer import (DEFAULT_SPLITS, INVALID, NOT_SHOWN, SEEN, compare_runs, reference_model_config,
+                           scan_under_reference_model, shift_check)
+from scanner.overlap import DEFAULT_N
 from scanner.provenance import package_versions
 from scanner.report import fmt, fmt_auc, fmt_fraction, forest_png, fraction_rows, trend_png, write_report
 from scanner.runfolder import RunFolder
 from scanner.scoring.options import BACKENDS
 from scanner.storage import Store, join, parent, read_json_at
+from scanner.transfer import exposure_points, operating_point_sentence, transfer_warning, transferred_detector
 
 NIGHTLY_KEYS = ("detector", "eval_sets", "contamination_threshold", "max_increase", "alpha", "reference_model")
 COLUMN_KEYS = ("text_col", "label_col", "id_col", "source_col", "image_col")
@@ -204,13 +203,7 @@ def check_set(spec: dict, root: Store, run_dir: str, detector: TrainedDetector, 
         progress(f"{spec['name']}: labelled: leakage baseline and MIA scores")
         ev = evaluate(join(set_dir, "scan"), detector.folder, seed=seed, overlap_dir=overlap_dir, progress=progress)
         report = write_evaluation_report(ev, join(set_dir, "evaluate"))
-        m = ev.metrics
-        result["labelled"] = {"baseline_auc": m["scores"]["blind baseline"]["auc"],
-                              "baseline_auc_ci": m["scores"]["blind baseline"]["auc_ci"],
-                              "baseline_verdict": m["baseline_verdict"]["status"], "best_mia": m["best_mia"],
-                              "best_mia_auc": m["scores"][m["best_mia"]]["auc"],
-                              "mia_beats_baseline": m["mia_beats_baseline"], "conclusion": m["conclusion"],
-                              "report": report["html"]}
+        result["labelled"] = asdict(ev.headline) | {"report": report["html"]}
     if "reference" in spec:
         result["inference"] = _inference(spec, set_dir, cfg, detector, seed, progress, reference_model)
     if not result["contamination"]["estimable"]:
@@ -229,7 +222,7 @@ def _overlap(spec: dict, cfg, root: Store, progress) -> str | None:
     """The set's overlap result: the one given, or its items matched against its corpus (once per
     distinct set of items: later nights find the finished shards and skip them)."""
     from scanner.corpus import read_corpus
-    from scanner.overlap.run import eval_fingerprint, run_overlap
+    from scanner.overlap import eval_fingerprint, run_overlap
 
     if "overlap" in spec:
         return spec["overlap"]
@@ -303,12 +296,12 @@ def _inference(spec: dict, set_dir: str, cfg, detector: TrainedDetector, seed: i
     under_ref = reference_model and _under_reference_model(spec, set_dir, cfg, reference_model, progress)
     result = compare_runs(RunFolder(join(set_dir, "scan")), RunFolder(join(set_dir, "reference")), detector, DEFAULT_SPLITS, seed,
                           under_ref)
-    progress(f"{spec['name']}: set test p = {result['p_value']:.3g}")
-    return {"p_value": result["p_value"], "effect_size": result["test"]["effect_size"],
-            "seen_fraction": result["seen_fraction"], "seen_at_least": result["seen_at_least"], "n": result["n"],
+    progress(f"{spec['name']}: set test p = {result.p_value:.3g}")
+    return {"p_value": result.p_value, "effect_size": result.test.effect_size,
+            "seen_fraction": result.seen_fraction, "seen_at_least": result.test.seen_at_least, "n": result.n,
             "blind_baseline": shift,
             "reference": spec["reference"], "reference_model": reference_model and reference_model["model"],
-            "features": result["features"]}
+            "features": result.features}
 
 
 def holm(p_values: dict[str, float]) -> dict[str, float]:

@@ -41,6 +41,32 @@ DUPLICATES = "duplicates"  # quarantine/duplicates.parquet: a name no shard can 
 EVAL_ITEMS = "eval_items"  # quarantine/eval_items.parquet: overlap's eval rows that could not be used
 
 
+def differences(saved: dict, identity: dict) -> str:
+    """What a folder's saved identity says against this command's, in words ("" when they agree).
+    A key the folder predates (its run.json lacks it) is not a difference."""
+    differ = {k: (saved[k], v) for k, v in identity.items() if k in saved and saved[k] != v}
+    return ", ".join(f"{k} {a} there, {b} here" for k, (a, b) in differ.items())
+
+
+def refuse_another(uri: str, said: str) -> None:
+    """The one line of every command whose folder holds a run of other settings or inputs."""
+    raise InputError(f"{uri} holds another run ({said}); use a new --out or the same options")
+
+
+def check_identity(store: Store, identity: dict) -> None:
+    """A command's results folder (not a run folder) is bound to one identity, its settings and
+    inputs, saved in run.json by save_identity once they are known to be valid: a resume must
+    match it. Run under the folder's lock (scanner.lock)."""
+    if store.exists("run.json"):
+        said = differences(store.read_json("run.json"), identity)
+        if said:
+            refuse_another(store.uri, said)
+
+
+def save_identity(store: Store, identity: dict, **record) -> None:
+    store.write_json("run.json", identity | record)
+
+
 def _files(uris: list[str]) -> str:
     more = f" and {len(uris) - 1} more" if len(uris) > 1 else ""
     return f"{len(uris)} input file(s) ({uris[0]}{more})"
@@ -81,13 +107,12 @@ class RunFolder:
         if not self.store.exists("run.json"):
             return fresh, files
         run, finished = self.run, self.done()
-        differ = {k: (run.get(k), v) for k, v in identity.items() if run.get(k) != v}
-        if differ:
+        said = differences({k: run.get(k) for k in identity}, identity)
+        if said:
             if not finished:
                 self._clear()
                 return fresh, files
-            said = ", ".join(f"{k} {a} there, {b} here" for k, (a, b) in differ.items())
-            raise InputError(f"{self.uri} holds another run ({said}); use a new --out or the same options")
+            refuse_another(self.uri, said)
         recorded: dict[str, str] = run.setdefault("inputs", {f.uri: f.source for f in files})  # (a run.json from before inputs were recorded)
         new = [f for f in files if f.uri not in recorded]
         for uri in set(recorded) - {f.uri for f in files}:  # a file left out that gave nothing (it failed) is dropped

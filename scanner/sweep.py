@@ -21,11 +21,11 @@ from dataclasses import asdict
 from scanner.config import ScanConfig
 from scanner.contamination import fraction_over_exposures
 from scanner.detector.trained import TrainedDetector, calibration_note
-from scanner.transfer import (Transfer, exposure_points, operating_point_sentence, transfer_warning,
-                                       transferred_detector)
 from scanner.engine import RunKind, run_shards
 from scanner.report import exposure_sentence, fmt, fmt_fraction, forest_png, fraction_rows, render_report
 from scanner.runfolder import RunFolder
+from scanner.transfer import (Transfer, exposure_points, operating_point_sentence, transfer_warning,
+                              transferred_detector)
 
 
 def run_sweep(inputs: list[str], out: str, detector: TrainedDetector, cfg: ScanConfig, accept_shift: bool = False,

@@ -166,16 +166,16 @@ def test_calibrate_end_to_end_gives_an_honest_detector_that_a_sweep_uses(tmp_pat
 
 
 def test_the_split_file_is_written_once_so_that_a_rerun_resumes_the_scan(tmp_path):
-    from scanner.calibrate.run import _split
+    from scanner.calibrate.run import _split, _write_split
     from scanner.corpus import Columns
 
     data = tmp_path / "h.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in english_passages()[:30]))
     args = ([str(data)], Columns(label=None), 0.5, [1, 4], 0)
-    _split(*args, Store(str(tmp_path)), progress=lambda m: None)
+    _write_split(Store(str(tmp_path)), _split(*args, progress=lambda m: None)[0])
     before = (tmp_path / "set.parquet").stat().st_mtime_ns
     os.utime(tmp_path / "set.parquet", ns=(before - 10**9, before - 10**9))  # as if written a second earlier
-    _split(*args, Store(str(tmp_path)), progress=lambda m: None)
+    _write_split(Store(str(tmp_path)), _split(*args, progress=lambda m: None)[0])
     # the engine takes a changed input file for new data and scores all its shards again
     assert (tmp_path / "set.parquet").stat().st_mtime_ns == before - 10**9
 
@@ -240,3 +240,30 @@ def test_a_scan_scores_base_plus_adapter_as_the_peft_model_does(tmp_path):
         check_adapter_path(str(tmp_path / "base"))
     # (vLLM serves the adapter unmerged: tests/test_vllm_engine.py)
     ScanConfig(model="m", adapter=str(tmp_path / "adapter"), backend="vllm").validate()
+
+
+def test_a_calibration_folder_refuses_another_split_or_fine_tune_before_any_work(tmp_path):
+    """The folder's run.json binds it to one split, fine-tune and scan settings: a command with
+    other exposures (another split) or another learning rate is refused in one line, and the
+    folder's files stay as they were."""
+    from scanner.calibrate.run import identity, run_calibration
+    from scanner.config import ScanConfig
+    from scanner.corpus import Columns
+    from scanner.runfolder import save_identity
+    from tests.conftest import tiny_gpt2
+
+    tiny_gpt2(tmp_path / "base")
+    data = tmp_path / "h.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in english_passages()[:40]))
+    cfg = ScanConfig(model=str(tmp_path / "base")).validate()
+    spec = FinetuneSpec(model=cfg.model, method="full").validate()
+    out = tmp_path / "cal"
+    from scanner.calibrate.run import _split
+
+    split, _ = _split([str(data)], Columns(label=None), 0.5, [1, 4], 0, progress=lambda m: None)
+    save_identity(Store(str(out)), identity(split, spec, cfg))  # as a first run left it
+    for exposures, changed_spec, differs in (([1, 2], spec, "split"),
+                                             ([1, 4], FinetuneSpec(model=cfg.model, method="full", lr=1e-3), "finetune")):
+        with pytest.raises(InputError, match=f"holds another run \\({differs} "):
+            run_calibration([str(data)], str(out), cfg, changed_spec, exposures, progress=lambda m: None)
+    assert sorted(p.name for p in out.iterdir()) == ["run.json"]  # no split written, nothing started

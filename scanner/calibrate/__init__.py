@@ -5,3 +5,8 @@ Held-out text the model cannot have seen is split at random into members and non
 (finetune), and the attack is scanned, trained and measured on that copy (run). The detector
 folder it writes drives `sweep` and `nightly` on the original model.
 """
+
+from scanner.calibrate.finetune import FinetuneSpec
+from scanner.calibrate.run import run_calibration
+
+__all__ = ["FinetuneSpec", "run_calibration"]

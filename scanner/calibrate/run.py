@@ -34,18 +34,19 @@ from scanner.corpus import Columns, read_corpus
 from scanner.detector.data import available_classic, member_score
 from scanner.detector.folder import KINDS, DetectorFolder
 from scanner.detector.mlp import MLPDetector
-from scanner.train import train_on_ray
-from scanner.transfer import SHIFT_TOLERANCE, measure_transfers, score_shifts
 from scanner.engine import require_complete
 from scanner.errors import InputError
 from scanner.evaluate import BASELINE
 from scanner.metrics import summarize
 from scanner.report import TPR_NOTE, fmt, fmt_auc, fmt_tpr, forest_png, line_png, write_report
-from scanner.runfolder import RunFolder
+from scanner.lock import FolderLock
+from scanner.runfolder import RunFolder, check_identity, save_identity
 from scanner.scan import run_scan
 from scanner.scoring.factory import check_adapter_servable, check_model_path
 from scanner.scoring.options import BACKENDS
 from scanner.storage import Store, absolute
+from scanner.train import train_on_ray
+from scanner.transfer import SHIFT_TOLERANCE, measure_transfers, score_shifts
 
 CROSS_FIT_FOLDS = 5
 BASELINE_SCORES = "baseline_scores.parquet"
@@ -123,17 +124,29 @@ def by_exposure(samples: pl.DataFrame, scores: dict, epochs: int, n_boot: int, s
 
 
 def _split(heldout: list[str], columns: Columns, members_fraction: float, exposures: list[int], seed: int,
-           out: Store, progress) -> tuple[pl.DataFrame, dict]:
+           progress) -> tuple[pl.DataFrame, dict]:
     corpus = read_corpus(heldout, replace(columns, label=None), progress=progress)
     split, repeated = calibration_split(corpus.samples, members_fraction, exposures, seed)
-    if not (out.exists("set.parquet") and pl.from_arrow(out.read_parquet("set.parquet")).equals(split)):
-        out.write_parquet("set.parquet", split.to_arrow())  # (rewritten, the scan would start over)
     counts = {"read": corpus.counts["read"], "quarantined": corpus.counts["quarantined"], "repeated_texts": repeated,
               "members": int(split["label"].sum()), "non_members": int((split["label"] == 0).sum()),
               "per_exposure": {str(e): int((split["exposure"] == e).sum()) for e in exposures}}
     progress(f"split: {counts['members']} members in {len(exposures)} exposure groups, {counts['non_members']} "
              f"non-members ({repeated} rows repeating an earlier text left out)")
     return split, counts
+
+
+def _write_split(out: Store, split: pl.DataFrame) -> None:
+    if not (out.exists("set.parquet") and pl.from_arrow(out.read_parquet("set.parquet")).equals(split)):
+        out.write_parquet("set.parquet", split.to_arrow())  # (rewritten, the scan would start over)
+
+
+def identity(split: pl.DataFrame, spec: FinetuneSpec, cfg: ScanConfig) -> dict:
+    """A calibration folder's: the split (its samples, labels and exposures), the fine-tune's
+    settings and the scan's; a resume must match it (scanner.runfolder.check_identity)."""
+    digest = hashlib.sha256(json.dumps([split["sample_id"].to_list(), split["label"].to_list(),
+                                        split["exposure"].to_list()]).encode()).hexdigest()[:12]
+    return {"kind": "calibrate", "split": f"{split.height} texts, {int(split['label'].sum())} members, sha256 {digest}",
+            "finetune": asdict(spec), "scoring_hash": cfg.scoring_hash()}
 
 
 def _checked_baseline(split: pl.DataFrame, out: Store, seed: int, progress) -> dict:
@@ -201,15 +214,25 @@ def _transfer(out: Store, original: ScanConfig, detectors: DetectorFolder, progr
 def run_calibration(heldout: list[str], out: str, cfg: ScanConfig, spec: FinetuneSpec, exposures: list[int],
                     members_fraction: float = 0.5, seed: int = 0, columns: Columns = Columns(label=None),
                     progress: Callable[[str], None] = print) -> dict:
-    import ray
-
     check_model_path(cfg.model)  # before any work, not when the scan's actors load it
     if not BACKENDS[cfg.backend].fine_tuned_by_calibrate:
         raise InputError("calibrate fine-tunes causal language models on text; it has no vision-language path yet")
     if spec.method == "lora":  # (not after the fine-tune, when its scan starts)
         check_adapter_servable(cfg, instead="calibrate with --method full, or with backend hf")
     out_ = Store(absolute(out))
-    split, counts = _split(heldout, columns, members_fraction, exposures, seed, out_, progress)
+    with FolderLock(out_, "calibrate"):
+        split, counts = _split(heldout, columns, members_fraction, exposures, seed, progress)
+        ident = identity(split, spec, cfg)
+        check_identity(out_, ident)
+        _write_split(out_, split)
+        save_identity(out_, ident)
+        return _calibrate(out_, cfg, spec, split, counts, exposures, seed, progress)
+
+
+def _calibrate(out_: Store, cfg: ScanConfig, spec: FinetuneSpec, split: pl.DataFrame, counts: dict,
+               exposures: list[int], seed: int, progress) -> dict:
+    import ray
+
     baseline = _checked_baseline(split, out_, seed, progress)
     if not ray.is_initialized():
         ray.init()

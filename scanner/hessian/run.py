@@ -12,6 +12,8 @@
      AUC with 95% CI of each, the share of members and of non-members whose Hessian has a
      negative eigenvalue, the eigenvalues by label, a plain conclusion.
 
+  DIR/run.json          the run's identity (settings, samples): another is refused (one line)
+  DIR/parts/            one Parquet file per measured chunk
   DIR/samples.parquet   per sample: sample_id, label, tokens, loss, trace, trace_se,
                         trace_per_token, eig_min, eig_max, and the light scan's scores
   DIR/metrics.json, report.md, report.html
@@ -33,9 +35,11 @@ from scanner.config import ScanConfig
 from scanner.detector.data import member_score, split_of
 from scanner.engine import ScoringPool
 from scanner.errors import InputError
+from scanner.lock import FolderLock
 from scanner.metrics import summarize
 from scanner.provenance import package_versions
 from scanner.report import fmt, fmt_auc, forest_png, two_histograms_png, write_report
+from scanner.runfolder import RunFolder, check_identity, save_identity
 from scanner.scoring.factory import check_adapter_path, check_model_path
 from scanner.scoring.stats import text_scores
 from scanner.storage import Store
@@ -133,13 +137,17 @@ def chosen_samples(samples: pl.DataFrame, spec: HessianSpec) -> pl.DataFrame:
     return order.drop("_order").with_columns(pl.col("sample_id").is_in(chosen).alias("eigs"))
 
 
-def _fingerprint(spec: HessianSpec, samples: pl.DataFrame) -> str:
-    # what changes the numbers; an option left unset is left out, so a new option keeps old runs
+def identity(spec: HessianSpec, samples: pl.DataFrame) -> dict:
+    """What changes the numbers: the settings (an option left unset is left out, so a new option
+    keeps old runs) and the samples; the fingerprint of both is what folders before kept."""
     measured = {k: v for k, v in spec.__dict__.items() if k != "actors" and v is not None}
     h = hashlib.sha256(json.dumps(measured, sort_keys=True).encode())
+    texts = hashlib.sha256()
     for sid, text in samples.select("sample_id", "text").iter_rows():
         h.update(f"\0{sid}\0{text}".encode())
-    return h.hexdigest()[:16]
+        texts.update(f"\0{sid}\0{text}".encode())
+    return {"kind": "hessian", "fingerprint": h.hexdigest()[:16], "settings": measured,
+            "samples": f"{samples.height} samples, sha256 {texts.hexdigest()[:12]}"}
 
 
 def _measure_all(samples: pl.DataFrame, spec: HessianSpec, out: Store, progress) -> None:
@@ -222,14 +230,17 @@ def run_hessian(data: list[str], out: str, spec: HessianSpec, columns: Columns =
     if samples["label"].n_unique() < 2:
         raise InputError("the Hessian's AUCs need labelled members (1) and non-members (0)")
     scan_scores = _scan_scores(scan, samples) if scan else None
-    out_ = Store(str(out))
-    key = _fingerprint(spec, samples)
-    if out_.exists("run.json") and out_.read_json("run.json")["fingerprint"] != key:
-        raise InputError(f"{out} holds another hessian run (other samples, model or settings): use a new --out")
-    out_.write_json("run.json", {"fingerprint": key, "spec": spec.__dict__})
-    if not ray.is_initialized():
-        ray.init()
-    _measure_all(samples, spec, out_, progress)
+    out_, ident = Store(str(out)), identity(spec, samples)
+    with FolderLock(out_, "hessian"):
+        check_identity(out_, ident)
+        save_identity(out_, ident, spec=spec.__dict__)
+        if not ray.is_initialized():
+            ray.init()
+        _measure_all(samples, spec, out_, progress)
+        return _summarize(samples, spec, out_, corpus, scan, scan_scores, n_boot, t0)
+
+
+def _summarize(samples, spec, out_: Store, corpus, scan, scan_scores, n_boot, t0) -> dict:
     measured = pl.concat([pl.from_arrow(out_.read_parquet(f"parts/{name}")) for name in out_.names("parts", ".parquet")],
                          how="diagonal_relaxed")
     table = samples.select("sample_id", "label", "source").join(measured, on="sample_id", how="left")
@@ -250,8 +261,6 @@ def run_hessian(data: list[str], out: str, spec: HessianSpec, columns: Columns =
 
 def _scan_scores(scan: str, samples: pl.DataFrame) -> pl.DataFrame:
     """The compared attacks' scores from a scan run, for every chosen sample."""
-    from scanner.runfolder import RunFolder
-
     features = RunFolder.existing(scan).features()
     names = [n for n in COMPARED if n in features.columns]
     got = samples.select("sample_id").join(features.select("sample_id", *names), on="sample_id", how="left")

@@ -27,7 +27,7 @@ set of the same distribution known to be unseen (dataset inference, scanner.infe
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -40,7 +40,7 @@ from scanner.detector.data import aggregates, available_classic
 from scanner.detector.trained import TrainedDetector
 from scanner.engine import columns_from_config, require_complete
 from scanner.errors import InputError
-from scanner.infer.stats import DEFAULT_SPLITS, set_test
+from scanner.infer.stats import DEFAULT_SPLITS, SetTest, set_test
 from scanner.report import fmt, fmt_auc, fmt_fraction, forest_png, two_histograms_png, write_report
 from scanner.runfolder import RunFolder
 from scanner.scan import run_scan
@@ -148,9 +148,9 @@ def _test(suspect, reference, out: str, cfg: ScanConfig, ref_cfg: ScanConfig | N
         under_ref = scan_under_reference_model({"suspect": suspect, "reference": reference}, out, ref_cfg, progress)
     result = compare_runs(RunFolder.existing(join(out, "suspect")), RunFolder.existing(join(out, "reference")), detector, splits,
                           seed, under_ref)
-    progress(f"set test over {splits} splits: p = {result['p_value']:.3g}, effect size (Cohen's d) "
-             f"{result['test']['effect_size']:.3f}")
-    return result | {"verdict": SEEN if result["p_value"] < alpha else NOT_SHOWN}
+    progress(f"set test over {splits} splits: p = {result.p_value:.3g}, effect size (Cohen's d) "
+             f"{result.test.effect_size:.3f}")
+    return result.to_dict() | {"verdict": SEEN if result.p_value < alpha else NOT_SHOWN}
 
 
 def scan_under_reference_model(sets: dict[str, list[str]], folder: str, ref_cfg: ScanConfig, progress
@@ -166,8 +166,28 @@ def scan_under_reference_model(sets: dict[str, list[str]], folder: str, ref_cfg:
     return tuple(runs)
 
 
+@dataclass(frozen=True)
+class RunComparison:
+    """The set test of two scanned runs: what infer reports and nightly composes."""
+
+    test: SetTest
+    features: list[str]  # the test's inputs, per sample
+    n: dict[str, int]  # samples of each set
+    seen_fraction: dict | None  # with a detector (scanner.contamination), else None
+    detector: dict | None
+
+    @property
+    def p_value(self) -> float:
+        return self.test.p_value
+
+    def to_dict(self) -> dict:
+        return {"p_value": self.p_value, "test": self.test.to_dict(), "held_out_scores": self.test.held_out,
+                "features": self.features, "seen_at_least": self.test.seen_at_least, "n": self.n,
+                "seen_fraction": self.seen_fraction, "detector": self.detector}
+
+
 def compare_runs(suspect: RunFolder, reference: RunFolder, detector: TrainedDetector | None, splits: int,
-                 seed: int, under_reference_model: tuple[RunFolder, RunFolder] | None = None) -> dict:
+                 seed: int, under_reference_model: tuple[RunFolder, RunFolder] | None = None) -> RunComparison:
     """The set test on two scanned runs (with their scans under a reference model, if given), and
     with a detector the seen fraction (see the module)."""
     refs = under_reference_model or (None, None)
@@ -180,10 +200,8 @@ def compare_runs(suspect: RunFolder, reference: RunFolder, detector: TrainedDete
         on_reference = OperatingPoint(tp=op.tp, n_pos=op.n_pos, fp=int(flags_r.sum()), n_neg=len(flags_r))
         fraction = contaminated_fraction(int(flags_s.sum()), len(flags_s), on_reference)
         fraction["operating_point"] = vars(on_reference)
-    return {"p_value": test.p_value, "test": test.to_dict(), "held_out_scores": test.held_out, "features": names,
-            "seen_at_least": test.seen_at_least,
-            "n": {"suspect": len(Xs), "reference": len(Xr)}, "seen_fraction": fraction,
-            "detector": detector and {"folder": str(detector.folder), "name": detector.name}}
+    return RunComparison(test=test, features=names, n={"suspect": len(Xs), "reference": len(Xr)},
+                         seen_fraction=fraction, detector=detector and {"folder": detector.folder, "name": detector.name})
 
 
 def headline(m: dict) -> str:

@@ -357,6 +357,28 @@ def release_parked() -> None:
         _parked.popitem()[1].shutdown()
 
 
+def map_tasks(task, items: list, args: Callable[[object], tuple], limit: int,
+              on_result: Callable[[object, dict], None]) -> None:
+    """Each item through task.remote(*args(item)), at most `limit` in flight, so that the driver
+    holds small records only however many items there are; on_result(item, result) as they
+    finish, in any order. A task that raised (after its Ray retries) gives {"error": its last
+    line}: the item failed, the others go on. The stateless counterpart of ScoringPool.map."""
+    import ray
+
+    queue, inflight = deque(items), {}
+    while queue or inflight:
+        while queue and len(inflight) < limit:
+            item = queue.popleft()
+            inflight[task.remote(*args(item))] = item
+        (ref,), _ = ray.wait(list(inflight), num_returns=1)
+        item = inflight.pop(ref)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayError as e:
+            result = {"error": last_line(e)}
+        on_result(item, result)
+
+
 def make_room(cpus: float, gpus: float = 0.0) -> None:
     """Called before the driver submits other work that needs `cpus` and `gpus` at once: a parked
     pool is shut down when the cluster's free resources fall short (else that work would wait for

@@ -14,7 +14,7 @@ import io
 import posixpath
 from typing import Any
 
-from scanner.storage import open_input
+from scanner.storage import join, open_input, parent
 
 MAX_PIXELS = 64_000_000  # a larger image is quarantined rather than decoded (decompression bombs)
 
@@ -28,7 +28,7 @@ def image_bytes(value: Any, input_uri: str) -> tuple[bytes | None, str | None]:
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
     elif isinstance(value, str):
-        path = value if "://" in value or posixpath.isabs(value) else posixpath.join(posixpath.dirname(input_uri), value)
+        path = value if "://" in value or posixpath.isabs(value) else join(parent(input_uri), value)
         try:
             with open_input(path) as f:
                 data = f.read()

@@ -7,6 +7,7 @@ changes."""
 import json
 import logging
 import os
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -183,3 +184,45 @@ def test_a_killed_finetune_resumes_from_the_checkpoint_it_left_in_the_object_sto
     assert resumed["resumed_from"] == 3
     np.testing.assert_allclose(resumed["losses"], whole["losses"], rtol=1e-4)
     assert store.exists("model/adapter_model.safetensors") and not store.has_folder("checkpoint")
+
+
+def test_every_command_takes_a_file_uri(scanned, tiny_lm, tmp_path):
+    """The same commands with --out file://...: pyarrow's local filesystem reached through a URI
+    (the S3 tests above take the object-store path; here the URI's parsing on a local disk)."""
+    import yaml
+
+    root = scanned["root"]
+
+    def uri(name: str) -> str:
+        return f"file://{tmp_path / name}"
+
+    suspect = jsonl(tmp_path / "suspect.jsonl", tiny_lm["members"][60:90])
+    reference = jsonl(tmp_path / "reference.jsonl", tiny_lm["non_members"][60:90])
+    commands = {
+        "scan": ["scan", scanned["labelled"], "--model", tiny_lm["model"], "--out", uri("scan"), "--neighbors", "2"],
+        "train": ["train", uri("scan"), "--out", uri("detector")],
+        "baseline": ["baseline", scanned["labelled"], "--out", uri("baseline"), "--n-boot", "50"],
+        "sweep": ["sweep", suspect, "--detector", uri("detector"), "--out", uri("sweep")],
+        "infer": ["infer", suspect, "--reference", reference, "--model", tiny_lm["model"], "--out", uri("infer"),
+                  "--neighbors", "0"],
+        "overlap": ["overlap", scanned["labelled"], "--corpus", suspect, "--out", uri("overlap")],
+        "hessian": ["hessian", scanned["labelled"], "--model", tiny_lm["model"], "--out", uri("hessian"),
+                    "--probes", "2", "--eigs", "0", "--max-samples", "8"],
+    }
+    for name, args in commands.items():
+        assert main(args) in (0, 1), name  # (infer: 1 = seen)
+        out = Path(args[args.index("--out") + 1].removeprefix("file://"))
+        assert (out / {"scan": "manifest.json", "train": "fimmia.json"}.get(name, "metrics.json")).is_file(), name
+    config = tmp_path / "nightly.yaml"
+    config.write_text(yaml.safe_dump({"detector": uri("detector"), "actors": 1,
+                                      "eval_sets": [{"name": "a", "data": [reference]}]}))
+    assert main(["nightly", "--config", str(config), "--out", uri("nights"), "--run-name", "n1"]) == 0
+    assert (tmp_path / "nights" / "n1" / "report.html").is_file()
+    heldout = jsonl(root / "heldout_file.jsonl", english_passages()[:120], id=[f"h{i}" for i in range(120)])
+    from tests.conftest import tiny_gpt2
+
+    tiny_gpt2(tmp_path / "base")
+    assert main(["calibrate", heldout, "--model", str(tmp_path / "base"), "--out", uri("cal"), "--method", "full",
+                 "--exposures", "1,2", "--lr", "1e-3"]) == 0
+    calibration = json.loads((tmp_path / "cal" / "detector" / "calibration.json").read_text())
+    assert calibration["tuned_model"] == uri("cal/finetune/model")

@@ -3,9 +3,10 @@
   1. The eval items are read here (they are small) and indexed (scanner.overlap.ngrams); the
      index goes to the object store once and every worker maps it from there.
   2. The corpus is listed and cut into shards as a scan's inputs are (the engine's planning, the
-     same readers and validation); one Ray task per shard reads it, matches it against the index
-     and writes the shard's (item, document) matches, then its completion record. A rerun skips
-     every shard with a record; a changed eval set or n is refused in that folder.
+     same readers and validation); one Ray task per shard (the engine's map_tasks) reads it,
+     matches it against the index and writes the shard's (item, document) matches, then its
+     completion record. A rerun skips every shard with a record; a changed eval set or n is
+     refused in that folder.
   3. Per eval item, from the matches alone (never the corpus): how much of it occurs, its longest
      verbatim span, in how many documents, which ones and from which sources.
 
@@ -21,14 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
 import polars as pl
 
 from scanner.corpus import Columns, read_corpus
-from scanner.engine import last_line, make_room, plan, refuse_file_errors, start_planning
+from scanner.engine import make_room, map_tasks, plan, refuse_file_errors, start_planning
 from scanner.errors import InputError
 from scanner.inputs import list_inputs
 from scanner.overlap.match import match_shard, warm_up
@@ -130,27 +131,20 @@ def _match_all(pending: list[Shard], folder: RunFolder, index: EvalIndex, column
     make_room(limit * TASK_CPUS)
     index_ref = ray.put(index)
     task = ray.remote(num_cpus=TASK_CPUS, max_retries=2)(match_shard)
-    queue, inflight, errors = deque(pending), {}, {}
-    done_bytes, done_rows, start = 0, 0, time.perf_counter()
-    while queue or inflight:
-        while queue and len(inflight) < limit:
-            s = queue.popleft()
-            inflight[task.remote(s.to_dict(), columns, index_ref, folder.uri)] = s
-        (ref,), _ = ray.wait(list(inflight), num_returns=1)
-        s = inflight.pop(ref)
-        try:
-            r = ray.get(ref)
-        except ray.exceptions.RayError as e:
-            r = {"error": last_line(e)}
+    errors, done, start = {}, Counter(), time.perf_counter()
+
+    def record(s: Shard, r: dict) -> None:
+        done.update(shards=1)
         if r.get("error"):
             errors[s.name] = r["error"]
             progress(f"shard {s.name} failed: {r['error']}")
-            continue
-        done_bytes += r["bytes"]
-        done_rows += r["counts"]["read"]
-        rate = done_bytes / 1e6 / max(time.perf_counter() - start, 1e-9)
-        progress(f"[{len(pending) - len(queue) - len(inflight)}/{len(pending)}] {s.name}: {r['counts']['read']} "
-                 f"rows, {r['counts']['matched_docs']} matching; {rate:.1f} MB/s over {done_rows} rows")
+            return
+        done.update(bytes=r["bytes"], rows=r["counts"]["read"])
+        rate = done["bytes"] / 1e6 / max(time.perf_counter() - start, 1e-9)
+        progress(f"[{done['shards']}/{len(pending)}] {s.name}: {r['counts']['read']} rows, "
+                 f"{r['counts']['matched_docs']} matching; {rate:.1f} MB/s over {done['rows']} rows")
+
+    map_tasks(task, pending, lambda s: (s.to_dict(), columns, index_ref, folder.uri), limit, record)
     return errors
 
 

@@ -164,7 +164,7 @@ class ScoreActor:
         if self.error:
             return {"error": self.error, "node": self.node_id}
         return {"error": None, "node": self.node_id, "cores": len(os.sched_getaffinity(0)),
-                "device": getattr(self.scorer, "device", "cuda"), "capabilities": asdict(self.scorer.capabilities)}
+                "device": self.scorer.device, "capabilities": asdict(self.scorer.capabilities)}
 
     def score_batch(self, batch: pa.Table) -> pa.Table:
         """Feature rows of a batch of perturbed samples (fill, score, embed: one scorer call)."""

@@ -1,8 +1,8 @@
-"""Every command's --out as a URI. Most write to an S3 object store (moto's server on loopback,
-reached through pyarrow's S3FileSystem: no rename, an object appears when its upload ends, and
-the Ray workers reach it over HTTP as they would a real bucket); evaluate writes to a file:// URI
-(and the demo's own test runs through one). Inputs stay local files: only where results go
-changes."""
+"""Every command's --out as a URI. Each but the demo writes to an S3 object store (moto's
+server on loopback, reached through pyarrow's S3FileSystem: no rename, an object appears when its
+upload ends, and the Ray workers reach it over HTTP as they would a real bucket); each also writes
+to a file:// URI (the demo's own test runs through one). Inputs stay local files: only where
+results go changes."""
 
 import json
 import logging
@@ -75,12 +75,14 @@ def test_scan_and_train_write_to_an_object_store_and_a_rerun_resumes(scanned, ti
     assert "0 to score" in capsys.readouterr().err
 
 
-def test_evaluate_reads_uris_and_writes_a_file_uri(scanned):
+def test_evaluate_reads_uris_and_writes_a_file_uri_or_to_the_object_store(scanned, s3):
     out = scanned["root"] / "evaluate"
     assert main(["evaluate", scanned["scan"], "--detector", scanned["detector"],
                  "--out", f"file://{out}"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["scores"]["loss"]["auc"] > 0.7 and (out / "report.html").is_file()
+    assert main(["evaluate", scanned["scan"], "--detector", scanned["detector"], "--out", s3("evaluate")]) == 0
+    assert Store(s3("evaluate"), create=False).read_json("metrics.json")["scores"]["loss"] == m["scores"]["loss"]
 
 
 def test_baseline_writes_to_the_object_store(scanned, s3):

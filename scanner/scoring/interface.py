@@ -51,7 +51,11 @@ class TextTokenizer:
 
 
 class Scorer(Protocol):
+    """A text scorer; an image-text scorer (options.Backend.image_text: the config refuses it a
+    scan without --image-col) gives score_pairs(texts, images) instead of score_texts."""
+
     capabilities: Capabilities
+    device: str  # where it computes: "cpu", "cuda", "mps"
     hidden_size: int | None  # width of its embeddings; None without hidden states
 
     def score_texts(self, texts: list[str], batch_tokens: int | None = None) -> list[TextScore]: ...

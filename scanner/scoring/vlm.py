@@ -60,9 +60,6 @@ class VLMScorer:
     def hidden_size(self) -> int:
         return int(self.text_config.hidden_size)
 
-    def score_texts(self, texts: list[str], batch_tokens: int | None = None) -> list[TextScore]:
-        raise InputError(f"{self.model_id} is a vision-language model: it scores image-text samples (--image-col)")
-
     def _inputs(self, texts: list[str], images: list[bytes]) -> dict:
         enc = self.processor(images=[decode_rgb(b) for b in images], text=[self.image_token + t for t in texts],
                              return_tensors="pt", padding=True)

@@ -114,9 +114,6 @@ class Store:
         """A file's or folder's own URI (or local path), as an input of another run or a task."""
         return join(self.uri, rel)
 
-    def child(self, rel: str, create: bool = True) -> "Store":
-        return Store(self.uri_of(rel), create=create)
-
     def exists(self, rel: str) -> bool:
         return self.fs.get_file_info(self.path(rel)).type == pafs.FileType.File
 

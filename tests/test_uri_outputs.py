@@ -145,8 +145,7 @@ def test_calibrate_fine_tunes_into_the_object_store_and_its_scans_load_the_copy_
     cal = Store(s3("cal"), create=False)
     assert cal.exists("finetune/model/adapter_config.json") and cal.exists("finetune/log.json")
     assert not cal.has_folder("finetune/checkpoint")
-    detector = cal.child("detector", create=False)
-    assert detector.read_json("calibration.json")["tuned_model"] == cal.uri_of("finetune/model")
+    assert cal.read_json("detector/calibration.json")["tuned_model"] == cal.uri_of("finetune/model")
     assert cal.read_json("scan/run.json")["config"]["adapter"] == cal.uri_of("finetune/model")
     assert cal.exists("report.html") and cal.read_json("metrics.json")["transfer"]["detectors"]
     capsys.readouterr()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from scanner.errors import InputError
-from scanner.storage import filesystem, resolved
+from scanner.storage import filesystem, resolved, split_query, without_query
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CSV_SUFFIXES = (".csv", ".tsv")
@@ -60,22 +60,12 @@ def is_compressed(uri: str) -> bool:
     return without_query(uri).lower().endswith(".gz")
 
 
-def without_query(uri: str) -> str:
-    return uri.partition("?")[0] if "://" in uri else uri
-
-
 def _scheme(arg: str) -> str:
     return arg.split("://", 1)[0] + "://" if "://" in arg else ""
 
 
-def _query(arg: str) -> str:
-    """A URI's query ("?endpoint_override=..."), which every file listed under it keeps."""
-    return "?" + arg.partition("?")[2] if "://" in arg and "?" in arg else ""
-
-
 def _has_glob(s: str) -> bool:
-    path = s.partition("?")[0] if "://" in s else s  # a URI's query is not a pattern
-    return any(ch in path for ch in "*?[")
+    return any(ch in without_query(s) for ch in "*?[")  # a URI's query is not a pattern
 
 
 def _hf_arrow_files(fs: pafs.FileSystem, folder: str) -> list[str]:
@@ -156,7 +146,7 @@ def _expand(arg: str) -> tuple[pafs.FileSystem, str, str, list[str]]:
             found.append(m)
         elif not _has_glob(arg):
             raise CorpusError(f"{m}: unsupported file type; use JSON lines, Parquet, CSV/TSV or an HF save_to_disk folder")
-    return fs, _scheme(arg) if not local else "", _query(arg), found
+    return fs, _scheme(arg) if not local else "", split_query(arg)[1], found  # every file listed keeps the query
 
 
 def list_inputs(patterns: list[str]) -> list[InputFile]:

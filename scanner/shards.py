@@ -33,8 +33,8 @@ import pyarrow.fs as pafs
 import pyarrow.ipc
 import pyarrow.parquet as pq
 
-from scanner.inputs import CorpusError, InputFile, is_compressed, without_query
-from scanner.storage import filesystem, open_input
+from scanner.inputs import CorpusError, InputFile, is_compressed
+from scanner.storage import filesystem, open_input, without_query
 
 BLOCK = 16 << 20  # bytes read at a time while planning
 

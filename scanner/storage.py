@@ -41,22 +41,35 @@ def is_uri(path) -> bool:
     return "://" in str(path)
 
 
+def split_query(uri) -> tuple[str, str]:
+    """(a URI's path part, its query with the "?": s3's endpoint_override, say, or ""); a local
+    path has no query, whatever its name holds."""
+    uri = str(uri)
+    if not is_uri(uri):
+        return uri, ""
+    base, mark, query = uri.partition("?")
+    return base, mark + query
+
+
+def without_query(uri) -> str:
+    return split_query(uri)[0]
+
+
 def join(uri, *parts: str) -> str:
-    """A path under a folder, a local path or a URI alike; a URI's query (s3's endpoint_override,
-    say) stays at its end, where pyarrow reads it."""
-    base, mark, query = str(uri).partition("?")
-    return posixpath.join(base, *parts) + mark + query
+    """A path under a folder, a local path or a URI alike; a URI's query stays at its end, where
+    pyarrow reads it."""
+    base, query = split_query(uri)
+    return posixpath.join(base, *parts) + query
 
 
 def parent(uri) -> str:
     """The folder a file or folder is in, a local path or a URI alike."""
-    base, mark, query = str(uri).partition("?")
-    return posixpath.dirname(base.rstrip("/")) + mark + query
+    base, query = split_query(uri)
+    return posixpath.dirname(base.rstrip("/")) + query
 
 
 def _file_at(uri) -> tuple["Store", str]:
-    base = str(uri).partition("?")[0]
-    return Store(parent(uri), create=False), posixpath.basename(base)
+    return Store(parent(uri), create=False), posixpath.basename(without_query(uri))
 
 
 def read_json_at(uri):

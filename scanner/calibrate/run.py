@@ -73,9 +73,9 @@ def _baseline(split: pl.DataFrame, out: Store, seed: int, progress) -> dict:
     """The blind baseline on the split, computed once per split; its out-of-fold scores are kept
     for the detector folder, so that training does not compute it again."""
     key = hashlib.sha256(json.dumps([split["sample_id"].to_list(), split["label"].to_list(), seed]).encode()).hexdigest()
-    if out.exists("baseline.json") and out.exists(BASELINE_SCORES) and out.read_json("baseline.json").get(
-            "split_hash") == key:
-        return out.read_json("baseline.json")
+    done = out.read_json("baseline.json") if out.exists("baseline.json") and out.exists(BASELINE_SCORES) else {}
+    if done.get("split_hash") == key:
+        return done
     progress(f"blind baseline on the random split ({split.height} texts, nested CV, text only)")
     b = run_baseline(split.select("sample_id", "label", "source", "text"), seed=seed, n_boot=1000, progress=progress)
     out.write_parquet(BASELINE_SCORES, b.scores.select("sample_id", "score").to_arrow())

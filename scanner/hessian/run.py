@@ -144,8 +144,9 @@ def identity(spec: HessianSpec, samples: pl.DataFrame) -> dict:
     h = hashlib.sha256(json.dumps(measured, sort_keys=True).encode())
     texts = hashlib.sha256()
     for sid, text in samples.select("sample_id", "text").iter_rows():
-        h.update(f"\0{sid}\0{text}".encode())
-        texts.update(f"\0{sid}\0{text}".encode())
+        row = f"\0{sid}\0{text}".encode()
+        h.update(row)
+        texts.update(row)
     return {"kind": "hessian", "fingerprint": h.hexdigest()[:16], "settings": measured,
             "samples": f"{samples.height} samples, sha256 {texts.hexdigest()[:12]}"}
 

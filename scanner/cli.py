@@ -194,6 +194,7 @@ def cmd_sweep(args) -> int:
     from scanner.detector.trained import load_trained
     from scanner.report import fmt_fraction
     from scanner.runfolder import RunFolder
+    from scanner.sampling import Sampling
     from scanner.sweep import run_sweep
 
     detector = load_trained(args.detector, args.kind)
@@ -202,9 +203,19 @@ def cmd_sweep(args) -> int:
                  "source_col": args.source_col, "image_col": args.image_col}
     cfg = load_config(args.config, overrides, base=detector.base_config())
     cfg.label_col = args.label_col  # only when asked: a corpus's own "label" (topics...) is not membership
-    m = run_sweep(args.data, args.out, detector, cfg, accept_shift=args.accept_shift, progress=Progress(), add=args.add)
+    try:
+        sampling = Sampling(rate=args.sample_rate, shard_rate=args.shard_rate, seed=args.sample_seed, target=args.sample)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if args.sample is not None and args.sample_rate < 1:
+        raise InputError("give --sample-rate or --sample (a target count), not both")
+    m = run_sweep(args.data, args.out, detector, cfg, accept_shift=args.accept_shift, progress=Progress(), add=args.add,
+                  sampling=sampling)
     for source, e in list(m["sources"].items())[:20]:
-        print(f"{source:<40} {e['n']:>8} docs  flagged {e['flag_rate']:.3f}  contaminated {fmt_fraction(e)}")
+        print(f"{source:<40} {e['n']:>8} scored  flagged {e['flag_rate']:.3f}  contaminated {fmt_fraction(e)}")
+    if m["overall"] and m["sampling"]:
+        print(f"{'all (weighted by source size)':<40} {m['overall']['n']:>8} scored  "
+              f"contaminated {fmt_fraction(m['overall'])}")
     if len(m["sources"]) > 20:
         print(f"... {len(m['sources']) - 20} more sources in {join(args.out, 'metrics.json')}")
     sh = m["shards"]
@@ -381,6 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass")
     w.add_argument("--accept-shift", action="store_true", help=ACCEPT_SHIFT_HELP)
     w.add_argument("--add", action="store_true", help=ADD_HELP)
+    w.add_argument("--sample-rate", type=float, default=1.0,
+                   help="score this share of the documents, chosen by a keyed hash of (seed, id): the same sample on "
+                        "any cluster, on resume and as the corpus grows; the others are read and counted, not scored")
+    w.add_argument("--sample", type=int, help="score about this many documents (the rate is fixed when the run starts)")
+    w.add_argument("--shard-rate", type=float, default=1.0,
+                   help="first stage: read only this share of the input files, picked by a keyed hash of their "
+                        "names; the others are never opened (for corpora too big to read)")
+    w.add_argument("--sample-seed", type=int, default=0, help="the sample's key (default 0)")
     w.set_defaults(func=cmd_sweep)
 
     c = sub.add_parser("calibrate", help="fine-tune a copy of the model on a random half of held-out text (known "

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import chi2
 
+from scanner.design import FlagRate
+
 GRID = 401  # fractions 0, 0.0025, ..., 1; the interval's ends are interpolated between them
 
 
@@ -136,3 +138,33 @@ def fraction_over_exposures(flagged: int, n: int, op: OperatingPoint, by_exposur
                                    max([result["ci"][1]] + [g["ci"][1] if g["estimable"] else 1.0
                                                             for g in groups.values()])]
     return result
+
+
+def sampled_fraction(rate: FlagRate, op: OperatingPoint, by_exposure: dict[str, OperatingPoint]) -> dict:
+    """fraction_over_exposures for a group of a sampled corpus (scanner.design): the interval
+    takes the design's effective counts, so it holds both the sampling design's uncertainty and
+    the detector's; the counts shown stay the real ones. `uncertainty` says which part dominates."""
+    k, n = rate.effective()
+    result = fraction_over_exposures(k, n, op, by_exposure) | {
+        "n": rate.scored, "flagged": rate.flagged, "flag_rate": rate.q, "effective_n": n,
+        "documents": rate.documents, "documents_ci": rate.documents_ci}
+    if result["estimable"]:
+        result["uncertainty"] = uncertainty_split(rate, n, op, result["estimate"])
+    return result
+
+
+def uncertainty_split(rate: FlagRate, effective_n: float, op: OperatingPoint, pi: float) -> dict:
+    """The estimate's variance (delta method, on the fraction's scale) split into the documents
+    scored and the detector's calibration counts, and how many more documents would halve the
+    interval (None: more documents cannot, the detector's part alone is over a quarter of it)."""
+    q = (rate.flagged + 0.5) / (rate.scored + 1)  # (a flag rate of 0 still has sampling variance)
+    tpr, fpr = (op.tp + 0.5) / (op.n_pos + 1), (op.fp + 0.5) / (op.n_neg + 1)
+    gap2 = max(tpr - fpr, 1e-9) ** 2
+    documents = q * (1 - q) / effective_n / gap2
+    detector = (pi**2 * tpr * (1 - tpr) / op.n_pos + (1 - pi) ** 2 * fpr * (1 - fpr) / op.n_neg) / gap2
+    total = documents + detector
+    room = total / 4 - detector  # the documents' variance that halves the interval's width
+    more = None if room <= 0 else max(0, int(np.ceil(rate.scored * (documents / room - 1))))
+    return {"documents_share": documents / total, "detector_share": detector / total,
+            "dominant": "documents scored" if documents >= detector else "detector calibration",
+            "more_documents_to_halve": more}

@@ -37,9 +37,11 @@ from scanner.features import ScoreActor, binding, feature_schema, perturb_batch
 from scanner.inputs import InputFile, list_inputs
 from scanner.provenance import package_versions
 from scanner.runfolder import RunFolder
+from scanner.sampling import Sampling, file_picked, in_sample
 from scanner.scoring.factory import check_adapter_path, check_model_path, scorer_key
 from scanner.scoring.options import BACKENDS, check_backend_installed
 from scanner.shards import Shard, plan_file
+from scanner.storage import bytes_read
 
 QUEUED_PER_ACTOR = 2  # shards handed to an actor at once: the next one is read while one is scored
 READ_CPUS = 0.5  # logical CPUs of a read task (reading, validating, perturbing one shard)
@@ -55,6 +57,7 @@ class RunKind:
     dedupe: bool = True  # quarantine ids repeated across shards (needs the run's ids in one task)
     strict: bool = True  # an unreadable or empty input file stops the run before any work
     detector: dict | None = None  # {"folder", "kind", "fingerprint"}: applied by the actors
+    sampling: Sampling | None = None  # a sampled sweep (scanner.sampling): which files are read, which documents scored
 
 
 def columns_from_config(cfg: ScanConfig, labels: bool = True) -> Columns:
@@ -70,6 +73,7 @@ def plan_task(f: dict, shard_size: int, folder_uri: str) -> dict:
     """The shards of one input file, planned once per run folder (again if the file changed:
     then the shards of its old plan are forgotten and scored anew)."""
     f, folder = InputFile(**f), RunFolder(folder_uri)
+    before = bytes_read()
     try:
         shards, outdated = folder.cached_plan(f)
         if shards is None:
@@ -78,14 +82,18 @@ def plan_task(f: dict, shard_size: int, folder_uri: str) -> dict:
             folder.save_plan(f, shards)
     except InputError as e:
         return {"uri": f.uri, "error": str(e)}
-    return {"uri": f.uri, "shards": [s.to_dict() for s in shards], "changed": bool(outdated)}
+    return {"uri": f.uri, "shards": [s.to_dict() for s in shards], "changed": bool(outdated),
+            "bytes_read": bytes_read() - before}
 
 
-def read_task(shard: dict, columns: Columns, neighbor_cfg, folder_uri: str) -> tuple[dict, pa.Table | None]:
-    """Reads and validates one shard, writes its quarantined rows, and perturbs its samples."""
+def read_task(shard: dict, columns: Columns, neighbor_cfg, folder_uri: str,
+              sample: tuple[int, float] | None = None) -> tuple[dict, pa.Table | None]:
+    """Reads and validates one shard, writes its quarantined rows, and perturbs its samples;
+    sample=(seed, rate): only the documents in the sample (scanner.sampling) go on, the others
+    are counted per source and left."""
     import ray
 
-    t0 = time.perf_counter()
+    t0, before = time.perf_counter(), bytes_read()
     s = Shard(**shard)
     try:
         corpus = read_shard(s, columns)
@@ -93,9 +101,15 @@ def read_task(shard: dict, columns: Columns, neighbor_cfg, folder_uri: str) -> t
         return {"error": str(e)}, None
     if corpus.quarantine.height:
         RunFolder(folder_uri).write_quarantine(s.name, corpus.quarantine.to_arrow())
-    samples = corpus.samples.to_arrow().append_column("shard", pa.array([s.name] * corpus.samples.height, pa.string()))
+    kept = corpus.samples
+    documents = Counter(kept["source"].to_list())
+    if sample is not None:
+        kept = kept.filter(in_sample(kept["sample_id"].to_list(), *sample))
+    samples = kept.to_arrow().append_column("shard", pa.array([s.name] * kept.height, pa.string()))
     c = corpus.counts
-    info = {"counts": {k: c[k] for k in ("read", "quarantined", "quarantined_by_reason")},
+    info = {"counts": {k: c[k] for k in ("read", "quarantined", "quarantined_by_reason")}
+            | {"unsampled": corpus.samples.height - kept.height},
+            "documents": dict(sorted(documents.items())), "bytes_read": bytes_read() - before,
             "node": ray.get_runtime_context().get_node_id(), "seconds": round(time.perf_counter() - t0, 3)}
     return info, perturb_batch(samples, neighbor_cfg)
 
@@ -399,8 +413,10 @@ def make_room(cpus: float, gpus: float = 0.0) -> None:
 class Tally:
     """What the driver keeps of the shards of one invocation: their states and small counters."""
 
-    def __init__(self, pending: int, progress: Callable[[str], None]):
-        self.pending, self.progress = pending, progress
+    def __init__(self, pending: int, progress: Callable[[str], None], documents: float | None = None):
+        """documents: how many this invocation expects to score (its first shard then projects the
+        tokens and the time)."""
+        self.pending, self.progress, self.documents = pending, progress, documents
         self.states: dict[str, str] = {}
         self.errors: dict[str, str] = {}
         self.counts: Counter = Counter()
@@ -419,9 +435,17 @@ class Tally:
         c = record["counts"]
         self.counts.update(scored=c["scored"], tokens=record["tokens"], shards=1)
         self.nodes.add(record["scored_on"])
-        rate = self.counts["tokens"] / (time.perf_counter() - self.t0)
-        self.progress(f"[{self.counts['shards']}/{self.pending}] {shard.name}: {c['scored']} scored, "
-                      f"{c['quarantined']} quarantined; {rate:,.0f} tokens/s")
+        elapsed = time.perf_counter() - self.t0
+        rate, done = self.counts["tokens"] / elapsed, self.counts["shards"]
+        if done == 1 and self.pending > 1 and self.documents and c["scored"]:
+            tokens = self.documents * record["tokens"] / c["scored"]
+            self.progress(f"first shard: {record['tokens'] / c['scored']:,.0f} tokens per document (with its "
+                          f"neighbors) at {rate:,.0f} tokens/s: about {tokens:,.0f} tokens to score, "
+                          f"{duration(tokens / rate)} at this rate")
+        unsampled = f", {c['unsampled']} not in the sample" if c.get("unsampled") else ""
+        self.progress(f"[{done}/{self.pending}] {shard.name}: {c['scored']} scored, {c['quarantined']} "
+                      f"quarantined{unsampled}; {rate:,.0f} tokens/s; "
+                      f"{duration(elapsed / done * (self.pending - done - len(self.errors)))} left")
 
     def inside(self, reports: list[dict]) -> None:
         """A line on the shards being scored when none finished for a while (a long shard)."""
@@ -431,6 +455,11 @@ class Tally:
         rate = (self.counts["tokens"] + sum(r["tokens"] for r in reports)) / (time.perf_counter() - self.t0)
         self.progress(f"[{self.counts['shards']}/{self.pending}] scoring {len(reports)} shard(s): {done} of {rows} "
                       f"rows; {rate:,.0f} tokens/s")
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def start_planning(files: list[InputFile], folder: RunFolder, shard_size: int, cpus: float = 0.5) -> list:
@@ -444,8 +473,9 @@ def start_planning(files: list[InputFile], folder: RunFolder, shard_size: int, c
 
 
 def plan(files: list[InputFile], folder: RunFolder, shard_size: int, progress: Callable[[str], None],
-         started: list | None = None) -> tuple[list[Shard], dict[str, str]]:
-    """(shards of every file, in input order; {file: error} for files that cannot be planned)."""
+         started: list | None = None) -> tuple[list[Shard], dict[str, str], int]:
+    """(shards of every file, in input order; {file: error} for files that cannot be planned;
+    bytes read to plan them)."""
     import ray
 
     results = ray.get(started if started is not None else start_planning(files, folder, shard_size))
@@ -453,7 +483,7 @@ def plan(files: list[InputFile], folder: RunFolder, shard_size: int, progress: C
         if r.get("changed"):
             progress(f"{r['uri']} changed since this run planned it: all its shards are scored again")
     shards = [Shard(**s) for r in results if "shards" in r for s in r["shards"]]
-    return shards, {r["uri"]: r["error"] for r in results if "error" in r}
+    return shards, {r["uri"]: r["error"] for r in results if "error" in r}, sum(r.get("bytes_read", 0) for r in results)
 
 
 def refuse_file_errors(file_errors: dict[str, str]) -> None:
@@ -474,6 +504,8 @@ def run_shards(inputs: list[str], out: str, cfg: ScanConfig, kind: RunKind,
     identity = {"kind": kind.name, "scoring_hash": cfg.scoring_hash()}
     if kind.detector:
         identity["detector"] = kind.detector["fingerprint"]
+    if kind.sampling and kind.sampling.active:
+        identity["sampling"] = kind.sampling.identity()
     with folder.claim(identity, asdict(cfg), list_inputs(inputs), add) as (run, files):
         maybe_pause("claimed")
         return _run_claimed(folder, run, files, cfg, kind, progress)
@@ -486,14 +518,20 @@ def _run_claimed(folder: RunFolder, run: dict, files: list[InputFile], cfg: Scan
     t0 = time.perf_counter()
     if not ray.is_initialized():
         ray.init()
-    shards, file_errors = plan(files, folder, cfg.shard_size, progress)
+    sampling = kind.sampling if kind.sampling and kind.sampling.active else None
+    read_files = [f for f in files if file_picked(f.source, sampling.seed, sampling.shard_rate)] if sampling else files
+    shards, file_errors, plan_bytes = plan(read_files, folder, cfg.shard_size, progress)
     if kind.strict:
         refuse_file_errors(file_errors)
     finished = folder.done()
     pending = [s for s in shards if s.name not in finished]
-    progress(f"{len(files)} input file(s) in {len(shards)} shard(s): {len(shards) - len(pending)} done before, "
+    progress(f"{len(read_files)} input file(s) in {len(shards)} shard(s): {len(shards) - len(pending)} done before, "
              f"{len(pending)} to score")
-    tally = Tally(len(pending), progress)
+    rate = document_rate(folder, sampling, shards) if sampling else 1.0
+    expected = rate * sum(s.rows for s in pending)
+    if sampling:
+        progress(sampling_plan(sampling, rate, files, read_files, pending, expected))
+    tally = Tally(len(pending), progress, expected)
     tally.states.update({s.name: "skipped" for s in shards if s.name in finished})
     pool = None
     if pending:
@@ -501,10 +539,11 @@ def _run_claimed(folder: RunFolder, run: dict, files: list[InputFile], cfg: Scan
         pool = scoring_pool(cfg, binding(asdict(cfg), folder.uri, constants, kind.detector, kind.keep_text), progress)
         reader = ray.remote(num_cpus=READ_CPUS)(read_task)
         columns, neighbor_cfg = columns_from_config(cfg), cfg.neighbor_config()
+        sample = (sampling.seed, rate) if sampling and rate < 1 else None
         tally.start()
         try:
-            pool.run(pending, lambda s: reader.remote(s.to_dict(), columns, neighbor_cfg, folder.uri), tally.record,
-                     tally.inside)
+            pool.run(pending, lambda s: reader.remote(s.to_dict(), columns, neighbor_cfg, folder.uri, sample),
+                     tally.record, tally.inside)
         finally:
             park(pool)
     duplicates = 0
@@ -514,8 +553,35 @@ def _run_claimed(folder: RunFolder, run: dict, files: list[InputFile], cfg: Scan
             progress(f"{duplicates} row(s) repeat an id that another shard holds: quarantined")
     manifest = summarize(folder, run, cfg, files, shards, tally, file_errors, duplicates,
                          pool.capabilities if pool else None, time.perf_counter() - t0)
+    manifest["bytes"] = manifest["bytes"] | {"planning_this_invocation": plan_bytes}
+    if sampling:
+        manifest["sampling"] = sampling.identity() | {"rate": rate, "files_read": [f.uri for f in read_files]}
     folder.write_manifest(manifest)
     return manifest
+
+
+def document_rate(folder: RunFolder, sampling: Sampling, shards: list[Shard]) -> float:
+    """The document rate: given, or for a target count the target over the documents of the files
+    read, fixed when the run starts (saved in its folder) so that a resume or --add keeps it."""
+    if sampling.target is None:
+        return sampling.rate
+    saved = folder.sampling_rate()
+    if saved is None:
+        saved = min(1.0, sampling.target / max(1, sum(s.rows for s in shards)))
+        folder.save_sampling_rate(saved)
+    return saved
+
+
+def sampling_plan(sampling: Sampling, rate: float, files: list[InputFile], read_files: list[InputFile],
+                  pending: list[Shard], expected: float) -> str:
+    """The plan line of a sampled run, before any scoring."""
+    rows = sum(s.rows for s in pending)
+    read_bytes, all_bytes = sum(f.size for f in read_files), sum(f.size for f in files)
+    said = f"sample (seed {sampling.seed}): documents at rate {rate:.4g}"
+    if sampling.shard_rate < 1:
+        said += (f" in {len(read_files)} of {len(files)} input files (file rate {sampling.shard_rate:g}: "
+                 f"{read_bytes:,} of {all_bytes:,} bytes; the others are never read)")
+    return said + f": about {expected:,.0f} of the {rows:,} rows still to read will be scored"
 
 
 def require_complete(manifest: dict, what: str) -> None:
@@ -529,10 +595,13 @@ def require_complete(manifest: dict, what: str) -> None:
 def summarize(folder: RunFolder, run: dict, cfg: ScanConfig, files: list[InputFile], shards: list[Shard],
               tally: "Tally", file_errors: dict, duplicates: int, capabilities: dict | None, wall: float) -> dict:
     """Totals over every finished shard of these inputs, from their records alone (no feature is
-    read again, whatever the corpus size): read = scored + quarantined, in total as per shard."""
+    read again, whatever the corpus size): read = scored + quarantined + unsampled (left out by a
+    sampled sweep), in total as per shard. Each finished shard's entry has its sources:
+    [documents, scored, flagged]."""
     counts = Counter()
     reasons: Counter = Counter()
     per_source: dict[str, list[int]] = {}
+    bytes_read = 0
     positions: Counter = Counter()
     scored_on, read_on = set(), set()
     entries = []
@@ -544,10 +613,14 @@ def summarize(folder: RunFolder, run: dict, cfg: ScanConfig, files: list[InputFi
         else:
             record = folder.record(s.name)
             c = record["counts"]
-            counts.update(read=c["read"], scored=c["scored"], quarantined=c["quarantined"])
+            counts.update(read=c["read"], scored=c["scored"], quarantined=c["quarantined"],
+                          unsampled=c.get("unsampled", 0))
             reasons.update(c["quarantined_by_reason"])
+            documents = record.get("documents") or {k: n for k, (n, _) in record["per_source"].items()}
+            entry["sources"] = {k: [documents[k], *record["per_source"].get(k, [0, 0])] for k in documents}
             for source, (n, flagged) in record["per_source"].items():
                 per_source[source] = [a + b for a, b in zip(per_source.get(source, [0, 0]), (n, flagged))]
+            bytes_read += record.get("bytes_read", 0)
             positions.update(record.get("positions") or {})
             scored_on.add(record["scored_on"])
             read_on.add(record["read_on"])
@@ -563,11 +636,14 @@ def summarize(folder: RunFolder, run: dict, cfg: ScanConfig, files: list[InputFi
         "run_id": run["run_id"], "kind": run["kind"], "config": asdict(cfg), "scoring_hash": run["scoring_hash"],
         "inputs": [f.uri for f in files],
         "counts": {"read": counts["read"], "scored": counts["scored"], "quarantined": counts["quarantined"],
+                   "unsampled": counts["unsampled"],
                    "quarantined_by_reason": dict(sorted(reasons.items())), "shards": len(shards),
                    "shards_done": by_state["done"], "shards_skipped": by_state["skipped"],
                    "shards_failed": by_state["failed"], "scored_this_invocation": tally.counts["scored"]},
         "per_source": per_source,
         "shards": entries,
+        "bytes": {"inputs": sum(f.size for f in files), "read_by_shards": bytes_read,
+                  "per_file": {f.uri: f.size for f in files}},
         "capabilities": capabilities,
         "min_k_pp_available": None if capabilities is None else capabilities["vocab_stats"],
         "feature_schema": [f"{f.name}: {f.type}" for f in feature_schema(cfg.score_modules)],

@@ -242,12 +242,13 @@ class ScoreActor:
                 flagged = Counter(s for s, f in zip(samples["source"].to_pylist(), flags) if f)
         scored = samples.num_rows
         counts = info["counts"] | {"scored": scored}
-        if counts["read"] != scored + counts["quarantined"]:  # nothing lost, per shard
+        if counts["read"] != scored + counts["quarantined"] + counts.get("unsampled", 0):  # nothing lost, per shard
             raise RuntimeError(f"shard {shard['name']}: {counts['read']} read != {scored} scored + "
-                               f"{counts['quarantined']} quarantined")
+                               f"{counts['quarantined']} quarantined + {counts.get('unsampled', 0)} not sampled")
         tokens = _tokens(features) if scored else 0
         record = {"shard": shard["name"], "uri": shard["uri"], "first_row": shard["first_row"], "counts": counts,
                   "tokens": tokens, "per_source": {s: [n, flagged[s]] for s, n in sorted(per_source.items())},
+                  "documents": info.get("documents"), "bytes_read": info.get("bytes_read", 0),
                   "read_on": info["node"], "scored_on": self.node_id,
                   "positions": _positions_since(before, getattr(self.scorer, "positions", None)),
                   "seconds": {"read": info["seconds"], "score": round(time.perf_counter() - t0, 3)}}

@@ -9,7 +9,6 @@ from itertools import islice
 from typing import Iterable, Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from scanner.inputs import CorpusError, is_compressed
 from scanner.shards import (
@@ -22,6 +21,7 @@ from scanner.shards import (
     is_json_array,
     lines_with_offsets,
     open_arrow,
+    parquet_file,
 )
 from scanner.storage import open_input
 
@@ -110,7 +110,7 @@ def columnar_batches(shard: Shard) -> Iterator[tuple[int, pa.RecordBatch]]:
     of its first row."""
     offset, stop = shard.first_row - 1, shard.first_row - 1 + shard.rows
     if shard.fmt == "parquet":
-        pf = pq.ParquetFile(open_input(shard.uri))
+        pf = parquet_file(shard.uri)
         groups, first, at = [], 0, 0
         for g in range(pf.metadata.num_row_groups):  # only the row groups that hold this shard
             n = pf.metadata.row_group(g).num_rows
@@ -155,7 +155,7 @@ def records(shard: Shard) -> Iterator[Record]:
 def columns_of(shard: Shard) -> list[str] | None:
     """Column names known before reading rows (columnar formats only)."""
     if shard.fmt == "parquet":
-        return pq.ParquetFile(open_input(shard.uri)).schema_arrow.names
+        return parquet_file(shard.uri).schema_arrow.names
     if shard.fmt == "arrow":
         return open_arrow(shard.uri).schema.names
     return None

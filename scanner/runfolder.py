@@ -14,6 +14,8 @@
   quarantine/eval_items.parquet  overlap runs: eval rows that could not be used, with reasons
   done/<shard>.json          the shard's completion record, written last: a shard with one is
                              finished and never scored again
+  sampling.json              a sweep sampled to a target count: the document rate that target
+                             gave when the run started, kept for resumes and --add
   manifest.json              the invocation's summary: config, counts, shards, nodes, speed
   metrics.json, report.md, report.html, *.png   a sweep's report
 
@@ -142,6 +144,7 @@ class RunFolder:
             for name in self.store.names(folder):
                 self.store.delete(f"{folder}/{name}")
         self.store.delete("manifest.json")
+        self.store.delete("sampling.json")
 
     def save_run(self, run: dict) -> None:
         self.store.write_json("run.json", run)
@@ -157,6 +160,13 @@ class RunFolder:
     @property
     def config(self) -> dict:
         return self.run["config"]
+
+    def sampling_rate(self) -> float | None:
+        """The document rate a --sample target gave when the run started (None: not yet)."""
+        return self.store.read_json("sampling.json")["rate"] if self.store.exists("sampling.json") else None
+
+    def save_sampling_rate(self, rate: float) -> None:
+        self.store.write_json("sampling.json", {"rate": rate})
 
     # ------------------------------------------------------------ plans
 

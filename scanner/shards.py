@@ -182,6 +182,21 @@ def csv_delimiter(uri: str) -> str:
     return "\t" if without_query(uri).lower().removesuffix(".gz").endswith(".tsv") else ","
 
 
+def parquet_file(uri: str) -> pq.ParquetFile:
+    """A Parquet file whose footer is read to the byte (its length is in the last 8 bytes):
+    pyarrow's own opening reads the last 64 kB, more than a small file's footer, and every shard
+    of a file opens it."""
+    source = open_input(uri)
+    source.seek(-8, 2)
+    tail = source.read(8)
+    length = int.from_bytes(tail[:4], "little")
+    if tail[4:] != b"PAR1" or length + 12 > source.size():
+        raise pa.ArrowInvalid("not a Parquet file (no PAR1 footer)")
+    source.seek(-8 - length, 2)
+    metadata = pq.read_metadata(pa.BufferReader(b"PAR1" + source.read(length) + tail))
+    return pq.ParquetFile(source, metadata=metadata)
+
+
 def open_arrow(uri: str):
     """An Arrow IPC reader: the stream format save_to_disk writes, or the file format. Local
     files are memory-mapped, so skipping to a shard costs no reading."""
@@ -245,8 +260,7 @@ def plan_file(f: InputFile, shard_size: int) -> list[Shard]:
 def _plan_ranges(f: InputFile, size: int) -> list[tuple[int, int, int | None, int | None]]:
     """(first row, rows, byte start, byte end) per shard."""
     if f.fmt == "parquet":
-        fs, path = filesystem(f.uri)
-        meta = pq.ParquetFile(fs.open_input_file(path)).metadata
+        meta = parquet_file(f.uri).metadata
         groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         return [(a + 1, b - a, None, None) for a, b in parquet_ranges(groups, size)]
     if f.fmt in ("jsonl", "csv") and not is_compressed(f.uri):

@@ -91,7 +91,7 @@ def _overlap_claimed(folder: RunFolder, run: dict, files: list, evals, n: int, c
         make_room(limit * TASK_CPUS)
     warming = [ray.remote(num_cpus=TASK_CPUS)(warm_up).remote() for _ in range(limit)] if first_run else []
     index = _index(items, n, progress) if first_run else None
-    shards, file_errors = plan(files, folder, shard_rows, progress, started=planning)
+    shards, file_errors, _ = plan(files, folder, shard_rows, progress, started=planning)
     refuse_file_errors(file_errors)
     finished = folder.done()
     pending = [s for s in shards if s.name not in finished]

@@ -123,6 +123,7 @@ def sampling_sentences(m: dict) -> list[str]:
     u = o and o.get("uncertainty")
     if u:
         halve = (f"about {u['more_documents_to_halve']:,} more scored documents would halve it"
+                 + (" (from more files read, at the same document rate)" if s["shard_rate"] < 1 else "")
                  if u["more_documents_to_halve"] is not None else
                  "more documents cannot halve it: label more calibration samples for the detector")
         said.append(f"The corpus interval is dominated by the {u['dominant']} ({u['documents_share']:.0%} of its "

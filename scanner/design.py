@@ -13,7 +13,7 @@ corpus) the flag rate Q is the share of its documents the detector would flag if
 
 Variance, by linearisation over the units read (Särndal, Swensson & Wretman, ch. 4-5 and 8):
 
-    v = (1 - f) sum_i u_i^2  +  f sum_s W_s^2 Q_s (1 - Q_s) / n_s
+    v = (1 - f) m / (m - 1) sum_i u_i^2  +  f sum_s W_s^2 Q_s (1 - Q_s) / n_s      (m files read)
 
 u_i is unit i's influence on the estimate: for a source (k_is - Q_s n_is) / n_s; for the corpus
 sum_s W_s (k_is - Q_s n_is) / n_s + sum_s (Q_s - Q) N_is / N_read (the second term carries the

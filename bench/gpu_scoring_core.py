@@ -128,8 +128,8 @@ def scoring_core(scorer, groups, budget: int, samples_per_call: int, proj_dim: i
         k = 0
         for g in call:
             orig, nbs = res[k], res[k + 1:k + len(g)]
-            s = stats.text_scores(dummy_text, orig[0], orig[1], orig[2])
-            stats.neighbor_features(s["loss"], orig[3], [-x[0].mean() for x in nbs], [x[3] for x in nbs], proj)
+            s = stats.text_scores(dummy_text, *orig[:4])
+            stats.neighbor_features(s["loss"], orig[4], [-x[0].mean() for x in nbs], [x[4] for x in nbs], proj)
             k += len(g)
     sync(scorer.device)
     return n_tokens / (time.perf_counter() - t0)

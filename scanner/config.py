@@ -221,6 +221,21 @@ def renamed(data: dict) -> dict:
     return data
 
 
+def scores_pinned(config: dict) -> dict:
+    """A scan config with the scores its features hold named (`scores`), as a detector folder keeps
+    it: a score registered later is then not computed for that detector, whose inputs lack it. A
+    config that names none is from a detector trained before scores were pinned, when every run
+    computed the built-in scores of BEFORE_REGISTRY (and its score modules' own)."""
+    from scanner.scoring import registry
+
+    if config.get("scores") is not None:
+        return config
+    modules = config.get("score_modules") or []
+    built_in = {s.name for s in registry.scores()}
+    return config | {"scores": list(registry.BEFORE_REGISTRY)
+                     + [s.name for s in registry.scores(modules) if s.name not in built_in]}
+
+
 def load_config(path: str | None, overrides: dict, base: dict | None = None) -> ScanConfig:
     """base (e.g. what a detector was trained with) < the config file < command-line overrides
     (None: not given, the file's or the base's value stands). An image column implies the vlm

@@ -41,7 +41,7 @@ def write_fake_run(run_dir, n=600, k=6, proj=4, seed=0, signal=1.0, shift_text=F
         year = (rng.integers(1990, 2012) if y[i] else rng.integers(2022, 2025)) if shift_text else rng.integers(1990, 2025)
         row["text"] = f"In {year} the " + " ".join(rng.choice(words, 20))
         inputs = registry.ScoreInputs(row["text"], logprobs[i], np.full(40, logprobs[i].mean()), np.full(40, logprobs[i].std()),
-                                      np.array(row["nb_loss"]))
+                                      np.array(row["nb_loss"]), np.full(40, logprobs[i].max()))
         row |= {name: value for name, value in registry.compute(inputs).items() if name not in row}
     schema = feature_schema().append(pa.field("text", pa.string()))
     cfg = ScanConfig(model="fake-model", neighbors=k, proj_dim=proj)

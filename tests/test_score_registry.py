@@ -70,7 +70,8 @@ def test_a_run_that_computes_another_score_set_is_another_run(tmp_path):
     write_fake_run(tmp_path / "run", n=50)  # a finished scan, with the scores of every run before the registry
     fake = ScanConfig(model="fake-model", neighbors=6, proj_dim=4)
     before = fake.scoring_hash()
-    assert ScanConfig(model="m").scoring_hash() == "ba79dc049bf68697"  # the identity runs made before the registry have
+    # the identity runs made before the registry have, kept by those that compute the same scores
+    assert ScanConfig(model="m", scores=list(registry.BEFORE_REGISTRY)).scoring_hash() == "ba79dc049bf68697"
     registry.register(TOP_HALF)
     try:
         assert fake.score_identity()["top_half_logprob"] == 1 and fake.scoring_hash() != before
@@ -128,3 +129,27 @@ def test_a_scan_computes_the_scores_of_its_config_score_modules_on_ray(tiny_lm, 
     assert "max_token_loss" not in registry.names()  # loaded for that run, not a score of every run
     run = json.loads((tmp_path / "r" / "run.json").read_text())
     assert ScanConfig(**run["config"]).score_identity()["max_token_loss"] == 1
+
+
+def test_a_detector_keeps_the_scores_it_was_trained_on_when_new_ones_are_registered(tmp_path):
+    """A detector folder names the scores its scan computed; one written before they were named
+    (Gap-K% came later) holds the scores every run computed then: a sweep with it computes those
+    and no others, with the identity those runs had, so its folders still resume."""
+    from scanner.detector.folder import DetectorFolder
+    from scanner.detector.trained import load_trained
+    from scanner.train import train_detectors
+
+    write_fake_run(tmp_path / "run", n=300, signal=2.0)
+    train_detectors(str(tmp_path / "run"), str(tmp_path / "det"), seed=0)
+    saved = tmp_path / "det" / "scan_config.json"
+    pinned = json.loads(saved.read_text())["scores"]
+    assert pinned == registry.names() and "gap_k_20" in pinned  # every score the scan computed, named
+    old = json.loads(saved.read_text()) | {"scores": None}  # as folders were written before
+    saved.write_text(json.dumps(old))
+    assert DetectorFolder(str(tmp_path / "det")).scan_config["scores"] == list(registry.BEFORE_REGISTRY)
+    detector = load_trained(str(tmp_path / "det"), "tabular")
+    cfg = ScanConfig(**detector.base_config())
+    assert "gap_k_20" not in cfg.scores and cfg.score_identity() is None  # the old runs' identity
+    detector.check_usable_with(cfg)
+    with pytest.raises(InputError, match="the scores gap_k_5, .* were not computed in training"):
+        detector.check_usable_with(ScanConfig(**(detector.base_config() | {"scores": None})))

@@ -43,7 +43,7 @@ def reference(model, ids):
     p = logp.exp()
     mu = (p * logp).sum(-1)
     sd = (p * (logp - mu[:, None]) ** 2).sum(-1).sqrt()
-    return lp.numpy(), mu.numpy(), sd.numpy()
+    return lp.numpy(), mu.numpy(), sd.numpy(), logp.amax(-1).numpy()
 
 
 @pytest.mark.parametrize("split_head", [True, False])
@@ -60,12 +60,14 @@ def test_batched_chunked_scores_match_an_unbatched_reference(random_gpt2, monkey
     assert truncated == [False, False, False, True, False] and len(ids[3]) == 64
     for text, row, res in zip(TEXTS, ids, results):
         assert row[0] == scorer.tokenizer.bos_token_id  # every text token is scored
-        lp, mu, sd = reference(scorer.model, row)
+        lp, mu, sd, top1 = reference(scorer.model, row)
         np.testing.assert_allclose(res.token_logprobs, lp, atol=1e-4)
         np.testing.assert_allclose(res.mu, mu, atol=1e-4)
         np.testing.assert_allclose(res.sigma, sd, atol=1e-4)
-        ref = stats.text_scores(text, lp, mu, sd)
-        got = stats.text_scores(text, res.token_logprobs, res.mu, res.sigma)
+        np.testing.assert_allclose(res.top1_logprobs, top1, atol=1e-4)
+        ref = stats.text_scores(text, lp, mu, sd, top1)
+        got = stats.text_scores(text, res.token_logprobs, res.mu, res.sigma, res.top1_logprobs)
+        assert got["gap_k_20"] is not None
         for key, value in ref.items():
             assert got[key] == pytest.approx(value, abs=1e-4), key
         with torch.no_grad():
@@ -86,10 +88,19 @@ def test_score_functions_on_hand_examples():
     assert get("min_k_pp_50").compute(ScoreInputs("abc", lp, mu, sd)) == -2.5
     assert get("zlib_ratio").compute(x) == 2.5 / len(zlib.compress(b"abc"))
     assert get("neighborhood").compute(ScoreInputs("abc", lp, neighbor_losses=np.array([2.5, 1.5]))) == 0.5
+    # Gap-K%: gaps (lp - top1) / sigma = [-0.5, -1.5, -1, -1.5, -4, 0], moving means of 3 =
+    # [-1, -4/3, -13/6, -11/6], the lowest half = mean(-13/6, -11/6) = -2
+    six = ScoreInputs("abcdef", np.array([-1.0, -2, -3, -4, -5, -1]), np.zeros(6), np.array([1.0, 1, 2, 2, 1, 1]),
+                      top1_logprobs=np.array([-0.5, -0.5, -1, -1, -1, -1]))
+    assert get("gap_k_50").compute(six) == pytest.approx(-2.0)
+    assert get("gap_k_5").compute(six) == pytest.approx(-13 / 6)  # at least one value
+    two = ScoreInputs("ab", np.array([-1.0, -3]), np.zeros(2), np.array([1.0, 2]), top1_logprobs=np.array([-1.0, -1]))
+    assert get("gap_k_50").compute(two) == -1.0  # shorter than the window: the gaps [0, -1] unsmoothed
+    assert stats.text_scores("abc", lp, mu, sd)["gap_k_20"] is None  # no top-1 log-probs: no Gap-K%
     s = stats.text_scores("abc", lp, None, None)
     assert s["min_k_pp_20"] is None and s["min_k_20"] == -4.0 and "neighborhood" not in s
-    assert [sc.member_sign for sc in map(get, ("loss", "zlib_ratio", "min_k_20", "min_k_pp_20", "neighborhood"))] == [
-        -1, -1, 1, 1, -1]
+    assert [sc.member_sign for sc in map(get, ("loss", "zlib_ratio", "min_k_20", "min_k_pp_20", "neighborhood",
+                                                 "gap_k_20"))] == [-1, -1, 1, 1, -1, 1]
 
 
 def test_neighbor_features_on_hand_examples():
@@ -129,7 +140,7 @@ def test_vocabulary_statistics_merged_over_slices_match_float64(monkeypatch, sca
         p = logp.exp()
         mu = (p * logp).sum(-1)
         sd = (p * (logp - mu[:, None]) ** 2).sum(-1).sqrt()
-        for g, want in zip(got, (logp[torch.arange(N), targets], mu, sd)):
+        for g, want in zip(got, (logp[torch.arange(N), targets], mu, sd, logp.amax(-1))):
             np.testing.assert_allclose(g.numpy(), want.numpy(), atol=2e-5, rtol=1e-5)
     with torch.no_grad():
         flat = vocab_stats.row_statistics(hidden, targets, _zero_head(H, V))

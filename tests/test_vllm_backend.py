@@ -61,6 +61,8 @@ def test_hidden_states_to_scores_by_hand():
     np.testing.assert_allclose(b.token_logprobs, [np.log(0.75), -np.log(2)], atol=1e-6)
     np.testing.assert_allclose(b.mu, [mean, -np.log(2)], atol=1e-6)
     np.testing.assert_allclose(b.sigma[0], np.sqrt((p * (np.log(p) - mean) ** 2).sum()), atol=1e-6)
+    np.testing.assert_allclose(a.top1_logprobs, [-np.log(2)], atol=1e-6)  # the top-1 token's log p
+    np.testing.assert_allclose(b.top1_logprobs, [np.log(0.75), -np.log(2)], atol=1e-6)
     assert (a.n_tokens, b.n_tokens, a.truncated, b.truncated) == (2, 3, False, True)
 
 

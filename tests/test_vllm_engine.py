@@ -65,7 +65,8 @@ def test_a_vllm_scan_has_every_column_of_an_hf_scan(setup):
     a, b = v.features(), hf.features()
     assert a.columns == b.columns and a.height == b.height > 300
     compared = assert_same_features(a, b)
-    for col in ("loss", "zlib_ratio", "min_k_20", "min_k_pp_20", "neighborhood", "nb_dL", "nb_cos_dist", "nb_de_proj"):
+    for col in ("loss", "zlib_ratio", "min_k_20", "min_k_pp_20", "gap_k_20", "neighborhood", "nb_dL", "nb_cos_dist",
+                "nb_de_proj"):
         assert col in compared
     assert v.manifest["min_k_pp_available"] is True and v.manifest["config"]["backend"] == "vllm"
 

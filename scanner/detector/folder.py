@@ -27,7 +27,9 @@ import io
 import polars as pl
 from safetensors.torch import load, save
 
+from scanner.config import ScanConfig, renamed, scores_pinned
 from scanner.errors import InputError
+from scanner.scoring import registry
 from scanner.storage import Store
 
 KINDS = ("fimmia", "tabular")
@@ -91,11 +93,13 @@ class DetectorFolder:
         return self._read("split.json")
 
     def write_scan_config(self, config: dict) -> None:
-        self._write("scan_config.json", config)
+        """The scan's settings, with the scores it computed named (scanner.config.scores_pinned)."""
+        computed = ScanConfig(**renamed(config)).score_identity() or registry.BEFORE_REGISTRY
+        self._write("scan_config.json", config | {"scores": list(computed)})
 
     @property
     def scan_config(self) -> dict:
-        return self._read("scan_config.json")
+        return scores_pinned(self._read("scan_config.json"))
 
     def write_calibration(self, calibration: dict) -> None:
         self._write("calibration.json", calibration)

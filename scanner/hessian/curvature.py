@@ -28,6 +28,7 @@ class TextCurvature:
     logprobs: np.ndarray | None = None  # per predicted token, for the light scan's scores
     mu: np.ndarray | None = None  # mean and std of log p under the model (Min-K%++)
     sigma: np.ndarray | None = None
+    top1: np.ndarray | None = None  # log p of the top-1 token (Gap-K%)
 
 
 class EmbeddingLoss:
@@ -54,15 +55,16 @@ class EmbeddingLoss:
         (hv,) = torch.autograd.grad(self.grad, self.e, grad_outputs=v.view_as(self.e), retain_graph=True)
         return hv.reshape(-1)
 
-    def token_stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per predicted token: log p of the actual token, and the mean and std of log p under the
-        model's distribution (Min-K%++), as the scan's scorer computes them."""
+    def token_stats(self) -> tuple[np.ndarray, ...]:
+        """Per predicted token: log p of the actual token, the mean and std of log p under the
+        model's distribution (Min-K%++) and the top-1 token's log p, as the scan's scorer computes
+        them."""
         logp = torch.log_softmax(self.logits.double(), dim=-1)
         lp = logp.gather(-1, self.ids[0, 1:, None]).squeeze(-1)
         p = logp.exp()
         mu = (p * logp).sum(-1)
         sigma = (p * (logp - mu[:, None]) ** 2).sum(-1).sqrt()
-        return lp.cpu().numpy(), mu.cpu().numpy(), sigma.cpu().numpy()
+        return lp.cpu().numpy(), mu.cpu().numpy(), sigma.cpu().numpy(), logp.amax(-1).cpu().numpy()
 
 
 def hutchinson(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, probes: int, generator: torch.Generator,
@@ -111,6 +113,6 @@ def measure(model, ids: list[int], probes: int, lanczos_steps: int | None, seed:
     lo = hi = None
     if lanczos_steps:
         lo, hi = lanczos(f.hvp, f.dim, lanczos_steps, g, f.e0)
-    lp, mu, sigma = f.token_stats()
+    lp, mu, sigma, top1 = f.token_stats()
     return TextCurvature(loss=float(f.loss.detach()), tokens=len(ids), trace=trace, trace_se=se, eig_min=lo, eig_max=hi,
-                         logprobs=lp, mu=mu, sigma=sigma)
+                         logprobs=lp, mu=mu, sigma=sigma, top1=top1)

@@ -117,7 +117,7 @@ class CurvatureActor:
             out.append({"sample_id": r["sample_id"], "tokens": c.tokens, "truncated": cut, "trace": c.trace,
                         "trace_se": c.trace_se, "trace_per_token": c.trace / c.tokens, "eig_min": c.eig_min,
                         "eig_max": c.eig_max, "seconds": time.perf_counter() - t0}
-                       | text_scores(r["text"], c.logprobs, c.mu, c.sigma))
+                       | text_scores(r["text"], c.logprobs, c.mu, c.sigma, c.top1))
         return chunk, out
 
 

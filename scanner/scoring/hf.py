@@ -119,14 +119,14 @@ class HFScorer:
         targets = ids[:, 1:][scored]
         if self.split_head:
             hidden = self.base(input_ids=ids, attention_mask=mask).last_hidden_state
-            lp, mu, sd = row_statistics(hidden[:, :-1][scored], targets, self.head)
+            stats = row_statistics(hidden[:, :-1][scored], targets, self.head)
         else:
             out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
             hidden = out.hidden_states[-1]
-            lp, mu, sd = logits_statistics(out.logits[:, :-1][scored], targets)
+            stats = logits_statistics(out.logits[:, :-1][scored], targets)
         m = mask.unsqueeze(-1).to(hidden.dtype)
         emb = ((hidden * m).sum(1) / m.sum(1)).float().cpu().numpy()
-        return [(*stats, e) for stats, e in zip(per_text((lp, mu, sd), [len(r) - 1 for r in batch]), emb)]
+        return [(*parts, e) for parts, e in zip(per_text(stats, [len(r) - 1 for r in batch]), emb)]
 
     def score_ids(self, ids: list[list[int]], batch_tokens: int | None = None) -> list[tuple]:
         """Sorted by length, cut into batches of at most `batch_tokens` padded tokens."""
@@ -148,8 +148,7 @@ class HFScorer:
 
     def score_texts(self, texts: list[str], batch_tokens: int | None = None) -> list[TextScore]:
         ids, truncated = self.tokenize(texts)
-        return [TextScore(lp, mu, sd, emb, len(r), tr)
-                for (lp, mu, sd, emb), r, tr in zip(self.score_ids(ids, batch_tokens), ids, truncated)]
+        return [TextScore(*res, len(r), tr) for res, r, tr in zip(self.score_ids(ids, batch_tokens), ids, truncated)]
 
     @property
     def hidden_size(self) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 class Capabilities:
     """What a scorer can give besides token log-probs; callers ask this, never the backend's name."""
 
-    vocab_stats: bool  # mean/std of log p under the model's next-token distribution (Min-K%++)
+    vocab_stats: bool  # mean/std of log p under the model's next-token distribution (Min-K%++), top-1 log p (Gap-K%)
     hidden_states: bool  # a text embedding from the model itself (else the features need an embedder)
 
 
@@ -22,6 +22,7 @@ class TextScore:
     token_logprobs: np.ndarray  # (n_scored,) log p(token_t | tokens < t)
     mu: np.ndarray | None  # (n_scored,) E_z~p[log p(z)] per position; None when the backend cannot give it
     sigma: np.ndarray | None  # (n_scored,) std of log p(z) under p; None likewise
+    top1_logprobs: np.ndarray | None  # (n_scored,) max_z log p(z) per position; None likewise
     embedding: np.ndarray | None  # (dim,) text embedding; None when no embedder is available
     n_tokens: int  # tokens fed to the model (after truncation, with the prefix token)
     truncated: bool

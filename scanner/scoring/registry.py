@@ -19,8 +19,9 @@ import numpy as np
 
 BUILT_IN = "scanner.scoring.scores"
 # What a score may need: the text, its tokens' log-probs, the model's next-token distribution's
-# mean and spread of log-probs at each position (Min-K%++), the losses of the text's neighbors.
-NEEDS = ("text", "token_logprobs", "vocab_stats", "neighbor_losses")
+# mean and spread of log-probs at each position (Min-K%++) and its top-1 log-prob (Gap-K%), the
+# losses of the text's neighbors.
+NEEDS = ("text", "token_logprobs", "vocab_stats", "top1_logprobs", "neighbor_losses")
 
 
 @dataclass
@@ -33,6 +34,7 @@ class ScoreInputs:
     mu: np.ndarray | None = None
     sigma: np.ndarray | None = None
     neighbor_losses: np.ndarray | None = None
+    top1_logprobs: np.ndarray | None = None
 
     def has(self, need: str) -> bool:
         if need == "vocab_stats":

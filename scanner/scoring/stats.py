@@ -30,10 +30,13 @@ def lowest_mean(values: np.ndarray, k: float) -> float:
     return float(np.mean(np.partition(values, n - 1)[:n]))
 
 
-def text_scores(text: str, token_logprobs: np.ndarray, mu: np.ndarray | None, sigma: np.ndarray | None) -> dict:
-    """Every registered score that needs no neighbors (None where the backend gave no mu/sigma)."""
-    inputs = registry.ScoreInputs(text, np.asarray(token_logprobs, dtype=np.float64), mu, sigma)
-    return registry.compute(inputs, needs_only=("text", "token_logprobs", "vocab_stats"))
+def text_scores(text: str, token_logprobs: np.ndarray, mu: np.ndarray | None, sigma: np.ndarray | None,
+                top1_logprobs: np.ndarray | None = None) -> dict:
+    """Every registered score that needs no neighbors (None where the backend gave no vocabulary
+    statistics)."""
+    inputs = registry.ScoreInputs(text, np.asarray(token_logprobs, dtype=np.float64), mu, sigma,
+                                  top1_logprobs=top1_logprobs)
+    return registry.compute(inputs, needs_only=("text", "token_logprobs", "vocab_stats", "top1_logprobs"))
 
 
 def projection_matrix(dim: int, out_dim: int, seed: int) -> np.ndarray:
@@ -73,7 +76,7 @@ def sample_features(text: str, original, neighbors: list, projection: np.ndarray
     others None), the neighbor features, token counts."""
     nb_losses = np.array([loss(x.token_logprobs) for x in neighbors], dtype=np.float64)
     inputs = registry.ScoreInputs(text, np.asarray(original.token_logprobs, dtype=np.float64), original.mu,
-                                  original.sigma, nb_losses)
+                                  original.sigma, nb_losses, original.top1_logprobs)
     row = registry.compute(inputs, which, modules=modules)
     row |= neighbor_features(loss(inputs.token_logprobs), original.embedding, nb_losses, [x.embedding for x in neighbors],
                              projection)

@@ -130,11 +130,11 @@ def hidden_to_scores(ids: list[list[int]], truncated: list[bool], hidden: list[t
     flat_ids = torch.tensor([t for row in ids for t in row], device=device)
     scored = torch.ones(len(flat_ids), dtype=torch.bool, device=device)
     scored[torch.tensor([len(row) for row in ids], device=device).cumsum(0) - 1] = False  # each prompt's last
-    lp, mu, sd = row_statistics(flat[scored], flat_ids[1:][scored[:-1]], head)
+    stats = row_statistics(flat[scored], flat_ids[1:][scored[:-1]], head)
     scores, start = [], 0
-    for row, tr, stats in zip(ids, truncated, per_text((lp, mu, sd), [len(row) - 1 for row in ids])):
+    for row, tr, parts in zip(ids, truncated, per_text(stats, [len(row) - 1 for row in ids])):
         n = len(row)
-        scores.append(TextScore(*stats, flat[start: start + n].float().mean(0).cpu().numpy(), n, tr))
+        scores.append(TextScore(*parts, flat[start: start + n].float().mean(0).cpu().numpy(), n, tr))
         start += n
     return scores
 

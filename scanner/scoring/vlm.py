@@ -78,7 +78,7 @@ class VLMScorer:
         targets = ids[:, 1:][scored]
         if self.split_head:
             hidden = self.base(**enc).last_hidden_state
-            lp, mu, sd = row_statistics(hidden[:, :-1][scored], targets, self.head)
+            stats = row_statistics(hidden[:, :-1][scored], targets, self.head)
         else:
             first = int(starts.min()) - 1  # the LM head only over the text's positions (the image's come first)
             T = ids.shape[1]
@@ -89,12 +89,12 @@ class VLMScorer:
                 out = self.model(**enc, output_hidden_states=True)
                 kept = 0
             hidden = out.hidden_states[-1]
-            lp, mu, sd = logits_statistics(out.logits[:, :T - 1 - kept][scored[:, kept:]], targets)
+            stats = logits_statistics(out.logits[:, :T - 1 - kept][scored[:, kept:]], targets)
         sizes = (ends - starts).tolist()
         scores = []
-        for i, stats in enumerate(per_text((lp, mu, sd), sizes)):
+        for i, parts in enumerate(per_text(stats, sizes)):
             s, e = int(starts[i]), int(ends[i])
-            scores.append(TextScore(*stats, hidden[i, s:e].float().mean(0).cpu().numpy(), e - s + 1, False))
+            scores.append(TextScore(*parts, hidden[i, s:e].float().mean(0).cpu().numpy(), e - s + 1, False))
         return scores
 
     def score_pairs(self, texts: list[str], images: list[bytes], pairs_per_batch: int | None = None) -> list[TextScore]:

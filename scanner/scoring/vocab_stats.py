@@ -1,6 +1,7 @@
 """What every backend needs of the next-token distribution at each scored position: the actual
-token's log-prob, and the mean and std of log p under the model's own distribution (Min-K%++:
-mu_t = E_z~p[log p(z)], sigma_t^2 = Var_z~p[log p(z)]).
+token's log-prob, the mean and std of log p under the model's own distribution (Min-K%++:
+mu_t = E_z~p[log p(z)], sigma_t^2 = Var_z~p[log p(z)]), and the top-1 token's log-prob (Gap-K%:
+max logit - log-sum-exp, which the running maximum gives for free).
 
 Computed without ever holding rows x V logits at once, and reading the LM head's weights once
 per call: the head runs over slices of the vocabulary for all rows together, and each slice's
@@ -57,10 +58,10 @@ def _merge(acc: tuple | None, tile: tuple) -> tuple:
     return top, total, mean + wb * d, wa * var + wb * varj + wa * wb * d * d
 
 
-def _finish(acc: tuple, target_logit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _finish(acc: tuple, target_logit: torch.Tensor) -> tuple[torch.Tensor, ...]:
     m, z, mean, var = acc
     lse = m + torch.log(z)
-    return ((target_logit - lse).cpu(), (mean - lse).cpu(), var.clamp_min(0).sqrt().cpu())
+    return ((target_logit - lse).cpu(), (mean - lse).cpu(), var.clamp_min(0).sqrt().cpu(), (m - lse).cpu())
 
 
 def head_parts(head):
@@ -76,10 +77,11 @@ def head_parts(head):
 
 def row_statistics(hidden: torch.Tensor, targets: torch.Tensor, head) -> tuple[torch.Tensor, ...]:
     """For each row of final hidden states (N x H) and the token that follows it (N): the
-    token's log-prob, and mu and sigma of log p; each (N,) float32 on the CPU."""
+    token's log-prob, mu and sigma of log p, and the top-1 token's log-prob; each (N,) float32
+    on the CPU."""
     N, parts = hidden.shape[0], head_parts(head)
     if N == 0:
-        return tuple(torch.empty(0) for _ in range(3))
+        return tuple(torch.empty(0) for _ in range(4))
     budget = _budget(hidden.device)
     if parts is None:  # a head that is not a plain linear map: called whole, on blocks of rows
         rows = max(1, budget // (4 * head(hidden[:1]).shape[-1]))
@@ -106,7 +108,7 @@ def logits_statistics(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torc
     """The same from logits a model computed itself (N x V), for a head that cannot run apart
     from its model; in blocks of rows of CHUNK_BYTES."""
     if logits.shape[0] == 0:
-        return tuple(torch.empty(0) for _ in range(3))
+        return tuple(torch.empty(0) for _ in range(4))
     rows = max(1, _budget(logits.device) // (4 * logits.shape[-1]))
     out = []
     for r0 in range(0, logits.shape[0], rows):
@@ -117,7 +119,8 @@ def logits_statistics(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torc
 
 
 def per_text(stats: tuple[torch.Tensor, ...], sizes: list[int]) -> list[tuple[np.ndarray, ...]]:
-    """Rows laid text after text, cut back into each text's (log-prob, mu, sigma) in float64."""
+    """Rows laid text after text, cut back into each text's (log-prob, mu, sigma, top-1 log-prob)
+    in float64."""
     return [tuple(x.numpy().astype(np.float64) for x in parts) for parts in zip(*(s.split(sizes) for s in stats))]
 
 

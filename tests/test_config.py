@@ -4,6 +4,7 @@ import pytest
 
 from scanner.config import ScanConfig, load_config, renamed
 from scanner.errors import InputError
+from scanner.scoring import registry
 
 
 def test_toml_and_yaml_configs_with_flag_overrides(tmp_path):
@@ -43,8 +44,12 @@ def test_every_field_says_once_what_it_decides():
     roles = {f.name: f.metadata["role"] for f in fields(ScanConfig)}
     assert set(roles.values()) == {"model", "features", "data", "scheduling"}
     cfg = ScanConfig(model="m", backend="vlm", image_col="image")  # an image-text run: every field counts
-    # the scores' options are stood for by their identity, absent for the scores every run computed before the registry
-    assert set(cfg.feature_settings()) == {n for n, r in roles.items() if r == "features"} - {"scores", "score_modules"}
+    # the scores' options are stood for by their identity (every registered score, Gap-K% among them)...
+    features = {n for n, r in roles.items() if r == "features"}
+    assert set(cfg.feature_settings()) == features - {"scores"} | {"score_versions"}
+    # ... absent for the scores every run computed before the registry
+    before = ScanConfig(model="m", backend="vlm", image_col="image", scores=list(registry.BEFORE_REGISTRY))
+    assert set(before.feature_settings()) == features - {"scores", "score_modules"}
     assert ScanConfig(model="m", scores=["loss"]).feature_settings()["score_versions"] == {"loss": 1}
     assert set(cfg.inherited()) == {n for n, r in roles.items() if r in ("model", "features")}
     # every field but the scheduling ones changes the hash a resume is checked against
@@ -69,9 +74,12 @@ def test_config_validation_does_not_import_a_backend():
 def test_image_settings_leave_a_text_runs_hash_as_it_was():
     """Run folders made before image-text samples existed still resume: in a text run the image
     settings decide nothing, so they are not hashed."""
-    text = ScanConfig(model="m")
+    before = list(registry.BEFORE_REGISTRY)  # the scores every run computed then
+    text = ScanConfig(model="m", scores=before)
     assert text.scoring_hash() == "ba79dc049bf68697"  # the hash of this config before images
-    assert ScanConfig(model="m", perturb="both", image_neighbor_kinds=["blur"]).scoring_hash() == text.scoring_hash()
+    assert ScanConfig(model="m", scores=before, perturb="both", image_neighbor_kinds=["blur"]).scoring_hash() == \
+        text.scoring_hash()
+    assert ScanConfig(model="m", perturb="both").scoring_hash() == ScanConfig(model="m").scoring_hash()
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -176,7 +176,7 @@ def cmd_scan(args) -> int:
                  "shard_size": args.shard_size,
                  "trust_remote_code": args.trust_remote_code or None, "text_col": args.text_col,
                  "label_col": args.label_col, "id_col": args.id_col, "source_col": args.source_col,
-                 "image_col": args.image_col, "backend": args.backend}
+                 "image_col": args.image_col, "backend": args.backend, "reference_model": args.reference_model}
     cfg = load_config(args.config, overrides)
     m = run_scan(args.data, args.out, cfg, progress=Progress(), add=args.add)
     c = m["counts"]
@@ -357,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--actors", type=int, help=ACTORS_HELP)
     s.add_argument("--shard-size", type=int, help=SHARD_HELP)
     s.add_argument("--revision", help="model revision (branch, tag or commit)")
+    s.add_argument("--reference-model", help="a model that did not see the data (the base a model was fine-tuned "
+                                             "from): adds the reference scores (`scanner scores`)")
     s.add_argument("--trust-remote-code", action="store_true", help="allow the model repo's own code (off by default)")
     s.set_defaults(func=cmd_scan)
 

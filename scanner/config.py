@@ -61,6 +61,9 @@ class ScanConfig:
     mlm_model: str | None = _opt(None, FEATURES)  # fill-mask model (hub id or path) for the "mlm" neighbor kind
     embedder: str | None = _opt(None, FEATURES)  # separate sentence embedder; default: the target's hidden state
     proj_dim: int = _opt(8, FEATURES)  # random projection of the embedding difference per neighbor (0: off)
+    # a model that did not see the data (the base a model was fine-tuned from): its losses give the
+    # reference scores (ref_loss_diff, ref_loss_ratio, ez_mia, wbc), loaded beside the target in each actor
+    reference_model: str | None = _opt(None, FEATURES)
     scores: list[str] | None = _opt(None, FEATURES)  # the registered scores to compute (default: all; `scanner scores`)
     score_modules: list[str] = _opt([], FEATURES)  # the user's own score modules (importable names), in every worker
     # which rows, and how they are cut into resumable shards
@@ -121,6 +124,9 @@ class ScanConfig:
         if backend.own_embeddings and self.embedder:
             raise InputError(f"a separate text embedder does not see the image: the {self.backend} backend embeds "
                              "with its own hidden states (unset embedder)")
+        if self.reference_model and backend.image_text:
+            raise InputError(f"reference_model: the {self.backend} backend scores image-text samples, which a reference "
+                             "language model cannot (unset reference_model)")
         if self.scores is not None:
             from scanner.scoring import registry
 
@@ -129,6 +135,9 @@ class ScanConfig:
             if unknown or not self.scores:
                 said = f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not registered" if unknown else "none chosen"
                 raise InputError(f"config scores: {said}; known: {', '.join(known)}")
+            if not self.reference_model and (lacking := [s.name for s in registry.scores(self.score_modules)
+                                                         if s.name in self.scores and s.needs_reference]):
+                raise InputError(f"config scores: {', '.join(lacking)} need a reference model: set reference_model")
         if "mlm" in self.neighbor_kinds and not self.mlm_model:
             raise InputError('the "mlm" neighbor kind needs a fill-mask model: set mlm_model (e.g. a BERT path)')
         try:
@@ -155,7 +164,7 @@ class ScanConfig:
         detectors still apply)."""
         from scanner.scoring import registry
 
-        chosen = {s.name: s.version for s in registry.scores(self.score_modules)
+        chosen = {s.name: s.version for s in registry.scores(self.score_modules, reference=bool(self.reference_model))
                   if self.scores is None or s.name in self.scores}
         return None if chosen == registry.BEFORE_REGISTRY and not self.score_modules else chosen
 
@@ -181,6 +190,8 @@ class ScanConfig:
     def scoring_hash(self) -> str:
         """What decides a run's features and shards: a resumed run must match it."""
         keep = self._identified({k: v for k, v in asdict(self).items() if k not in self.names(SCHEDULING)})
+        if not self.reference_model:  # decides nothing without one (and the hash stays what it was before it)
+            del keep["reference_model"]
         keep["seed"] = keep.pop("neighbor_seed")  # its name before the seeds were told apart: old runs still resume
         if not self.image_col:  # decide nothing in a text run (and its hash stays what it was before images)
             del keep["image_col"], keep["image_neighbor_kinds"], keep["perturb"]

@@ -499,6 +499,8 @@ def run_shards(inputs: list[str], out: str, cfg: ScanConfig, kind: RunKind,
     input files the run lacks join it (None: the command offers no --add; RunFolder.claim)."""
     check_backend_installed(cfg.backend)
     check_model_path(cfg.model)
+    if cfg.reference_model:
+        check_model_path(cfg.reference_model)
     check_adapter_path(cfg.adapter)
     folder = RunFolder(out)
     identity = {"kind": kind.name, "scoring_hash": cfg.scoring_hash()}
@@ -646,7 +648,7 @@ def summarize(folder: RunFolder, run: dict, cfg: ScanConfig, files: list[InputFi
                   "per_file": {f.uri: f.size for f in files}},
         "capabilities": capabilities,
         "min_k_pp_available": None if capabilities is None else capabilities["vocab_stats"],
-        "feature_schema": [f"{f.name}: {f.type}" for f in feature_schema(cfg.score_modules)],
+        "feature_schema": [f"{f.name}: {f.type}" for f in feature_schema(cfg.score_modules, bool(cfg.reference_model))],
         "read_on_nodes": sorted(read_on), "scored_on_nodes": sorted(scored_on),
         "scored_on_nodes_this_invocation": sorted(tally.nodes),
         "wall_seconds": round(wall, 2),

@@ -7,7 +7,8 @@ Feature row schema (one per sample; lists have one entry per neighbor, in neighb
   sample_id, label (1 member / 0 non-member / null), source, file, row (where it was read), shard,
   n_tokens (original, incl. the prefix token), truncated,
   the registered scores (scanner.scoring.registry; built in: loss, zlib_ratio, min_k_{5,10,20,30,50},
-  min_k_pp_{5,10,20,30,50}, neighborhood), null where not computed,
+  min_k_pp_{5,10,20,30,50}, neighborhood, gap_k_{5,10,20,30,50}; with a reference model also ez_mia,
+  ref_loss_diff, ref_loss_ratio, wbc), null where not computed,
   nb_kinds, nb_loss, nb_dL, nb_cos_dist, nb_l2, nb_de_proj (K x proj_dim, row-major; null if proj_dim = 0),
   nb_tokens (tokens scored over all neighbors),
   then text (when the run keeps texts: scans do, for the blind baseline; sweeps do not) and of
@@ -32,13 +33,13 @@ from scanner.errors import InputError
 from scanner.neighbors import make_neighbors, make_pair_neighbors
 from scanner.scoring import registry, stats
 
-def feature_schema(score_modules: list[str] | tuple[str, ...] = ()) -> pa.Schema:
-    """The feature rows' columns: the registered scores (with the run's own score modules) between
-    the sample's columns and the neighbor features."""
+def feature_schema(score_modules: list[str] | tuple[str, ...] = (), reference: bool = False) -> pa.Schema:
+    """The feature rows' columns: the registered scores (with the run's own score modules, and
+    with a reference model its scores) between the sample's columns and the neighbor features."""
     return pa.schema(
         [("sample_id", pa.string()), ("label", pa.int8()), ("source", pa.string()), ("file", pa.string()),
          ("row", pa.int64()), ("shard", pa.string()), ("n_tokens", pa.int32()), ("truncated", pa.bool_())]
-        + [(s.name, pa.float64()) for s in registry.scores(score_modules)]
+        + [(s.name, pa.float64()) for s in registry.scores(score_modules, reference)]
         + [("nb_kinds", pa.list_(pa.string())), ("nb_loss", pa.list_(pa.float64())),
            ("nb_dL", pa.list_(pa.float64())), ("nb_cos_dist", pa.list_(pa.float64())), ("nb_l2", pa.list_(pa.float64())),
            ("nb_de_proj", pa.list_(pa.float32())), ("nb_tokens", pa.int64())]
@@ -78,9 +79,10 @@ def binding(cfg: dict, folder: str | None = None, constants: dict | None = None,
 
 
 class ScoreActor:
-    """Holds one scorer, and per run (bind): the fill-mask model when "mlm" neighbors are asked
-    for, the sentence embedder when one is configured, and the detector of a sweep. The model
-    stays loaded between runs: the engine binds a parked actor to the next run of the same model."""
+    """Holds one scorer, and per run (bind): the reference model's scorer when the run has one,
+    the fill-mask model when "mlm" neighbors are asked for, the sentence embedder when one is
+    configured, and the detector of a sweep. The model stays loaded between runs: the engine binds
+    a parked actor to the next run of the same model."""
 
     def __init__(self, cfg: dict, run: dict | None = None):
         """cfg: the settings the model is loaded with (scoring.factory.scorer_key); run: a
@@ -120,6 +122,18 @@ class ScoreActor:
             self.loaded[cls] = (key, cls(name, device=cfg.device, trust_remote_code=cfg.trust_remote_code) if name else None)
         return self.loaded[cls][1]
 
+    def _reference_scorer(self, cfg):
+        """The scorer of the run's reference model, on the target's backend and device (None
+        without one): the one loaded for an earlier run when it is the same."""
+        from scanner.scoring.factory import make_scorer, reference_config, scorer_key
+
+        ref_cfg = reference_config(cfg) if cfg.reference_model else None
+        key = ref_cfg and scorer_key(ref_cfg)
+        if "reference" not in self.loaded or self.loaded["reference"][0] != key:
+            self.loaded.pop("reference", None)  # (the old one's memory first)
+            self.loaded["reference"] = (key, ref_cfg and make_scorer(ref_cfg))
+        return self.loaded["reference"][1]
+
     def _bind(self, run: dict) -> None:
         from scanner.config import ScanConfig
         from scanner.scoring.factory import scorer_key
@@ -142,6 +156,7 @@ class ScoreActor:
         # masked-LM neighbors are filled here, where the accelerator is
         self.filler = self._kept(MaskFiller, cfg.mlm_model, cfg)
         self.embedder = self._kept(Embedder, cfg.embedder, cfg)
+        self.reference = self._reference_scorer(cfg)
         own = self.scorer.hidden_size if self.scorer.capabilities.hidden_states else None
         emb_dim = self.embedder.dim if self.embedder else own
         self.projection = (stats.projection_matrix(emb_dim, cfg.proj_dim, cfg.neighbor_seed)
@@ -182,14 +197,15 @@ class ScoreActor:
         if self.embedder is not None:
             for score, emb in zip(scores, self.embedder.embed(flat)):
                 score.embedding = emb
+        refs = self._under_reference(originals)
         rows, offset = [], len(originals)
         for i, text in enumerate(originals):
             nb = scores[offset: offset + len(neighbors[i])]
             offset += len(neighbors[i])
             rows.append(stats.sample_features(text, scores[i], nb, self.projection, self.cfg.scores,
-                                              self.cfg.score_modules))
+                                              self.cfg.score_modules, reference=refs[i]))
         cols = {name: batch[name] for name in PASSED_THROUGH}
-        schema = feature_schema(self.cfg.score_modules)
+        schema = feature_schema(self.cfg.score_modules, self.reference is not None)
         for field in schema:
             if field.name not in cols:
                 cols[field.name] = pa.array([r.get(field.name) for r in rows], field.type)
@@ -199,6 +215,15 @@ class ScoreActor:
             if "image" in batch.column_names:
                 table = table.append_column("image", batch["image"])
         return table
+
+    def _under_reference(self, texts: list[str]) -> list:
+        """Per text: (its TextScore under the reference model, whether the two models cut it into
+        the same token ids: only then do per-token comparisons mean anything); None without a
+        reference model. Neighbors are not scored under it."""
+        if self.reference is None:
+            return [None] * len(texts)
+        same = [a == b for a, b in zip(self.scorer.tokenize(texts)[0], self.reference.tokenize(texts)[0])]
+        return list(zip(self.reference.score_texts(texts, batch_tokens=self.cfg.batch_tokens), same))
 
     def score_shard(self, shard: dict, read: tuple[dict, pa.Table | None], threads: int | None = None,
                     run: dict | None = None) -> dict:

@@ -44,6 +44,33 @@ def tiny_lm():
             "train": json.loads((folder / "info.json").read_text())}
 
 
+@pytest.fixture(scope="session")
+def pretrained():
+    """A tiny GPT-2 'pretrained' on short pydoc paragraphs; the long ones are text it never saw."""
+    folder = cached_model("pretrained", {"target_loss": 4.5, "words": [20, 39]}, lambda out: train_tiny_gpt2(
+        english_passages(20, 39), english_passages(20, 150), out, target_loss=4.5, log=lambda m: None))
+    return folder / "model"
+
+
+@pytest.fixture(scope="session")
+def fine_tuned(pretrained, tmp_path_factory):
+    """`pretrained` fully fine-tuned for one epoch on a random half of 300 passages it never saw
+    (the members); the reference scores compare the two."""
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from scanner.calibrate.finetune import FinetuneSpec, finetune
+
+    texts = english_passages()[:300]
+    members = set(np.random.default_rng(0).permutation(len(texts))[: len(texts) // 2].tolist())
+    spec = FinetuneSpec(model=str(pretrained), method="full", lr=1e-3, batch_size=8, max_length=128).validate()
+    out = tmp_path_factory.mktemp("fine_tuned")
+    finetune(asdict(spec), [texts[i] for i in sorted(members)], list(range(len(members))), str(out))
+    return {"model": str(out / "model"), "base": str(pretrained), "texts": texts,
+            "labels": [int(i in members) for i in range(len(texts))]}
+
+
 class ActorFault:
     """A scoring actor that dies (no cleanup, like a SIGKILL or an OOM) on its second shard, once,
     when armed (scanner.faults, switched on through the Ray workers' environment)."""

@@ -15,8 +15,7 @@ from scanner.calibrate.split import calibration_split, training_stream
 from scanner.detector.data import grouped_split
 from scanner.errors import InputError
 from scanner.storage import Store
-from scanner.toy import english_passages, train_tiny_gpt2
-from tests.conftest import cached_model
+from scanner.toy import english_passages
 
 
 def samples(n: int) -> pl.DataFrame:
@@ -99,14 +98,6 @@ def test_a_killed_finetune_resumes_from_its_checkpoint_and_ends_as_an_uninterrup
     assert finetune(asdict(spec), texts, stream, str(tmp_path / "resumed"))["skipped"]
     with pytest.raises(InputError, match="other settings"):
         finetune(asdict(spec) | {"lr": 1e-2}, texts, stream, str(tmp_path / "resumed"))
-
-
-@pytest.fixture(scope="module")
-def pretrained():
-    """A tiny GPT-2 'pretrained' on short pydoc paragraphs; the long ones are text it never saw."""
-    folder = cached_model("pretrained", {"target_loss": 4.5, "words": [20, 39]}, lambda out: train_tiny_gpt2(
-        english_passages(20, 39), english_passages(20, 150), out, target_loss=4.5, log=lambda m: None))
-    return folder / "model"
 
 
 @pytest.mark.slow  # ~1.5 minutes with its model cached

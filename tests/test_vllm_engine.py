@@ -3,7 +3,8 @@ a second venv and runs this module there; skipped where vllm is not installed): 
 every column of an HF scan to 1e-3, none null; a sweep and nightly apply a detector trained on an
 HF scan; infer gives HF's p-value; calibrate scans its tuned copy through vLLM (and refuses a
 LoRA vLLM cannot serve before the fine-tune); a LoRA adapter served by vLLM scores as the merged
-model; a model vLLM cannot load stops the run in one line before any shard is read."""
+model; a model vLLM cannot load stops the run in one line before any shard is read; the reference
+scores of two engines in one actor are HF's."""
 
 import json
 from pathlib import Path
@@ -191,3 +192,18 @@ def test_calibrate_on_vllm_scans_the_tuned_copy_with_every_score(setup, tiny_lm,
     features = scan.features()
     assert all(features[c].null_count() == 0 for c in ("loss", "min_k_pp_20", "nb_cos_dist"))
     assert json.loads((out / "detector" / "scan_config.json").read_text())["backend"] == "vllm"
+
+
+def test_the_reference_scores_of_vllm_are_those_of_hf(setup, fine_tuned, tmp_path):
+    """Two engines in one actor (the target and its reference, half the memory each) give every
+    column of the HF scan, the reference scores among them."""
+    data = write(tmp_path / "texts.jsonl", [{"text": t} for t in fine_tuned["texts"][:100]])
+    runs = {}
+    for name, extra in (("hf", []), ("vllm", ["--config", setup["config"]])):
+        runs[name] = tmp_path / name
+        assert main(["scan", data, "--model", fine_tuned["model"], "--reference-model", fine_tuned["base"],
+                     "--neighbors", "2", "--out", str(runs[name]), *extra]) == 0
+    a, b = RunFolder(runs["vllm"]).features(), RunFolder(runs["hf"]).features()
+    assert a.columns == b.columns and a.height == 100
+    compared = assert_same_features(a, b)
+    assert {"ref_loss_diff", "ref_loss_ratio", "ez_mia", "wbc", "gap_k_20"} <= set(compared)

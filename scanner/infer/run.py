@@ -73,7 +73,8 @@ UNDER_REFERENCE_MODEL = "{}_under_reference_model"
 
 def reference_model_config(cfg: ScanConfig, reference_model: str) -> ScanConfig:
     """The scan of a set under the reference model: its sample-level scores only (no neighbors)."""
-    return replace(cfg, model=reference_model, revision=None, adapter=None, neighbors=0, label_col=None).validate()
+    return replace(cfg, model=reference_model, revision=None, adapter=None, neighbors=0, label_col=None,
+                   reference_model=None).validate()
 
 
 def sample_features(run: RunFolder, detector: TrainedDetector | None, under_reference_model: RunFolder | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 from pathlib import Path
 
 from scanner.errors import InputError
@@ -59,7 +60,25 @@ def check_adapter_path(adapter: str | None) -> None:
 def scorer_key(cfg) -> tuple:
     """Everything make_scorer reads: two configs with the same key load the same scorer."""
     return (cfg.backend, cfg.model, cfg.revision, cfg.adapter, cfg.device, cfg.dtype, cfg.trust_remote_code,
-            cfg.max_length, cfg.engine_options() if BACKENDS[cfg.backend].engine else None)
+            cfg.max_length, engine_options(cfg) if BACKENDS[cfg.backend].engine else None)
+
+
+def engine_options(cfg):
+    """The engine's options; beside a reference model's engine (the actor holds both), half the
+    accelerator's memory: the configured share is the two engines' together."""
+    options = cfg.engine_options()
+    if not cfg.reference_model:
+        return options
+    return replace(options, gpu_memory_utilization=options.gpu_memory_utilization / 2,
+                   kv_cache_gib=options.kv_cache_gib and options.kv_cache_gib / 2)
+
+
+def reference_config(cfg):
+    """The settings the scan's reference model is loaded with: the target's backend, device and
+    window, no adapter, and the other half of an engine backend's memory."""
+    share = engine_options(cfg)
+    return replace(cfg, model=cfg.reference_model, revision=None, adapter=None, reference_model=None,
+                   gpu_memory_utilization=share.gpu_memory_utilization, kv_cache_gib=share.kv_cache_gib)
 
 
 def make_scorer(cfg) -> Scorer:
@@ -68,7 +87,7 @@ def make_scorer(cfg) -> Scorer:
     backend = BACKENDS[cfg.backend]
     module, name = backend.scorer.split(":")
     scorer_class = getattr(importlib.import_module(module), name)
-    placement = {"engine": cfg.engine_options()} if backend.engine else {"device": cfg.device}
+    placement = {"engine": engine_options(cfg)} if backend.engine else {"device": cfg.device}
     return scorer_class(local_model(cfg.model), revision=cfg.revision, dtype=cfg.dtype,
                         trust_remote_code=cfg.trust_remote_code, max_length=cfg.max_length,
                         adapter=local_model(cfg.adapter), **placement)

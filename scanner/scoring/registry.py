@@ -20,8 +20,10 @@ import numpy as np
 BUILT_IN = "scanner.scoring.scores"
 # What a score may need: the text, its tokens' log-probs, the model's next-token distribution's
 # mean and spread of log-probs at each position (Min-K%++) and its top-1 log-prob (Gap-K%), the
-# losses of the text's neighbors.
-NEEDS = ("text", "token_logprobs", "vocab_stats", "top1_logprobs", "neighbor_losses")
+# losses of the text's neighbors, and under the scan's reference model (`reference_model`): the
+# text's loss, and its tokens' log-probs where the two models cut the text into the same tokens.
+NEEDS = ("text", "token_logprobs", "vocab_stats", "top1_logprobs", "neighbor_losses", "ref_loss", "ref_token_logprobs")
+REFERENCE_NEEDS = ("ref_loss", "ref_token_logprobs")  # only a scan with a reference model computes these
 
 
 @dataclass
@@ -35,6 +37,8 @@ class ScoreInputs:
     sigma: np.ndarray | None = None
     neighbor_losses: np.ndarray | None = None
     top1_logprobs: np.ndarray | None = None
+    ref_loss: float | None = None
+    ref_token_logprobs: np.ndarray | None = None  # float64, aligned with token_logprobs (same token ids)
 
     def has(self, need: str) -> bool:
         if need == "vocab_stats":
@@ -53,6 +57,12 @@ class Score:
     version: int = 1
     family: str | None = None  # scores with many variants (Min-K% at five k): plots show the family's best
     summary: str = ""  # one line for `scanner scores` and the README
+
+    @property
+    def needs_reference(self) -> bool:
+        """Computed only in a scan with a reference model (the reference's features are part of
+        its identity; other runs neither compute nor list these)."""
+        return any(n in REFERENCE_NEEDS for n in self.needs)
 
     @property
     def member_sign(self) -> int:
@@ -107,11 +117,13 @@ def load(modules: list[str] | tuple[str, ...] = ()) -> None:
                 _loading.pop()
 
 
-def scores(modules: list[str] | tuple[str, ...] = ()) -> list[Score]:
+def scores(modules: list[str] | tuple[str, ...] = (), reference: bool = True) -> list[Score]:
     """The built-in scores and those of the named score modules (a module loaded for another run
-    adds nothing here), in registration order: the feature columns' order."""
+    adds nothing here), in registration order: the feature columns' order. `reference`: with the
+    scores that need a reference model (a run without one computes the others only)."""
     load(modules)
-    return [s for s in _REGISTRY.values() if _ORIGIN[s.name] is None or _ORIGIN[s.name] in modules]
+    return [s for s in _REGISTRY.values() if (_ORIGIN[s.name] is None or _ORIGIN[s.name] in modules)
+            and (reference or not s.needs_reference)]
 
 
 def get(name: str) -> Score:

@@ -176,7 +176,8 @@ def cmd_scan(args) -> int:
                  "shard_size": args.shard_size,
                  "trust_remote_code": args.trust_remote_code or None, "text_col": args.text_col,
                  "label_col": args.label_col, "id_col": args.id_col, "source_col": args.source_col,
-                 "image_col": args.image_col, "backend": args.backend, "reference_model": args.reference_model}
+                 "image_col": args.image_col, "backend": args.backend, "reference_model": args.reference_model,
+                 "recall_prefix": args.recall_prefix, "conrecall_prefix": args.conrecall_prefix}
     cfg = load_config(args.config, overrides)
     m = run_scan(args.data, args.out, cfg, progress=Progress(), add=args.add)
     c = m["counts"]
@@ -185,6 +186,8 @@ def cmd_scan(args) -> int:
           f"{m['tokens_per_second'] or 0:.0f} tokens/s")
     if m["positions"]:
         print(f"padding: {m['positions']['padded_share']:.1%} of the forward passes' positions")
+    if m.get("prefixes"):
+        print(f"note: {m['prefixes']['warning']}")
     print(f"features: {join(args.out, 'features')}  manifest: {join(args.out, 'manifest.json')}")
     return _failed_shards(m)
 
@@ -359,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--revision", help="model revision (branch, tag or commit)")
     s.add_argument("--reference-model", help="a model that did not see the data (the base a model was fine-tuned "
                                              "from): adds the reference scores (`scanner scores`)")
+    s.add_argument("--recall-prefix", help="a file of texts the model did not see, put in front of each text: adds "
+                                           "ReCaLL (they must not be among the scanned texts)")
+    s.add_argument("--conrecall-prefix", help="a file of texts the model saw; with --recall-prefix adds Con-ReCall")
     s.add_argument("--trust-remote-code", action="store_true", help="allow the model repo's own code (off by default)")
     s.set_defaults(func=cmd_scan)
 

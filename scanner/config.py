@@ -64,6 +64,10 @@ class ScanConfig:
     # a model that did not see the data (the base a model was fine-tuned from): its losses give the
     # reference scores (ref_loss_diff, ref_loss_ratio, ez_mia, wbc), loaded beside the target in each actor
     reference_model: str | None = _opt(None, FEATURES)
+    # files of texts the model did not see (ReCaLL) and did see (Con-ReCall), put in front of each
+    # text: they must not be among the scanned texts
+    recall_prefix: str | None = _opt(None, FEATURES)
+    conrecall_prefix: str | None = _opt(None, FEATURES)
     scores: list[str] | None = _opt(None, FEATURES)  # the registered scores to compute (default: all; `scanner scores`)
     score_modules: list[str] = _opt([], FEATURES)  # the user's own score modules (importable names), in every worker
     # which rows, and how they are cut into resumable shards
@@ -124,9 +128,12 @@ class ScanConfig:
         if backend.own_embeddings and self.embedder:
             raise InputError(f"a separate text embedder does not see the image: the {self.backend} backend embeds "
                              "with its own hidden states (unset embedder)")
-        if self.reference_model and backend.image_text:
-            raise InputError(f"reference_model: the {self.backend} backend scores image-text samples, which a reference "
-                             "language model cannot (unset reference_model)")
+        if self.conrecall_prefix and not self.recall_prefix:
+            raise InputError("conrecall_prefix (texts the model saw) is used beside recall_prefix (texts it did not "
+                             "see): set recall_prefix too")
+        if self.optional_settings() and backend.image_text:
+            raise InputError(f"{', '.join(sorted(self.optional_settings()))}: text-only scores; the {self.backend} backend "
+                             "scores image-text samples (unset them)")
         if self.scores is not None:
             from scanner.scoring import registry
 
@@ -135,9 +142,9 @@ class ScanConfig:
             if unknown or not self.scores:
                 said = f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not registered" if unknown else "none chosen"
                 raise InputError(f"config scores: {said}; known: {', '.join(known)}")
-            if not self.reference_model and (lacking := [s.name for s in registry.scores(self.score_modules)
-                                                         if s.name in self.scores and s.needs_reference]):
-                raise InputError(f"config scores: {', '.join(lacking)} need a reference model: set reference_model")
+            for s in registry.scores(self.score_modules):
+                if s.name in self.scores and (unset := sorted(s.settings - self.optional_settings())):
+                    raise InputError(f"config scores: {s.name} needs {' and '.join(unset)}: set it")
         if "mlm" in self.neighbor_kinds and not self.mlm_model:
             raise InputError('the "mlm" neighbor kind needs a fill-mask model: set mlm_model (e.g. a BERT path)')
         try:
@@ -158,13 +165,19 @@ class ScanConfig:
             if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
                 raise InputError(f"config {f.name} = {value!r}: must be {' or '.join(kinds)}")
 
+    def optional_settings(self) -> set[str]:
+        """The settings this run has of those some scores need (registry.SETTING_OF_NEED)."""
+        from scanner.scoring.registry import SETTING_OF_NEED
+
+        return {name for name in SETTING_OF_NEED.values() if getattr(self, name)}
+
     def score_identity(self) -> dict | None:
         """The scores this run computes and their versions, {name: version}; None for the set
         every run computed before the score registry existed (so those runs still resume and their
         detectors still apply)."""
         from scanner.scoring import registry
 
-        chosen = {s.name: s.version for s in registry.scores(self.score_modules, reference=bool(self.reference_model))
+        chosen = {s.name: s.version for s in registry.scores(self.score_modules, self.optional_settings())
                   if self.scores is None or s.name in self.scores}
         return None if chosen == registry.BEFORE_REGISTRY and not self.score_modules else chosen
 
@@ -190,8 +203,8 @@ class ScanConfig:
     def scoring_hash(self) -> str:
         """What decides a run's features and shards: a resumed run must match it."""
         keep = self._identified({k: v for k, v in asdict(self).items() if k not in self.names(SCHEDULING)})
-        if not self.reference_model:  # decides nothing without one (and the hash stays what it was before it)
-            del keep["reference_model"]
+        for name in {"reference_model", "recall_prefix", "conrecall_prefix"} - self.optional_settings():
+            del keep[name]  # unset, it decides nothing (and the hash stays what it was before it)
         keep["seed"] = keep.pop("neighbor_seed")  # its name before the seeds were told apart: old runs still resume
         if not self.image_col:  # decide nothing in a text run (and its hash stays what it was before images)
             del keep["image_col"], keep["image_neighbor_kinds"], keep["perturb"]

@@ -34,6 +34,7 @@ from scanner.corpus import Columns, read_shard
 from scanner.errors import InputError
 from scanner.faults import maybe_pause
 from scanner.features import ScoreActor, binding, feature_schema, perturb_batch
+from scanner.prefixes import OVERLAP_WARNING, fingerprint, read_prefixes
 from scanner.inputs import InputFile, list_inputs
 from scanner.provenance import package_versions
 from scanner.runfolder import RunFolder
@@ -508,13 +509,16 @@ def run_shards(inputs: list[str], out: str, cfg: ScanConfig, kind: RunKind,
         identity["detector"] = kind.detector["fingerprint"]
     if kind.sampling and kind.sampling.active:
         identity["sampling"] = kind.sampling.identity()
+    prefixes = read_prefixes(cfg)
+    if prefixes:
+        identity["prefixes"] = fingerprint(prefixes)
     with folder.claim(identity, asdict(cfg), list_inputs(inputs), add) as (run, files):
         maybe_pause("claimed")
-        return _run_claimed(folder, run, files, cfg, kind, progress)
+        return _run_claimed(folder, run, files, cfg, kind, progress, prefixes)
 
 
 def _run_claimed(folder: RunFolder, run: dict, files: list[InputFile], cfg: ScanConfig, kind: RunKind,
-                 progress: Callable[[str], None]) -> dict:
+                 progress: Callable[[str], None], prefixes: dict) -> dict:
     import ray
 
     t0 = time.perf_counter()
@@ -538,7 +542,8 @@ def _run_claimed(folder: RunFolder, run: dict, files: list[InputFile], cfg: Scan
     pool = None
     if pending:
         constants = {"model": cfg.model, "revision": cfg.revision or "local", "run_id": run["run_id"]}
-        pool = scoring_pool(cfg, binding(asdict(cfg), folder.uri, constants, kind.detector, kind.keep_text), progress)
+        pool = scoring_pool(cfg, binding(asdict(cfg), folder.uri, constants, kind.detector, kind.keep_text, prefixes),
+                            progress)
         reader = ray.remote(num_cpus=READ_CPUS)(read_task)
         columns, neighbor_cfg = columns_from_config(cfg), cfg.neighbor_config()
         sample = (sampling.seed, rate) if sampling and rate < 1 else None
@@ -558,6 +563,9 @@ def _run_claimed(folder: RunFolder, run: dict, files: list[InputFile], cfg: Scan
     manifest["bytes"] = manifest["bytes"] | {"planning_this_invocation": plan_bytes}
     if sampling:
         manifest["sampling"] = sampling.identity() | {"rate": rate, "files_read": [f.uri for f in read_files]}
+    if prefixes:
+        manifest["prefixes"] = {"recall_prefix": cfg.recall_prefix, "conrecall_prefix": cfg.conrecall_prefix,
+                                "fingerprint": fingerprint(prefixes), "warning": OVERLAP_WARNING}
     folder.write_manifest(manifest)
     return manifest
 
@@ -648,7 +656,7 @@ def summarize(folder: RunFolder, run: dict, cfg: ScanConfig, files: list[InputFi
                   "per_file": {f.uri: f.size for f in files}},
         "capabilities": capabilities,
         "min_k_pp_available": None if capabilities is None else capabilities["vocab_stats"],
-        "feature_schema": [f"{f.name}: {f.type}" for f in feature_schema(cfg.score_modules, bool(cfg.reference_model))],
+        "feature_schema": [f"{f.name}: {f.type}" for f in feature_schema(cfg.score_modules, cfg.optional_settings())],
         "read_on_nodes": sorted(read_on), "scored_on_nodes": sorted(scored_on),
         "scored_on_nodes_this_invocation": sorted(tally.nodes),
         "wall_seconds": round(wall, 2),

@@ -287,6 +287,7 @@ def evaluate(run_dir, detector_dir=None, seed: int = 0, n_boot: int = 1000, over
         "run_dir": run.uri,
         "detector_dir": str(detector_dir) if detector_dir else None,
         "overlap": overlap_evidence(dt, y, scores, items, overlap_dir) if overlap_dir else None,
+        "prefixes": run.manifest.get("prefixes") if run.store.exists("manifest.json") else None,
     }
     return Evaluation(metrics=result, labels=y, scores=scores)
 
@@ -354,6 +355,9 @@ def _blocks(m: dict, y, scores: dict) -> list:
                      for r in m[key]])]
     if m.get("overlap"):
         blocks += _overlap_blocks(m["overlap"])
+    if p := m.get("prefixes"):
+        files = ", ".join(f"{k} {v}" for k, v in p.items() if k.endswith("_prefix") and v)
+        blocks.append(("p", f"ReCaLL / Con-ReCall prefixes ({files}): {p['warning']}."))
     negated = [s.name for s in registry.scores() if not s.higher_is_member]
     blocks.append(("p", f"Scores are oriented so that higher = member ({', '.join(negated)} are negated). " + TPR_NOTE))
     return blocks

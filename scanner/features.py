@@ -8,7 +8,7 @@ Feature row schema (one per sample; lists have one entry per neighbor, in neighb
   n_tokens (original, incl. the prefix token), truncated,
   the registered scores (scanner.scoring.registry; built in: loss, zlib_ratio, min_k_{5,10,20,30,50},
   min_k_pp_{5,10,20,30,50}, neighborhood, gap_k_{5,10,20,30,50}; with a reference model also ez_mia,
-  ref_loss_diff, ref_loss_ratio, wbc), null where not computed,
+  ref_loss_diff, ref_loss_ratio, wbc; with prefix files recall, con_recall), null where not computed,
   nb_kinds, nb_loss, nb_dL, nb_cos_dist, nb_l2, nb_de_proj (K x proj_dim, row-major; null if proj_dim = 0),
   nb_tokens (tokens scored over all neighbors),
   then text (when the run keeps texts: scans do, for the blind baseline; sweeps do not) and of
@@ -33,13 +33,15 @@ from scanner.errors import InputError
 from scanner.neighbors import make_neighbors, make_pair_neighbors
 from scanner.scoring import registry, stats
 
-def feature_schema(score_modules: list[str] | tuple[str, ...] = (), reference: bool = False) -> pa.Schema:
-    """The feature rows' columns: the registered scores (with the run's own score modules, and
-    with a reference model its scores) between the sample's columns and the neighbor features."""
+def feature_schema(score_modules: list[str] | tuple[str, ...] = (), settings: set[str] | frozenset[str] = frozenset()
+                   ) -> pa.Schema:
+    """The feature rows' columns: the registered scores a run computes (with its own score modules,
+    and those its optional `settings` give: registry.SETTING_OF_NEED) between the sample's columns
+    and the neighbor features."""
     return pa.schema(
         [("sample_id", pa.string()), ("label", pa.int8()), ("source", pa.string()), ("file", pa.string()),
          ("row", pa.int64()), ("shard", pa.string()), ("n_tokens", pa.int32()), ("truncated", pa.bool_())]
-        + [(s.name, pa.float64()) for s in registry.scores(score_modules, reference)]
+        + [(s.name, pa.float64()) for s in registry.scores(score_modules, settings)]
         + [("nb_kinds", pa.list_(pa.string())), ("nb_loss", pa.list_(pa.float64())),
            ("nb_dL", pa.list_(pa.float64())), ("nb_cos_dist", pa.list_(pa.float64())), ("nb_l2", pa.list_(pa.float64())),
            ("nb_de_proj", pa.list_(pa.float32())), ("nb_tokens", pa.int64())]
@@ -72,10 +74,12 @@ def _first_line(e: BaseException) -> str:
 
 
 def binding(cfg: dict, folder: str | None = None, constants: dict | None = None, detector: dict | None = None,
-            keep_text: bool = True) -> dict:
+            keep_text: bool = True, prefixes: dict | None = None) -> dict:
     """What a ScoreActor needs for one run besides its model: the run's settings, its folder, the
-    columns every row carries, the detector of a sweep, whether rows keep their texts."""
-    return {"cfg": cfg, "folder": folder, "constants": constants or {}, "detector": detector, "keep_text": keep_text}
+    columns every row carries, the detector of a sweep, whether rows keep their texts, the
+    ReCaLL / Con-ReCall prefixes ({need: text}, scanner.prefixes)."""
+    return {"cfg": cfg, "folder": folder, "constants": constants or {}, "detector": detector, "keep_text": keep_text,
+            "prefixes": prefixes or {}}
 
 
 class ScoreActor:
@@ -157,6 +161,7 @@ class ScoreActor:
         self.filler = self._kept(MaskFiller, cfg.mlm_model, cfg)
         self.embedder = self._kept(Embedder, cfg.embedder, cfg)
         self.reference = self._reference_scorer(cfg)
+        self.prefix_ids = {need: self.scorer.tokenize.whole(text) for need, text in run.get("prefixes", {}).items()}
         own = self.scorer.hidden_size if self.scorer.capabilities.hidden_states else None
         emb_dim = self.embedder.dim if self.embedder else own
         self.projection = (stats.projection_matrix(emb_dim, cfg.proj_dim, cfg.neighbor_seed)
@@ -197,15 +202,15 @@ class ScoreActor:
         if self.embedder is not None:
             for score, emb in zip(scores, self.embedder.embed(flat)):
                 score.embedding = emb
-        refs = self._under_reference(originals)
+        refs, prefixed = self._under_reference(originals), self._after_prefixes(originals)
         rows, offset = [], len(originals)
         for i, text in enumerate(originals):
             nb = scores[offset: offset + len(neighbors[i])]
             offset += len(neighbors[i])
             rows.append(stats.sample_features(text, scores[i], nb, self.projection, self.cfg.scores,
-                                              self.cfg.score_modules, reference=refs[i]))
+                                              self.cfg.score_modules, reference=refs[i], prefixed=prefixed[i]))
         cols = {name: batch[name] for name in PASSED_THROUGH}
-        schema = feature_schema(self.cfg.score_modules, self.reference is not None)
+        schema = feature_schema(self.cfg.score_modules, self.cfg.optional_settings())
         for field in schema:
             if field.name not in cols:
                 cols[field.name] = pa.array([r.get(field.name) for r in rows], field.type)
@@ -224,6 +229,21 @@ class ScoreActor:
             return [None] * len(texts)
         same = [a == b for a, b in zip(self.scorer.tokenize(texts)[0], self.reference.tokenize(texts)[0])]
         return list(zip(self.reference.score_texts(texts, batch_tokens=self.cfg.batch_tokens), same))
+
+    def _after_prefixes(self, texts: list[str]) -> list[dict]:
+        """Per text, {need: the log-probs of its tokens with that prefix in front} (ReCaLL's
+        non-member prefix, Con-ReCall's member one; {} without): the same tokens as alone."""
+        out: list[dict] = [{} for _ in texts]
+        if not self.prefix_ids:
+            return out
+        from scanner.scoring.interface import with_prefix
+
+        ids, truncated = self.scorer.tokenize(texts)
+        for need, prefix in self.prefix_ids.items():
+            rows = [with_prefix(prefix, r, self.scorer.tokenize.max_length) for r in ids]
+            for o, r, s in zip(out, ids, self.scorer.score_token_ids(rows, truncated, batch_tokens=self.cfg.batch_tokens)):
+                o[need] = s.token_logprobs[len(s.token_logprobs) - (len(r) - 1):]
+        return out
 
     def score_shard(self, shard: dict, read: tuple[dict, pa.Table | None], threads: int | None = None,
                     run: dict | None = None) -> dict:

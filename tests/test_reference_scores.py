@@ -75,14 +75,14 @@ def test_a_run_without_a_reference_model_keeps_its_identity_and_columns():
     plain = ScanConfig(model="m")
     assert not set(REFERENCE_SCORES) & set(plain.score_identity() or {})
     assert not set(REFERENCE_SCORES) & set(feature_schema().names)
-    assert set(REFERENCE_SCORES) <= set(feature_schema(reference=True).names)
+    assert set(REFERENCE_SCORES) <= set(feature_schema(settings={"reference_model"}).names)
     # the pre-registry identity holds (a run made then still resumes)
     assert ScanConfig(model="m", scores=list(registry.BEFORE_REGISTRY)).scoring_hash() == "ba79dc049bf68697"
     with_ref = ScanConfig(model="m", reference_model="base")
     assert set(REFERENCE_SCORES) <= set(with_ref.score_identity())
     assert with_ref.scoring_hash() != plain.scoring_hash()
     assert with_ref.feature_settings() != plain.feature_settings()  # a detector does not apply across them
-    with pytest.raises(InputError, match="wbc need a reference model: set reference_model") as e:
+    with pytest.raises(InputError, match="wbc needs reference_model: set it") as e:
         ScanConfig(model="m", scores=["loss", "wbc"]).validate()
     assert "\n" not in str(e.value)
     with pytest.raises(InputError, match="image-text"):

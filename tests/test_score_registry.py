@@ -143,7 +143,7 @@ def test_a_detector_keeps_the_scores_it_was_trained_on_when_new_ones_are_registe
     train_detectors(str(tmp_path / "run"), str(tmp_path / "det"), seed=0)
     saved = tmp_path / "det" / "scan_config.json"
     pinned = json.loads(saved.read_text())["scores"]
-    assert pinned == [s.name for s in registry.scores(reference=False)] and "gap_k_20" in pinned  # those it computed
+    assert pinned == [s.name for s in registry.scores(settings=set())] and "gap_k_20" in pinned  # those it computed
     old = json.loads(saved.read_text()) | {"scores": None}  # as folders were written before
     saved.write_text(json.dumps(old))
     assert DetectorFolder(str(tmp_path / "det")).scan_config["scores"] == list(registry.BEFORE_REGISTRY)

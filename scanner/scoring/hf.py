@@ -147,7 +147,11 @@ class HFScorer:
         return results
 
     def score_texts(self, texts: list[str], batch_tokens: int | None = None) -> list[TextScore]:
-        ids, truncated = self.tokenize(texts)
+        return self.score_token_ids(*self.tokenize(texts), batch_tokens=batch_tokens)
+
+    def score_token_ids(self, ids: list[list[int]], truncated: list[bool], batch_tokens: int | None = None
+                        ) -> list[TextScore]:
+        """TextScores of token id rows as `tokenize` makes them (or with a prefix in front)."""
         return [TextScore(*res, len(r), tr) for res, r, tr in zip(self.score_ids(ids, batch_tokens), ids, truncated)]
 
     @property

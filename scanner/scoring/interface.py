@@ -40,6 +40,11 @@ class TextTokenizer:
         # padding is masked everywhere, so any id does; the tokenizer's own when it has one
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.prefix_id or 0)
 
+    def whole(self, text: str) -> list[int]:
+        """A text's token ids, not cut to the window (a prefix: its end is kept, by with_prefix)."""
+        row = self.tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"]
+        return [self.prefix_id] + row if self.prefix_id is not None and (not row or row[0] != self.prefix_id) else row
+
     def __call__(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
         enc = self.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
         ids, truncated = [], []
@@ -51,6 +56,13 @@ class TextTokenizer:
         return ids, truncated
 
 
+def with_prefix(prefix: list[int], row: list[int], max_length: int) -> list[int]:
+    """A text's token ids with a prefix's in front, as much of the prefix's end as the window
+    leaves room for (none when the text fills it: then the text is scored as alone)."""
+    room = max(0, max_length - len(row))
+    return prefix[max(0, len(prefix) - room):] + row
+
+
 class Scorer(Protocol):
     """A text scorer; an image-text scorer (options.Backend.image_text: the config refuses it a
     scan without --image-col) gives score_pairs(texts, images) instead of score_texts."""
@@ -60,3 +72,6 @@ class Scorer(Protocol):
     hidden_size: int | None  # width of its embeddings; None without hidden states
 
     def score_texts(self, texts: list[str], batch_tokens: int | None = None) -> list[TextScore]: ...
+
+    def score_token_ids(self, ids: list[list[int]], truncated: list[bool], batch_tokens: int | None = None
+                        ) -> list[TextScore]: ...

@@ -20,10 +20,15 @@ import numpy as np
 BUILT_IN = "scanner.scoring.scores"
 # What a score may need: the text, its tokens' log-probs, the model's next-token distribution's
 # mean and spread of log-probs at each position (Min-K%++) and its top-1 log-prob (Gap-K%), the
-# losses of the text's neighbors, and under the scan's reference model (`reference_model`): the
-# text's loss, and its tokens' log-probs where the two models cut the text into the same tokens.
-NEEDS = ("text", "token_logprobs", "vocab_stats", "top1_logprobs", "neighbor_losses", "ref_loss", "ref_token_logprobs")
-REFERENCE_NEEDS = ("ref_loss", "ref_token_logprobs")  # only a scan with a reference model computes these
+# losses of the text's neighbors; under the scan's reference model, the text's loss and its
+# tokens' log-probs where the two models cut the text into the same tokens; and its tokens'
+# log-probs with the scan's non-member (ReCaLL) or member (Con-ReCall) prefix in front.
+NEEDS = ("text", "token_logprobs", "vocab_stats", "top1_logprobs", "neighbor_losses", "ref_loss", "ref_token_logprobs",
+         "prefix_logprobs", "member_prefix_logprobs")
+# The needs only a run with a setting computes, and that setting: a run without it neither
+# computes nor lists the scores that need them (so its identity and columns are what they were).
+SETTING_OF_NEED = {"ref_loss": "reference_model", "ref_token_logprobs": "reference_model",
+                   "prefix_logprobs": "recall_prefix", "member_prefix_logprobs": "conrecall_prefix"}
 
 
 @dataclass
@@ -39,6 +44,8 @@ class ScoreInputs:
     top1_logprobs: np.ndarray | None = None
     ref_loss: float | None = None
     ref_token_logprobs: np.ndarray | None = None  # float64, aligned with token_logprobs (same token ids)
+    prefix_logprobs: np.ndarray | None = None  # float64, token_logprobs' tokens after the non-member prefix
+    member_prefix_logprobs: np.ndarray | None = None  # likewise after the member prefix
 
     def has(self, need: str) -> bool:
         if need == "vocab_stats":
@@ -59,10 +66,9 @@ class Score:
     summary: str = ""  # one line for `scanner scores` and the README
 
     @property
-    def needs_reference(self) -> bool:
-        """Computed only in a scan with a reference model (the reference's features are part of
-        its identity; other runs neither compute nor list these)."""
-        return any(n in REFERENCE_NEEDS for n in self.needs)
+    def settings(self) -> set[str]:
+        """The scan settings it is computed with only (SETTING_OF_NEED)."""
+        return {SETTING_OF_NEED[n] for n in self.needs if n in SETTING_OF_NEED}
 
     @property
     def member_sign(self) -> int:
@@ -117,13 +123,13 @@ def load(modules: list[str] | tuple[str, ...] = ()) -> None:
                 _loading.pop()
 
 
-def scores(modules: list[str] | tuple[str, ...] = (), reference: bool = True) -> list[Score]:
+def scores(modules: list[str] | tuple[str, ...] = (), settings: set[str] | frozenset[str] | None = None) -> list[Score]:
     """The built-in scores and those of the named score modules (a module loaded for another run
-    adds nothing here), in registration order: the feature columns' order. `reference`: with the
-    scores that need a reference model (a run without one computes the others only)."""
+    adds nothing here), in registration order: the feature columns' order. `settings`: the
+    optional scan settings a run has (SETTING_OF_NEED): only the scores it computes (None: all)."""
     load(modules)
     return [s for s in _REGISTRY.values() if (_ORIGIN[s.name] is None or _ORIGIN[s.name] in modules)
-            and (reference or not s.needs_reference)]
+            and (settings is None or s.settings <= set(settings))]
 
 
 def get(name: str) -> Score:

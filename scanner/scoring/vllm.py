@@ -187,7 +187,12 @@ class VLLMScorer:
     @torch.no_grad()
     def score_texts(self, texts: list[str], batch_tokens: int | None = None) -> list[TextScore]:
         """vLLM batches by itself (continuous batching): batch_tokens is not used here."""
-        ids, truncated = self.tokenize(texts)
+        return self.score_token_ids(*self.tokenize(texts))
+
+    @torch.no_grad()
+    def score_token_ids(self, ids: list[list[int]], truncated: list[bool], batch_tokens: int | None = None
+                        ) -> list[TextScore]:
+        """TextScores of token id rows as `tokenize` makes them (or with a prefix in front)."""
         scores = []
         for group in token_groups(ids, GROUP_TOKENS[self.device]):
             prompts = [{"prompt_token_ids": ids[i]} for i in group]

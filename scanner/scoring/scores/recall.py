@@ -7,8 +7,9 @@ the scanned texts.
 As fast-mia computes them (github.com/Nikkei/fast-mia, src/methods/recall.py and conrecall.py):
 the prefix, then the text as it is scored alone (its BOS token first), the loss over the text's
 tokens only, 1e-10 added to the denominator, gamma 0.5. Interpreted: the prefix file's texts
-are joined by a blank line, and a prefix longer than the window leaves room for the text by
-losing its beginning (fast-mia drops whole shots)."""
+are joined by a blank line, a prefix longer than the window leaves room for the text by losing
+its beginning (fast-mia drops whole shots), and the loss after the prefix counts the text's tokens
+only, as the loss alone does (fast-mia's also counts the BOS token between prefix and text)."""
 
 from scanner.scoring.registry import Score, register
 from scanner.scoring.stats import loss

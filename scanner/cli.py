@@ -177,7 +177,8 @@ def cmd_scan(args) -> int:
                  "trust_remote_code": args.trust_remote_code or None, "text_col": args.text_col,
                  "label_col": args.label_col, "id_col": args.id_col, "source_col": args.source_col,
                  "image_col": args.image_col, "backend": args.backend, "reference_model": args.reference_model,
-                 "recall_prefix": args.recall_prefix, "conrecall_prefix": args.conrecall_prefix}
+                 "recall_prefix": args.recall_prefix, "conrecall_prefix": args.conrecall_prefix,
+                 "token_frequencies": args.token_frequencies}
     cfg = load_config(args.config, overrides)
     m = run_scan(args.data, args.out, cfg, progress=Progress(), add=args.add)
     c = m["counts"]
@@ -297,6 +298,20 @@ def cmd_overlap(args) -> int:
     return 2 if m["errors"] else 0
 
 
+def cmd_frequencies(args) -> int:
+    from scanner.frequencies import run_frequencies
+
+    info = run_frequencies(args.data, args.model, args.out, columns_from_args(args), revision=args.revision,
+                           trust_remote_code=args.trust_remote_code, parallel=args.actors, shard_rows=args.shard_size,
+                           add=args.add, progress=Progress())
+    print(f"{info['tokens']:,} tokens of {info['documents']:,} documents counted ({info['rows_quarantined']} rows "
+          f"quarantined, {info['shards_failed']} shards failed)")
+    if info["shards_failed"]:
+        return 2
+    print(f"table: {join(args.out, 'frequencies.parquet')}; scan with --token-frequencies {args.out} for DC-PDD")
+    return 0
+
+
 def cmd_hessian(args) -> int:
     from scanner.hessian import HessianSpec, run_hessian
 
@@ -365,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recall-prefix", help="a file of texts the model did not see, put in front of each text: adds "
                                            "ReCaLL (they must not be among the scanned texts)")
     s.add_argument("--conrecall-prefix", help="a file of texts the model saw; with --recall-prefix adds Con-ReCall")
+    s.add_argument("--token-frequencies", help="a `scanner frequencies` folder of a reference corpus counted with the "
+                                               "model's tokenizer: adds DC-PDD")
     s.add_argument("--trust-remote-code", action="store_true", help="allow the model repo's own code (off by default)")
     s.set_defaults(func=cmd_scan)
 
@@ -475,6 +492,19 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--shard-size", type=int, default=20_000, help="at most this many corpus rows per resumable shard "
                                                                    "(default 20000)")
     o.set_defaults(func=cmd_overlap)
+
+    f = sub.add_parser("frequencies", help="count each token of a model's tokenizer over a reference corpus (DC-PDD's "
+                                           "frequency table; resumable shard by shard)")
+    _add_corpus_args(f, labels=False)
+    f.add_argument("--model", required=True, help="hub id or local path: whose tokenizer counts")
+    f.add_argument("--out", required=True, help="output folder (re-running resumes: finished shards are skipped)")
+    f.add_argument("--add", action="store_true", help=ADD_HELP)
+    f.add_argument("--revision", help="model revision (branch, tag or commit)")
+    f.add_argument("--trust-remote-code", action="store_true", help="allow the model repo's own code (off by default)")
+    f.add_argument("--actors", type=int, help="shards counted at once (default: the cluster's CPUs)")
+    f.add_argument("--shard-size", type=int, default=20_000, help="at most this many rows per resumable shard "
+                                                                   "(default 20000)")
+    f.set_defaults(func=cmd_frequencies)
 
     h = sub.add_parser("hessian", help="test the Hessian explanation of perturbation attacks: trace and extreme "
                                        "eigenvalues of the input-space Hessian beside the attacks' AUCs")

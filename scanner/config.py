@@ -68,6 +68,7 @@ class ScanConfig:
     # text: they must not be among the scanned texts
     recall_prefix: str | None = _opt(None, FEATURES)
     conrecall_prefix: str | None = _opt(None, FEATURES)
+    token_frequencies: str | None = _opt(None, FEATURES)  # a `scanner frequencies` folder: adds DC-PDD
     scores: list[str] | None = _opt(None, FEATURES)  # the registered scores to compute (default: all; `scanner scores`)
     score_modules: list[str] = _opt([], FEATURES)  # the user's own score modules (importable names), in every worker
     # which rows, and how they are cut into resumable shards
@@ -203,7 +204,9 @@ class ScanConfig:
     def scoring_hash(self) -> str:
         """What decides a run's features and shards: a resumed run must match it."""
         keep = self._identified({k: v for k, v in asdict(self).items() if k not in self.names(SCHEDULING)})
-        for name in {"reference_model", "recall_prefix", "conrecall_prefix"} - self.optional_settings():
+        from scanner.scoring.registry import SETTING_OF_NEED
+
+        for name in set(SETTING_OF_NEED.values()) - self.optional_settings():
             del keep[name]  # unset, it decides nothing (and the hash stays what it was before it)
         keep["seed"] = keep.pop("neighbor_seed")  # its name before the seeds were told apart: old runs still resume
         if not self.image_col:  # decide nothing in a text run (and its hash stays what it was before images)

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import pyarrow as pa
 
 from scanner.config import ScanConfig
-from scanner.corpus import Columns, read_shard
+from scanner.corpus import Columns
 from scanner.errors import InputError
 from scanner.faults import maybe_pause
 from scanner.features import ScoreActor, binding, feature_schema, perturb_batch
@@ -97,11 +97,9 @@ def read_task(shard: dict, columns: Columns, neighbor_cfg, folder_uri: str,
     t0, before = time.perf_counter(), bytes_read()
     s = Shard(**shard)
     try:
-        corpus = read_shard(s, columns)
+        corpus = RunFolder(folder_uri).read_shard(s, columns)
     except InputError as e:
         return {"error": str(e)}, None
-    if corpus.quarantine.height:
-        RunFolder(folder_uri).write_quarantine(s.name, corpus.quarantine.to_arrow())
     kept = corpus.samples
     documents = Counter(kept["source"].to_list())
     if sample is not None:
@@ -512,6 +510,10 @@ def run_shards(inputs: list[str], out: str, cfg: ScanConfig, kind: RunKind,
     prefixes = read_prefixes(cfg)
     if prefixes:
         identity["prefixes"] = fingerprint(prefixes)
+    if cfg.token_frequencies:
+        from scanner.frequencies.count import check_table  # (its package's run is built on this module)
+
+        identity["token_frequencies"] = check_table(cfg.token_frequencies, cfg.model, cfg.revision, cfg.trust_remote_code)
     with folder.claim(identity, asdict(cfg), list_inputs(inputs), add) as (run, files):
         maybe_pause("claimed")
         return _run_claimed(folder, run, files, cfg, kind, progress, prefixes)

@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from dataclasses import asdict
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -162,6 +163,7 @@ class ScoreActor:
         self.embedder = self._kept(Embedder, cfg.embedder, cfg)
         self.reference = self._reference_scorer(cfg)
         self.prefix_ids = {need: self.scorer.tokenize.whole(text) for need, text in run.get("prefixes", {}).items()}
+        self.frequencies = self._kept_frequencies(cfg.token_frequencies)
         own = self.scorer.hidden_size if self.scorer.capabilities.hidden_states else None
         emb_dim = self.embedder.dim if self.embedder else own
         self.projection = (stats.projection_matrix(emb_dim, cfg.proj_dim, cfg.neighbor_seed)
@@ -202,13 +204,15 @@ class ScoreActor:
         if self.embedder is not None:
             for score, emb in zip(scores, self.embedder.embed(flat)):
                 score.embedding = emb
-        refs, prefixed = self._under_reference(originals), self._after_prefixes(originals)
+        refs, more = self._under_reference(originals), self._after_prefixes(originals)
+        for m, f in zip(more, self._token_frequencies(originals)):
+            m.update(f)
         rows, offset = [], len(originals)
         for i, text in enumerate(originals):
             nb = scores[offset: offset + len(neighbors[i])]
             offset += len(neighbors[i])
             rows.append(stats.sample_features(text, scores[i], nb, self.projection, self.cfg.scores,
-                                              self.cfg.score_modules, reference=refs[i], prefixed=prefixed[i]))
+                                              self.cfg.score_modules, reference=refs[i], inputs=more[i]))
         cols = {name: batch[name] for name in PASSED_THROUGH}
         schema = feature_schema(self.cfg.score_modules, self.cfg.optional_settings())
         for field in schema:
@@ -229,6 +233,26 @@ class ScoreActor:
             return [None] * len(texts)
         same = [a == b for a, b in zip(self.scorer.tokenize(texts)[0], self.reference.tokenize(texts)[0])]
         return list(zip(self.reference.score_texts(texts, batch_tokens=self.cfg.batch_tokens), same))
+
+    def _kept_frequencies(self, uri: str | None):
+        """The smoothed relative frequency of every token id, (count + 1) / (tokens + vocabulary)
+        as DC-PDD smooths them, from a `scanner frequencies` folder (None without one)."""
+        if "frequencies" not in self.loaded or self.loaded["frequencies"][0] != uri:
+            freq = None
+            if uri:
+                from scanner.frequencies.count import read_table
+
+                counts, _ = read_table(uri)
+                freq = (counts + 1) / (counts.sum() + len(counts))
+            self.loaded["frequencies"] = (uri, freq)
+        return self.loaded["frequencies"][1]
+
+    def _token_frequencies(self, texts: list[str]) -> list[dict]:
+        """Per text, its scored tokens' ids and smoothed frequencies ({} without a table)."""
+        if self.frequencies is None:
+            return [{} for _ in texts]
+        rows = [np.asarray(r[1:], dtype=np.int64) for r in self.scorer.tokenize(texts)[0]]
+        return [{"token_ids": r, "token_frequencies": self.frequencies[r]} for r in rows]
 
     def _after_prefixes(self, texts: list[str]) -> list[dict]:
         """Per text, {need: the log-probs of its tokens with that prefix in front} (ReCaLL's

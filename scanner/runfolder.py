@@ -204,6 +204,16 @@ class RunFolder:
     def write_quarantine(self, name: str, table: pa.Table) -> None:
         self.store.write_parquet(f"quarantine/{name}.parquet", table)
 
+    def read_shard(self, shard: Shard, columns):
+        """A shard's validated rows (scanner.corpus), its quarantined rows written here first with
+        their reasons; InputError when the shard cannot be read at all."""
+        from scanner.corpus import read_shard
+
+        corpus = read_shard(shard, columns)
+        if corpus.quarantine.height:
+            self.write_quarantine(shard.name, corpus.quarantine.to_arrow())
+        return corpus
+
     def finish_shard(self, name: str, features: pa.Table | None, record: dict) -> None:
         """The features, then the completion record: a record means the shard is whole."""
         if features is not None and features.num_rows:
@@ -263,3 +273,13 @@ class RunFolder:
     def write_files(self, files: dict[str, bytes]) -> None:
         """Report files (metrics.json, report.md/html, images) at the top of the folder."""
         self.store.write_files(files)
+
+
+def open_shard(shard: dict, columns, folder_uri: str) -> tuple[Shard, RunFolder, object, str | None]:
+    """A corpus task's start: (the shard, its run folder, its validated rows, None), its
+    quarantined rows written; (..., None, the error) when the shard cannot be read at all."""
+    s, folder = Shard(**shard), RunFolder(folder_uri)
+    try:
+        return s, folder, folder.read_shard(s, columns), None
+    except InputError as e:
+        return s, folder, None, str(e)

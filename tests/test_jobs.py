@@ -44,6 +44,8 @@ def test_baseline_job_reports_bad_input_with_exit_2(tmp_path):
      "not a `scanner train` output folder"),
     ("infer.py", ["{tmp}/nightly.yaml", "--reference", "{tmp}/nightly.yaml", "--model", "{tmp}/no-model", "--out",
                   "{tmp}/infer"], "no-model: no such folder"),
+    ("frequencies.py", ["{tmp}/nightly.yaml", "--model", "{tmp}/no-model", "--out", "{tmp}/freq"],
+     "no-model: no such folder"),
 ])
 def test_sweep_and_nightly_jobs_exit_2_on_bad_input(tmp_path, job, args, message):
     (tmp_path / "nightly.yaml").write_text("eval_sets: [{name: a, data: x.jsonl}]\n")

@@ -4,7 +4,7 @@ every column of an HF scan to 1e-3, none null; a sweep and nightly apply a detec
 HF scan; infer gives HF's p-value; calibrate scans its tuned copy through vLLM (and refuses a
 LoRA vLLM cannot serve before the fine-tune); a LoRA adapter served by vLLM scores as the merged
 model; a model vLLM cannot load stops the run in one line before any shard is read; the reference
-scores of two engines in one actor, and the prefix-conditioned scores, are HF's."""
+scores of two engines in one actor, the prefix-conditioned scores and DC-PDD are HF's."""
 
 import json
 from pathlib import Path
@@ -194,21 +194,25 @@ def test_calibrate_on_vllm_scans_the_tuned_copy_with_every_score(setup, tiny_lm,
     assert json.loads((out / "detector" / "scan_config.json").read_text())["backend"] == "vllm"
 
 
-def test_the_reference_and_prefix_scores_of_vllm_are_those_of_hf(setup, fine_tuned, tmp_path):
-    """Two engines in one actor (the target and its reference, half the memory each), and the
-    texts scored again after ReCaLL's and Con-ReCall's prefixes, give every column of the HF scan."""
+def test_the_reference_prefix_and_frequency_scores_of_vllm_are_those_of_hf(setup, fine_tuned, tmp_path):
+    """Two engines in one actor (the target and its reference, half the memory each), the texts
+    scored again after ReCaLL's and Con-ReCall's prefixes, and DC-PDD's token frequencies give
+    every column of the HF scan."""
     from scanner.toy import english_passages
 
     data = write(tmp_path / "texts.jsonl", [{"text": t} for t in fine_tuned["texts"][:100]])
     unseen = write(tmp_path / "unseen.jsonl", [{"text": t} for t in english_passages()[300:303]])
     seen = write(tmp_path / "seen.jsonl", [{"text": t} for t in fine_tuned["texts"][200:203]])
+    corpus = write(tmp_path / "corpus.jsonl", [{"text": t} for t in english_passages(20, 39)])
+    assert main(["frequencies", corpus, "--model", fine_tuned["base"], "--out", str(tmp_path / "freq")]) == 0
     runs = {}
     for name, extra in (("hf", []), ("vllm", ["--config", setup["config"]])):
         runs[name] = tmp_path / name
         assert main(["scan", data, "--model", fine_tuned["model"], "--reference-model", fine_tuned["base"],
-                     "--recall-prefix", unseen, "--conrecall-prefix", seen,
+                     "--recall-prefix", unseen, "--conrecall-prefix", seen, "--token-frequencies", str(tmp_path / "freq"),
                      "--neighbors", "2", "--out", str(runs[name]), *extra]) == 0
     a, b = RunFolder(runs["vllm"]).features(), RunFolder(runs["hf"]).features()
     assert a.columns == b.columns and a.height == 100
     compared = assert_same_features(a, b)
-    assert {"ref_loss_diff", "ref_loss_ratio", "ez_mia", "wbc", "recall", "con_recall", "gap_k_20"} <= set(compared)
+    assert {"ref_loss_diff", "ref_loss_ratio", "ez_mia", "wbc", "recall", "con_recall", "dc_pdd", "gap_k_20"
+            } <= set(compared)

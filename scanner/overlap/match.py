@@ -10,12 +10,10 @@ import time
 import polars as pl
 import pyarrow as pa
 
-from scanner.corpus import Columns, read_shard
-from scanner.errors import InputError
+from scanner.corpus import Columns
 from scanner.overlap import kernel
 from scanner.overlap.ngrams import EvalIndex
-from scanner.runfolder import RunFolder
-from scanner.shards import Shard
+from scanner.runfolder import open_shard
 
 
 def match_shard(shard: dict, columns: Columns, index: EvalIndex, folder_uri: str) -> dict:
@@ -23,13 +21,9 @@ def match_shard(shard: dict, columns: Columns, index: EvalIndex, folder_uri: str
     import ray
 
     t0 = time.perf_counter()
-    s, folder = Shard(**shard), RunFolder(folder_uri)
-    try:
-        corpus = read_shard(s, columns)
-    except InputError as e:
-        return {"shard": s.name, "error": str(e)}
-    if corpus.quarantine.height:
-        folder.write_quarantine(s.name, corpus.quarantine.to_arrow())
+    s, folder, corpus, error = open_shard(shard, columns, folder_uri)
+    if error:
+        return {"shard": s.name, "error": error}
     docs = corpus.samples
     t_read = time.perf_counter()
     found = index.match(docs["text"].to_arrow())

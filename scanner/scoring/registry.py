@@ -21,14 +21,16 @@ BUILT_IN = "scanner.scoring.scores"
 # What a score may need: the text, its tokens' log-probs, the model's next-token distribution's
 # mean and spread of log-probs at each position (Min-K%++) and its top-1 log-prob (Gap-K%), the
 # losses of the text's neighbors; under the scan's reference model, the text's loss and its
-# tokens' log-probs where the two models cut the text into the same tokens; and its tokens'
-# log-probs with the scan's non-member (ReCaLL) or member (Con-ReCall) prefix in front.
+# tokens' log-probs where the two models cut the text into the same tokens; its tokens'
+# log-probs with the scan's non-member (ReCaLL) or member (Con-ReCall) prefix in front; its token
+# ids and their relative frequencies in a reference corpus (DC-PDD).
 NEEDS = ("text", "token_logprobs", "vocab_stats", "top1_logprobs", "neighbor_losses", "ref_loss", "ref_token_logprobs",
-         "prefix_logprobs", "member_prefix_logprobs")
+         "prefix_logprobs", "member_prefix_logprobs", "token_frequencies")
 # The needs only a run with a setting computes, and that setting: a run without it neither
 # computes nor lists the scores that need them (so its identity and columns are what they were).
 SETTING_OF_NEED = {"ref_loss": "reference_model", "ref_token_logprobs": "reference_model",
-                   "prefix_logprobs": "recall_prefix", "member_prefix_logprobs": "conrecall_prefix"}
+                   "prefix_logprobs": "recall_prefix", "member_prefix_logprobs": "conrecall_prefix",
+                   "token_frequencies": "token_frequencies"}
 
 
 @dataclass
@@ -46,6 +48,8 @@ class ScoreInputs:
     ref_token_logprobs: np.ndarray | None = None  # float64, aligned with token_logprobs (same token ids)
     prefix_logprobs: np.ndarray | None = None  # float64, token_logprobs' tokens after the non-member prefix
     member_prefix_logprobs: np.ndarray | None = None  # likewise after the member prefix
+    token_frequencies: np.ndarray | None = None  # of token_logprobs' tokens, smoothed (scanner.frequencies)
+    token_ids: np.ndarray | None = None  # token_logprobs' tokens (given with token_frequencies)
 
     def has(self, need: str) -> bool:
         if need == "vocab_stats":

@@ -71,11 +71,11 @@ def neighbor_features(orig_loss: float, orig_emb: np.ndarray | None, nb_losses: 
 
 def sample_features(text: str, original, neighbors: list, projection: np.ndarray | None,
                     which: list[str] | None = None, modules: list[str] | tuple[str, ...] = (),
-                    reference: tuple | None = None, prefixed: dict | None = None) -> dict:
+                    reference: tuple | None = None, inputs: dict | None = None) -> dict:
     """Every per-sample feature from the TextScores of a text and of its neighbors (in neighbor
     order) and, with a reference model, (its TextScore under that model, whether both cut the text
-    into the same tokens), and with prefixes {need: its tokens' log-probs after that prefix}: the
-    registered scores, with those of the score `modules` (`which`: only
+    into the same tokens), and `inputs`, more of its ScoreInputs by name (the log-probs after each
+    prefix, the token frequencies): the registered scores, with those of the score `modules` (`which`: only
     these, the others None), the neighbor features, token counts."""
     nb_losses = np.array([loss(x.token_logprobs) for x in neighbors], dtype=np.float64)
     ref, same_tokens = reference or (None, False)
@@ -83,7 +83,7 @@ def sample_features(text: str, original, neighbors: list, projection: np.ndarray
     inputs = registry.ScoreInputs(text, np.asarray(original.token_logprobs, dtype=np.float64), original.mu,
                                   original.sigma, nb_losses, original.top1_logprobs,
                                   ref_loss=None if ref is None else loss(ref_logprobs),
-                                  ref_token_logprobs=ref_logprobs if same_tokens else None, **(prefixed or {}))
+                                  ref_token_logprobs=ref_logprobs if same_tokens else None, **(inputs or {}))
     row = registry.compute(inputs, which, modules=modules)
     row |= neighbor_features(loss(inputs.token_logprobs), original.embedding, nb_losses, [x.embedding for x in neighbors],
                              projection)

@@ -7,8 +7,10 @@ Feature row schema (one per sample; lists have one entry per neighbor, in neighb
   sample_id, label (1 member / 0 non-member / null), source, file, row (where it was read), shard,
   n_tokens (original, incl. the prefix token), truncated,
   the registered scores (scanner.scoring.registry; built in: loss, zlib_ratio, min_k_{5,10,20,30,50},
-  min_k_pp_{5,10,20,30,50}, neighborhood, gap_k_{5,10,20,30,50}; with a reference model also ez_mia,
-  ref_loss_diff, ref_loss_ratio, wbc; with prefix files recall, con_recall), null where not computed,
+  min_k_pp_{5,10,20,30,50}, neighborhood, gap_k_{5,10,20,30,50}, loss_slope, loss_first_{25,50},
+  below_{1,3}; with a reference model also ez_mia,
+  ref_loss_diff, ref_loss_ratio, wbc; with prefix files recall, con_recall; with a frequency table
+  dc_pdd), null where not computed,
   nb_kinds, nb_loss, nb_dL, nb_cos_dist, nb_l2, nb_de_proj (K x proj_dim, row-major; null if proj_dim = 0),
   nb_tokens (tokens scored over all neighbors),
   then text (when the run keeps texts: scans do, for the blind baseline; sweeps do not) and of

@@ -52,11 +52,13 @@ def given_baseline(df: pl.DataFrame, path: str) -> tuple[pl.DataFrame, dict]:
 
 
 def train_detectors(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float = 0.01,
-                    cross_fit_folds: int = 0, baseline_scores: str | None = None) -> dict:
+                    cross_fit_folds: int = 0, baseline_scores: str | None = None, exclude: tuple[str, ...] = ()) -> dict:
     """baseline_scores: a Parquet file of the blind baseline's out-of-fold scores of these very
-    samples (sample_id, score), when the caller has them; else the baseline runs here."""
+    samples (sample_id, score), when the caller has them; else the baseline runs here. exclude:
+    score columns the detectors must not take as inputs."""
     run = RunFolder.existing(run_dir)
     df = labelled_features(run)
+    df = df.drop([c for c in exclude if c in df.columns])
     parts = grouped_split(df, seed)
     for name, mask in parts.items():
         labels = df.filter(pl.Series(mask))["label"]
@@ -88,7 +90,7 @@ def train_detectors(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float
 
 
 def train_on_ray(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float = 0.01,
-                 cross_fit_folds: int = 0, baseline_scores: str | None = None) -> dict:
+                 cross_fit_folds: int = 0, baseline_scores: str | None = None, exclude: tuple[str, ...] = ()) -> dict:
     """The central training task: one Ray task next to the data, whatever node the driver is on."""
     import ray
 
@@ -101,7 +103,7 @@ def train_on_ray(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float = 
     task = ray.remote(num_cpus=TASK_CPUS, max_retries=0)(train_detectors)
     try:
         return ray.get(task.remote(absolute(run_dir), absolute(out_dir), seed, target_fpr, cross_fit_folds,
-                                   baseline_scores and absolute(baseline_scores)))
+                                   baseline_scores and absolute(baseline_scores), tuple(exclude)))
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, InputError):  # bad input: one clear line, not a remote traceback
             raise InputError(str(e.cause)) from None

@@ -42,6 +42,7 @@ from scanner.report import TPR_NOTE, fmt, fmt_auc, fmt_tpr, forest_png, line_png
 from scanner.lock import FolderLock
 from scanner.runfolder import RunFolder, check_identity, save_identity
 from scanner.scan import run_scan
+from scanner.scoring import registry
 from scanner.scoring.factory import check_adapter_servable, check_model_path
 from scanner.scoring.options import BACKENDS
 from scanner.storage import Store, absolute
@@ -183,13 +184,32 @@ def _detectors(out: Store, scan_cfg: ScanConfig, target: ScanConfig, calibration
         progress("detectors: trained before on this scan")
         return folder
     progress("training the detectors on the tuned copy's features (and cross-fitted scores of every sample)")
+    own = own_reference(target)
+    if own:
+        progress(f"reference_model is the model calibrated: its reference scores ({', '.join(own)}) are reported, "
+                 "and left out of the detectors (under the original model they would be constant)")
     train_on_ray(scan, folder.uri, seed=seed, cross_fit_folds=CROSS_FIT_FOLDS,
-                 baseline_scores=out.uri_of(BASELINE_SCORES))
-    folder.write_scan_config(asdict(replace(scan_cfg, model=target.model, revision=target.revision,
-                                            adapter=target.adapter)))
+                 baseline_scores=out.uri_of(BASELINE_SCORES), exclude=tuple(own))
+    folder.write_scan_config(asdict(original_config(scan_cfg, target)))
     folder.write_never_seen(never_seen_set(RunFolder.existing(scan).features(), folder, split))
     folder.write_calibration(calibration)  # last: marks the folder complete
     return folder
+
+
+def own_reference(cfg: ScanConfig) -> list[str]:
+    """The reference scores, when the reference model is the model calibrated ([] otherwise).
+    Then they measure the fine-tune against its own base, which is worth reporting; but under the
+    original model (a sweep's, a nightly's) the target is its reference, and they are constant."""
+    if not cfg.reference_model or cfg.reference_model.rstrip("/") != cfg.model.rstrip("/"):
+        return []
+    return [s.name for s in registry.scores(cfg.score_modules) if "reference_model" in s.settings]
+
+
+def original_config(scan_cfg: ScanConfig, target: ScanConfig) -> ScanConfig:
+    """The scan settings under the original model: the detectors' (and the transfer check's),
+    without a reference model that is that very model."""
+    return replace(scan_cfg, model=target.model, revision=target.revision, adapter=target.adapter,
+                   reference_model=None if own_reference(target) else target.reference_model)
 
 
 def never_seen_set(features: pl.DataFrame, folder: DetectorFolder, split: pl.DataFrame) -> pl.DataFrame:
@@ -245,15 +265,15 @@ def _calibrate(out_: Store, cfg: ScanConfig, spec: FinetuneSpec, split: pl.DataF
                    "tuned_model": out_.uri_of("finetune/model"), "members": counts["members"],
                    "non_members": counts["non_members"]}
     detectors = _detectors(out_, scan_cfg, cfg, calibration, split, seed, progress)
-    transfer = _transfer(out_, replace(scan_cfg, model=cfg.model, revision=cfg.revision, adapter=cfg.adapter),
-                         detectors, progress)
+    transfer = _transfer(out_, original_config(scan_cfg, cfg), detectors, progress)
     samples, scores = all_scores(out_.uri_of("scan"), detectors, split)
     groups = by_exposure(samples, scores, spec.epochs, n_boot=1000, seed=seed)
     metrics = {"task": "calibrate", "model": cfg.model, "counts": counts, "blind_baseline": baseline,
                "finetune": {k: v for k, v in tuned.items() if k != "losses"} | {"final_loss": tuned["losses"][-1]},
                "evaluated_on": EVALUATED_ON, "by_exposure": groups,
                "detectors": {k: _saved(detectors.detector_meta(k)) for k in detectors.kinds()},
-               "calibration": calibration, "transfer": transfer, "caveat": CAVEAT}
+               "calibration": calibration, "transfer": transfer, "caveat": CAVEAT,
+               "reference": {"model": cfg.reference_model, "left_out_of_detectors": own_reference(cfg)}}
     write_report(out_, "Calibration by controlled contamination", _blocks(metrics, tuned["losses"]), metrics)
     return metrics
 
@@ -283,6 +303,11 @@ def _blocks(m: dict, losses: list[float]) -> list:
                   rows, "Members told from non-members, by times seen in fine-tuning", line=0.5, line_label="chance",
                   xlabel="AUC (95% interval)", xlim=(0.0, 1.0))),
               ("p", "Caveat: " + m["caveat"]),
+              *([("p", f"The reference model is the model calibrated: its scores ({', '.join(own)}) measure the "
+                       "fine-tune against its own base and are reported per group below, but the detectors do not "
+                       "take them (under the original model, where sweeps and nightly checks run, the target is its "
+                       "own reference and they are constant).")] if (own := m["reference"]["left_out_of_detectors"])
+                else []),
               ("h2", "Transfer to the original model"),
               ("p", TRANSFER_NOTE),
               ("table", ["detector", "FPR, tuned copy", "FPR, original model", "shift AUC", "transfers"],

@@ -108,7 +108,8 @@ def test_calibrate_end_to_end_gives_an_honest_detector_that_a_sweep_uses(tmp_pat
     held_out = english_passages()
     heldout_file, fresh = tmp_path / "heldout.jsonl", held_out[300:]
     heldout_file.write_text("".join(json.dumps({"id": f"h{i}", "text": t}) + "\n" for i, t in enumerate(held_out[:300])))
-    (tmp_path / "scan.yaml").write_text("neighbors: 8\n")
+    # the model calibrated as its own reference: the reference scores are reported, not detector inputs
+    (tmp_path / "scan.yaml").write_text(f"neighbors: 8\nreference_model: {pretrained}\n")
     out = tmp_path / "cal"
     res = scanner("calibrate", str(heldout_file), "--model", str(pretrained), "--out", str(out), "--method", "full",
                   "--lr", "2e-3", "--config", str(tmp_path / "scan.yaml"), timeout=1200)
@@ -120,8 +121,12 @@ def test_calibrate_end_to_end_gives_an_honest_detector_that_a_sweep_uses(tmp_pat
     top = m["by_exposure"]["seen 16x"]
     best = max(top[f"{k} detector"]["auc"] for k in ("fimmia", "tabular"))
     assert best > 0.8, {k: v["auc"] for k, v in top.items()}
+    left_out = m["reference"]["left_out_of_detectors"]
+    assert set(left_out) == {"ref_loss_diff", "ref_loss_ratio", "ez_mia", "wbc"} and set(left_out) <= set(top)
+    assert top["ref_loss_ratio"]["auc"] > 0.8, top["ref_loss_ratio"]
+    assert m["detectors"]["tabular"]["form"] not in left_out
     # the tabular detector falls back to a single score when no learned combination beats it
-    classic = max(v["auc"] for k, v in top.items() if "detector" not in k and k != "blind baseline")
+    classic = max(v["auc"] for k, v in top.items() if "detector" not in k and k != "blind baseline" and k not in left_out)
     print({k: round(v["auc"], 3) for k, v in top.items()}, m["detectors"]["tabular"]["form"])
     assert top["tabular detector"]["auc"] >= classic - 0.02
     assert f"form is {m['detectors']['tabular']['form']}" in (out / "report.md").read_text()
@@ -130,11 +135,14 @@ def test_calibrate_end_to_end_gives_an_honest_detector_that_a_sweep_uses(tmp_pat
         pl.read_parquet(out / "baseline_scores.parquet").sort("sample_id"))
     assert "fine-tune step" in res.stderr + res.stdout  # progress per step
     assert json.loads((out / "detector" / "calibration.json").read_text())["exposures"] == [1, 4, 16]
-    assert json.loads((out / "detector" / "scan_config.json").read_text())["model"] == str(pretrained)
+    saved_config = json.loads((out / "detector" / "scan_config.json").read_text())
+    assert saved_config["model"] == str(pretrained) and saved_config["reference_model"] is None
+    assert not set(left_out) & set(saved_config["scores"])
     for name in ("report.md", "report.html", "finetune_loss.png", "headline_auc.png"):
         assert (out / name).is_file()
     md = (out / "report.md").read_text()
     assert "controlled contamination" in md and md.index("**Model ") < md.index("headline_auc.png") < md.index("## ")
+    assert "against its own base" in md
 
     # the detector drives a sweep of the tuned copy over a 50/50 mix of members and fresh text
     split = pl.read_parquet(out / "set.parquet")

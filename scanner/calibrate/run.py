@@ -191,7 +191,7 @@ def _detectors(out: Store, scan_cfg: ScanConfig, target: ScanConfig, calibration
     train_on_ray(scan, folder.uri, seed=seed, cross_fit_folds=CROSS_FIT_FOLDS,
                  baseline_scores=out.uri_of(BASELINE_SCORES), exclude=tuple(own))
     folder.write_scan_config(asdict(original_config(scan_cfg, target)))
-    folder.write_never_seen(never_seen_set(RunFolder.existing(scan).features(), folder, split))
+    folder.write_never_seen(never_seen_set(RunFolder.existing(scan).features().drop(own), folder, split))
     folder.write_calibration(calibration)  # last: marks the folder complete
     return folder
 

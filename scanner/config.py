@@ -203,9 +203,9 @@ class ScanConfig:
 
     def scoring_hash(self) -> str:
         """What decides a run's features and shards: a resumed run must match it."""
-        keep = self._identified({k: v for k, v in asdict(self).items() if k not in self.names(SCHEDULING)})
         from scanner.scoring.registry import SETTING_OF_NEED
 
+        keep = self._identified({k: v for k, v in asdict(self).items() if k not in self.names(SCHEDULING)})
         for name in set(SETTING_OF_NEED.values()) - self.optional_settings():
             del keep[name]  # unset, it decides nothing (and the hash stays what it was before it)
         keep["seed"] = keep.pop("neighbor_seed")  # its name before the seeds were told apart: old runs still resume

@@ -34,8 +34,8 @@ from scanner.corpus import Columns
 from scanner.errors import InputError
 from scanner.faults import maybe_pause
 from scanner.features import ScoreActor, binding, feature_schema, perturb_batch
-from scanner.prefixes import OVERLAP_WARNING, fingerprint, read_prefixes
 from scanner.inputs import InputFile, list_inputs
+from scanner.prefixes import OVERLAP_WARNING, fingerprint, read_prefixes
 from scanner.provenance import package_versions
 from scanner.runfolder import RunFolder
 from scanner.sampling import Sampling, file_picked, in_sample

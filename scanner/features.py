@@ -35,6 +35,7 @@ from scanner import faults
 from scanner.errors import InputError
 from scanner.neighbors import make_neighbors, make_pair_neighbors
 from scanner.scoring import registry, stats
+from scanner.scoring.interface import with_prefix
 
 def feature_schema(score_modules: list[str] | tuple[str, ...] = (), settings: set[str] | frozenset[str] = frozenset()
                    ) -> pa.Schema:
@@ -121,25 +122,36 @@ class ScoreActor:
             return self.ready() | {"error": f"cannot load model {run['cfg']['model']}: {_first_line(e)}"}
         return self.ready()
 
-    def _kept(self, cls, name: str | None, cfg):
-        """The `cls` model called `name` (None when the run asks for none): the one loaded for an
-        earlier run when it is the same, else loaded now."""
-        key = (name, cfg.device, cfg.trust_remote_code)
-        if self.loaded.get(cls, (None,))[0] != key:
-            self.loaded[cls] = (key, cls(name, device=cfg.device, trust_remote_code=cfg.trust_remote_code) if name else None)
-        return self.loaded[cls][1]
+    def _kept(self, slot, key, load):
+        """What load() gives for `key` (None when the run asks for nothing: None): the one loaded
+        for an earlier run when its key is the same, else loaded now, the old one released first."""
+        if slot not in self.loaded or self.loaded[slot][0] != key:
+            self.loaded.pop(slot, None)
+            self.loaded[slot] = (key, None if key is None else load())
+        return self.loaded[slot][1]
+
+    def _kept_model(self, cls, name: str | None, cfg):
+        """The `cls` model called `name` (a fill-mask model, an embedder) on the run's device."""
+        return self._kept(cls, (name, cfg.device, cfg.trust_remote_code) if name else None,
+                          lambda: cls(name, device=cfg.device, trust_remote_code=cfg.trust_remote_code))
 
     def _reference_scorer(self, cfg):
-        """The scorer of the run's reference model, on the target's backend and device (None
-        without one): the one loaded for an earlier run when it is the same."""
+        """The scorer of the run's reference model, on the target's backend and device."""
         from scanner.scoring.factory import make_scorer, reference_config, scorer_key
 
         ref_cfg = reference_config(cfg) if cfg.reference_model else None
-        key = ref_cfg and scorer_key(ref_cfg)
-        if "reference" not in self.loaded or self.loaded["reference"][0] != key:
-            self.loaded.pop("reference", None)  # (the old one's memory first)
-            self.loaded["reference"] = (key, ref_cfg and make_scorer(ref_cfg))
-        return self.loaded["reference"][1]
+        return self._kept("reference", ref_cfg and scorer_key(ref_cfg), lambda: make_scorer(ref_cfg))
+
+    def _frequencies(self, uri: str | None):
+        """The smoothed relative frequency of every token id, (count + 1) / (tokens + vocabulary)
+        as DC-PDD smooths them, from a `scanner frequencies` folder."""
+        from scanner.frequencies.count import read_table
+
+        def load():
+            counts, _ = read_table(uri)
+            return (counts + 1) / (counts.sum() + len(counts))
+
+        return self._kept("frequencies", uri or None, load)
 
     def _bind(self, run: dict) -> None:
         from scanner.config import ScanConfig
@@ -161,11 +173,11 @@ class ScoreActor:
         from scanner.scoring.embedder import Embedder
 
         # masked-LM neighbors are filled here, where the accelerator is
-        self.filler = self._kept(MaskFiller, cfg.mlm_model, cfg)
-        self.embedder = self._kept(Embedder, cfg.embedder, cfg)
+        self.filler = self._kept_model(MaskFiller, cfg.mlm_model, cfg)
+        self.embedder = self._kept_model(Embedder, cfg.embedder, cfg)
         self.reference = self._reference_scorer(cfg)
         self.prefix_ids = {need: self.scorer.tokenize.whole(text) for need, text in run.get("prefixes", {}).items()}
-        self.frequencies = self._kept_frequencies(cfg.token_frequencies)
+        self.frequencies = self._frequencies(cfg.token_frequencies)
         own = self.scorer.hidden_size if self.scorer.capabilities.hidden_states else None
         emb_dim = self.embedder.dim if self.embedder else own
         self.projection = (stats.projection_matrix(emb_dim, cfg.proj_dim, cfg.neighbor_seed)
@@ -206,9 +218,7 @@ class ScoreActor:
         if self.embedder is not None:
             for score, emb in zip(scores, self.embedder.embed(flat)):
                 score.embedding = emb
-        refs, more = self._under_reference(originals), self._after_prefixes(originals)
-        for m, f in zip(more, self._token_frequencies(originals)):
-            m.update(f)
+        refs, more = self._more_inputs(originals)
         rows, offset = [], len(originals)
         for i, text in enumerate(originals):
             nb = scores[offset: offset + len(neighbors[i])]
@@ -227,49 +237,29 @@ class ScoreActor:
                 table = table.append_column("image", batch["image"])
         return table
 
-    def _under_reference(self, texts: list[str]) -> list:
-        """Per text: (its TextScore under the reference model, whether the two models cut it into
-        the same token ids: only then do per-token comparisons mean anything); None without a
-        reference model. Neighbors are not scored under it."""
-        if self.reference is None:
-            return [None] * len(texts)
-        same = [a == b for a, b in zip(self.scorer.tokenize(texts)[0], self.reference.tokenize(texts)[0])]
-        return list(zip(self.reference.score_texts(texts, batch_tokens=self.cfg.batch_tokens), same))
-
-    def _kept_frequencies(self, uri: str | None):
-        """The smoothed relative frequency of every token id, (count + 1) / (tokens + vocabulary)
-        as DC-PDD smooths them, from a `scanner frequencies` folder (None without one)."""
-        if "frequencies" not in self.loaded or self.loaded["frequencies"][0] != uri:
-            freq = None
-            if uri:
-                from scanner.frequencies.count import read_table
-
-                counts, _ = read_table(uri)
-                freq = (counts + 1) / (counts.sum() + len(counts))
-            self.loaded["frequencies"] = (uri, freq)
-        return self.loaded["frequencies"][1]
-
-    def _token_frequencies(self, texts: list[str]) -> list[dict]:
-        """Per text, its scored tokens' ids and smoothed frequencies ({} without a table)."""
-        if self.frequencies is None:
-            return [{} for _ in texts]
-        rows = [np.asarray(r[1:], dtype=np.int64) for r in self.scorer.tokenize(texts)[0]]
-        return [{"token_ids": r, "token_frequencies": self.frequencies[r]} for r in rows]
-
-    def _after_prefixes(self, texts: list[str]) -> list[dict]:
-        """Per text, {need: the log-probs of its tokens with that prefix in front} (ReCaLL's
-        non-member prefix, Con-ReCall's member one; {} without): the same tokens as alone."""
-        out: list[dict] = [{} for _ in texts]
-        if not self.prefix_ids:
-            return out
-        from scanner.scoring.interface import with_prefix
-
+    def _more_inputs(self, texts: list[str]) -> tuple[list, list[dict]]:
+        """Per text, what the run's optional settings add (registry.SETTING_OF_NEED): its TextScore
+        under the reference model with whether both models cut it into the same token ids (only
+        then do per-token comparisons mean anything; None without one), and {input: value} of the
+        log-probs of its tokens after each prefix and of its tokens' ids and frequencies. The
+        texts are tokenized once for all; neighbors get none of these."""
+        refs: list = [None] * len(texts)
+        more: list[dict] = [{} for _ in texts]
+        if self.reference is None and not self.prefix_ids and self.frequencies is None:
+            return refs, more
         ids, truncated = self.scorer.tokenize(texts)
+        if self.reference is not None:
+            same = [a == b for a, b in zip(ids, self.reference.tokenize(texts)[0])]
+            refs = list(zip(self.reference.score_texts(texts, batch_tokens=self.cfg.batch_tokens), same))
         for need, prefix in self.prefix_ids.items():
             rows = [with_prefix(prefix, r, self.scorer.tokenize.max_length) for r in ids]
-            for o, r, s in zip(out, ids, self.scorer.score_token_ids(rows, truncated, batch_tokens=self.cfg.batch_tokens)):
-                o[need] = s.token_logprobs[len(s.token_logprobs) - (len(r) - 1):]
-        return out
+            for m, r, s in zip(more, ids, self.scorer.score_token_ids(rows, truncated, batch_tokens=self.cfg.batch_tokens)):
+                m[need] = s.token_logprobs[len(s.token_logprobs) - (len(r) - 1):]
+        if self.frequencies is not None:
+            for m, r in zip(more, ids):
+                m["token_ids"] = np.asarray(r[1:], dtype=np.int64)
+                m["token_frequencies"] = self.frequencies[m["token_ids"]]
+        return refs, more
 
     def score_shard(self, shard: dict, read: tuple[dict, pa.Table | None], threads: int | None = None,
                     run: dict | None = None) -> dict:

@@ -10,9 +10,11 @@ import json
 
 from scanner.corpus import Columns, read_corpus
 from scanner.errors import InputError
+from scanner.scoring.registry import SETTING_OF_NEED
 
 SEPARATOR = "\n\n"  # between the file's texts
-NEED_OF_SETTING = {"recall_prefix": "prefix_logprobs", "conrecall_prefix": "member_prefix_logprobs"}
+# the input of the scores each prefix file gives (recall_prefix: prefix_logprobs, ...)
+NEED_OF_SETTING = {setting: need for need, setting in SETTING_OF_NEED.items() if setting.endswith("_prefix")}
 OVERLAP_WARNING = ("the prefix texts must not be among the scanned texts: a scanned text that is also in a prefix "
                    "gets a meaningless ReCaLL / Con-ReCall score")
 

@@ -56,7 +56,7 @@ def test_the_log_probs_after_a_prefix_are_a_forward_pass_over_prefix_and_text(pr
     actor = ScoreActor(cfg, binding(cfg, prefixes={"prefix_logprobs": prefix}))
     assert actor.error is None
     texts = english_passages()[:5]
-    got = actor._after_prefixes(texts)
+    got = actor._more_inputs(texts)[1]
     model = AutoModelForCausalLM.from_pretrained(str(pretrained)).eval()
     ids, _ = actor.scorer.tokenize(texts)
     for g, row in zip(got, ids):

@@ -112,7 +112,7 @@ def test_train_and_evaluate_write_consistent_reports(tmp_path):
         assert (tmp_path / "report" / png).stat().st_size > 1000, png
     assert html.index("headline_roc.png") < html.index("roc_loglog.png")  # the answer's figure comes first
     curves = roc_curves(m, ev.labels, ev.scores)  # one per family, the detectors and the baseline, none alike
-    assert list(curves)[0] == m["best_mia"] and list(curves)[-1] == "blind baseline" and len(curves) == 9
+    assert list(curves)[0] == m["best_mia"] and list(curves)[-1] == "blind baseline" and len(curves) == 12
     _, ax = plt.subplots()
     draw_roc(ax, curves, loglog=False)
     drawn = [(line.get_color(), line.get_linestyle()) for line in ax.get_lines() if not line.get_label().startswith("_")]

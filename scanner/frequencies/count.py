@@ -33,7 +33,6 @@ def load_tokenizer(model: str, revision: str | None, trust_remote_code: bool):
     return AutoTokenizer.from_pretrained(local_model(model), revision=revision, trust_remote_code=trust_remote_code)
 
 
-
 def vocabulary_size(tokenizer) -> int:
     return max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
 
@@ -76,12 +75,17 @@ def table_fingerprint(counts: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(counts, dtype="<i8").tobytes()).hexdigest()[:16]
 
 
-def read_table(uri: str) -> tuple[np.ndarray, dict]:
-    """(count per token id, the table's info) of a finished `scanner frequencies` folder."""
+def _finished(uri: str) -> tuple[Store, dict]:
+    """A finished `scanner frequencies` folder and its info; else one line saying it is not one."""
     store = Store(uri, create=False)
     if not store.exists(INFO):
-        raise InputError(f"{uri}: no {INFO} in it (not a finished `scanner frequencies` folder)")
-    info = store.read_json(INFO)
+        raise InputError(f"token_frequencies {uri}: no {INFO} in it (not a finished `scanner frequencies` folder)")
+    return store, store.read_json(INFO)
+
+
+def read_table(uri: str) -> tuple[np.ndarray, dict]:
+    """(count per token id, the table's info) of a finished `scanner frequencies` folder."""
+    store, info = _finished(uri)
     t = store.read_parquet(TABLE)
     counts = np.zeros(info["vocabulary_size"], dtype=np.int64)
     counts[t["token_id"].to_numpy()] = t["count"].to_numpy()
@@ -91,13 +95,8 @@ def read_table(uri: str) -> tuple[np.ndarray, dict]:
 def check_table(uri: str, model: str, revision: str | None, trust_remote_code: bool) -> str:
     """The table's fingerprint, once it is known to be counted with the model's tokenizer (another
     tokenizer's ids would be other tokens: refused in one line)."""
-    from scanner.scoring.factory import local_model
-
-    store = Store(uri, create=False)
-    if not store.exists(INFO):
-        raise InputError(f"token_frequencies {uri}: no {INFO} in it (not a finished `scanner frequencies` folder)")
-    info = store.read_json(INFO)
-    mine = tokenizer_fingerprint(load_tokenizer(local_model(model), revision, trust_remote_code))
+    _, info = _finished(uri)
+    mine = tokenizer_fingerprint(load_tokenizer(model, revision, trust_remote_code))
     if info["tokenizer_fingerprint"] != mine:
         raise InputError(f"token_frequencies {uri}: counted with the tokenizer of {info['tokenizer']}, which is not "
                          f"{model}'s: count the corpus with --model {model}")

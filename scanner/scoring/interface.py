@@ -40,17 +40,19 @@ class TextTokenizer:
         # padding is masked everywhere, so any id does; the tokenizer's own when it has one
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.prefix_id or 0)
 
+    def _uncut(self, texts: list[str]) -> list[list[int]]:
+        """Each text's token ids with the prefix token in front, not cut to the window."""
+        enc = self.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+        return [[self.prefix_id] + row if self.prefix_id is not None and (not row or row[0] != self.prefix_id) else row
+                for row in enc]
+
     def whole(self, text: str) -> list[int]:
         """A text's token ids, not cut to the window (a prefix: its end is kept, by with_prefix)."""
-        row = self.tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"]
-        return [self.prefix_id] + row if self.prefix_id is not None and (not row or row[0] != self.prefix_id) else row
+        return self._uncut([text])[0]
 
     def __call__(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
-        enc = self.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
         ids, truncated = [], []
-        for row in enc:
-            if self.prefix_id is not None and (not row or row[0] != self.prefix_id):
-                row = [self.prefix_id] + row
+        for row in self._uncut(texts):
             truncated.append(len(row) > self.max_length)
             ids.append(row[: self.max_length])
         return ids, truncated

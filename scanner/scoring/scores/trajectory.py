@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from scanner.scoring.registry import Score, register
+from scanner.scoring.stats import loss
 
 CUTOFFS = (0.25, 0.5)
 THRESHOLDS = (1, 3)
@@ -32,7 +33,7 @@ def loss_slope(logprobs: np.ndarray) -> float:
 
 
 def first_loss(logprobs: np.ndarray, share: float) -> float:
-    return float(-np.mean(logprobs[: max(1, math.ceil(len(logprobs) * share))]))
+    return loss(logprobs[: max(1, math.ceil(len(logprobs) * share))])
 
 
 register(Score("loss_slope", higher_is_member=False, needs=("token_logprobs",), compute=lambda x: loss_slope(x.token_logprobs),

@@ -17,9 +17,9 @@ import numpy as np
 import polars as pl
 
 from scanner.contamination import OperatingPoint
-from scanner.detector.data import blind_baseline, grouped_split, labelled_features
+from scanner.detector.data import blind_baseline, grouped_split, labelled_features, member_score
 from scanner.detector.folder import KINDS, DetectorFolder
-from scanner.detector.select import fit_detector, out_of_fold
+from scanner.detector.select import LEARNED, choose_form, fit_detector, out_of_fold, tabular_detector
 from scanner.errors import InputError
 from scanner.metrics import roc_auc
 from scanner.runfolder import RunFolder
@@ -28,13 +28,26 @@ from scanner.storage import absolute, read_parquet_at
 TASK_CPUS = 2  # the baseline's outer folds run in parallel inside the task
 
 
-def cross_fitted_scores(df: pl.DataFrame, seed: int, folds: int) -> pl.DataFrame:
-    """Member probabilities of every sample from detectors that never saw it (out_of_fold). Uses
-    all samples where the saved detectors' test part is a fifth."""
-    return pl.DataFrame({"sample_id": df["sample_id"]} | {
-        kind: out_of_fold(df, lambda rest, stop, kind=kind: fit_detector(kind, rest, stop, seed), seed, folds,
-                          salt="crossfit")
-        for kind in KINDS})
+def cross_fitted_scores(df: pl.DataFrame, seed: int, folds: int, tabular_form: str | None = None) -> pl.DataFrame:
+    """Member scores (higher = member) of every sample from detectors that never saw it
+    (out_of_fold). Uses all samples where the saved detectors' test part is a fifth.
+
+    The tabular detector keeps one form in every fold: `tabular_form`, the saved detector's (None:
+    the form chosen over all samples). Choosing it again per fold would measure the choice's noise,
+    not the detector. A single-score form needs no fit to rank samples: its column is the score
+    itself, oriented, which ranks them as each fold's logistic map of it does; pooling the folds'
+    maps instead would mis-rank samples of different folds (each fold scales the score its own
+    way) and cost up to 0.007 AUC against the score (SmolLM2 at 1 exposure)."""
+    if tabular_form is None:
+        tabular_form, _ = choose_form(df, seed)
+    columns = {"fimmia": out_of_fold(df, lambda rest, stop: fit_detector("fimmia", rest, stop, seed), seed, folds,
+                                     salt="crossfit")}
+    if tabular_form in LEARNED:
+        columns["tabular"] = out_of_fold(df, lambda rest, stop: tabular_detector(tabular_form, seed).fit(rest, stop),
+                                         seed, folds, salt="crossfit")
+    else:
+        columns["tabular"] = member_score(df, tabular_form)
+    return pl.DataFrame({"sample_id": df["sample_id"]} | {kind: columns[kind] for kind in KINDS})
 
 
 def given_baseline(df: pl.DataFrame, path: str) -> tuple[pl.DataFrame, dict]:
@@ -75,7 +88,7 @@ def train_detectors(run_dir: str, out_dir: str, seed: int = 0, target_fpr: float
         out.save_detector(kind, *det.state())
         summary[kind] = det.info | {"threshold": det.threshold}
     if cross_fit_folds:
-        out.write_crossfit_scores(cross_fitted_scores(df, seed, cross_fit_folds))
+        out.write_crossfit_scores(cross_fitted_scores(df, seed, cross_fit_folds, summary["tabular"]["form"]))
     if baseline_scores:
         scores, baseline = given_baseline(df, baseline_scores)
     else:

@@ -47,9 +47,9 @@ def out_of_fold(df: pl.DataFrame, fit: Callable[[pl.DataFrame, pl.DataFrame], ML
     return scores
 
 
-def form_estimates(train: pl.DataFrame, val: pl.DataFrame, seed: int) -> dict[str, float]:
-    """Every tabular form's AUC estimate over train + validation (see the module's docstring)."""
-    both = pl.concat([train, val], how="vertical_relaxed")
+def form_estimates(both: pl.DataFrame, seed: int) -> dict[str, float]:
+    """Every tabular form's AUC estimate over these samples, train + validation (see the module's
+    docstring)."""
     y = both["label"].to_numpy()
     X, names = aggregates(both)  # nulls filled as the fitted forms see them
     estimates = {name: roc_auc(y, registry.member_sign(name) * X[:, names.index(name)]) for name in available_classic(both)}
@@ -60,16 +60,24 @@ def form_estimates(train: pl.DataFrame, val: pl.DataFrame, seed: int) -> dict[st
     return estimates
 
 
+def choose_form(samples: pl.DataFrame, seed: int) -> tuple[str, dict[str, float]]:
+    """The tabular form with the best estimate over these samples, and every form's estimate."""
+    estimates = form_estimates(samples, seed)
+    return max(estimates, key=estimates.get), estimates
+
+
+def tabular_detector(form: str, seed: int = 0, target_fpr: float = 0.01) -> MLPDetector:
+    """An unfitted tabular detector of one form."""
+    if form in LEARNED:
+        return MLPDetector(kind="tabular", hidden=LEARNED[form], seed=seed, target_fpr=target_fpr)
+    return MLPDetector(kind="tabular", hidden=(), inputs=[form], seed=seed, target_fpr=target_fpr)
+
+
 def fit_detector(kind: str, train: pl.DataFrame, val: pl.DataFrame, seed: int = 0,
                  target_fpr: float = 0.01) -> MLPDetector:
     if kind != "tabular":
         return MLPDetector(kind=kind, seed=seed, target_fpr=target_fpr).fit(train, val)
-    estimates = form_estimates(train, val, seed)
-    form = max(estimates, key=estimates.get)
-    if form in LEARNED:
-        det = MLPDetector(kind="tabular", hidden=LEARNED[form], seed=seed, target_fpr=target_fpr)
-    else:
-        det = MLPDetector(kind="tabular", hidden=(), inputs=[form], seed=seed, target_fpr=target_fpr)
-    det.fit(train, val)
+    form, estimates = choose_form(pl.concat([train, val], how="vertical_relaxed"), seed)
+    det = tabular_detector(form, seed, target_fpr).fit(train, val)
     det.info |= {"form": form, "form_estimates": estimates}
     return det

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import pyarrow as pa
 
@@ -40,6 +40,7 @@ from scanner.provenance import package_versions
 from scanner.runfolder import RunFolder
 from scanner.sampling import Sampling, file_picked, in_sample
 from scanner.scoring.factory import check_adapter_path, check_model_path, scorer_key
+from scanner.scoring import registry
 from scanner.scoring.options import BACKENDS, check_backend_installed
 from scanner.shards import Shard, plan_file
 from scanner.storage import bytes_read
@@ -492,6 +493,26 @@ def refuse_file_errors(file_errors: dict[str, str]) -> None:
         raise InputError(next(iter(file_errors.values())) + more)
 
 
+def earlier_scores_kept(folder: RunFolder, cfg: ScanConfig, progress: Callable[[str], None]) -> ScanConfig:
+    """A run begun by an earlier version with its default scores, resumed with no `scores:` named,
+    goes on with the scores its finished shards hold: this version's new default scores would make
+    it another run, refused in that folder. Only when that is the one difference (same hash)."""
+    if cfg.scores is not None or not folder.store.exists("run.json") or not folder.done():
+        return cfg
+    run = folder.run
+    if run.get("scoring_hash") == cfg.scoring_hash() or (run.get("config") or {}).get("scores") is not None:
+        return cfg
+    shards = folder.dataset("features")
+    columns = set(shards.schema.names) if shards is not None else set()
+    names = [s.name for s in registry.scores(cfg.score_modules, cfg.optional_settings())]
+    earlier, new = [n for n in names if n in columns], [n for n in names if n not in columns]
+    if not earlier or replace(cfg, scores=earlier).scoring_hash() != run["scoring_hash"]:
+        return cfg
+    progress(f"{folder.uri} was begun by an earlier version: it goes on with the {len(earlier)} scores it computes "
+             f"(a new --out would add {', '.join(new)})")
+    return replace(cfg, scores=earlier)
+
+
 def run_shards(inputs: list[str], out: str, cfg: ScanConfig, kind: RunKind,
                progress: Callable[[str], None] = print, add: bool | None = None) -> dict:
     """Runs (or resumes) the run in `out` and returns its manifest, which it also writes. `add`:
@@ -502,6 +523,7 @@ def run_shards(inputs: list[str], out: str, cfg: ScanConfig, kind: RunKind,
         check_model_path(cfg.reference_model)
     check_adapter_path(cfg.adapter)
     folder = RunFolder(out)
+    cfg = earlier_scores_kept(folder, cfg, progress)
     identity = {"kind": kind.name, "scoring_hash": cfg.scoring_hash()}
     if kind.detector:
         identity["detector"] = kind.detector["fingerprint"]

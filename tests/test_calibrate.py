@@ -143,6 +143,12 @@ def test_calibrate_end_to_end_gives_an_honest_detector_that_a_sweep_uses(tmp_pat
     md = (out / "report.md").read_text()
     assert "controlled contamination" in md and md.index("**Model ") < md.index("headline_auc.png") < md.index("## ")
     assert "against its own base" in md
+    # the calibration's own scan evaluated with its detector: the detectors take their scores, the
+    # report every score of the scan, the reference ones included
+    res = scanner("evaluate", str(out / "scan"), "--detector", str(out / "detector"), "--out", str(tmp_path / "ev"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())["scores"]
+    assert {"tabular detector", "fimmia detector", "wbc"} <= set(ev), sorted(ev)
 
     # the detector drives a sweep of the tuned copy over a 50/50 mix of members and fresh text
     split = pl.read_parquet(out / "set.parquet")

@@ -153,3 +153,34 @@ def test_a_detector_keeps_the_scores_it_was_trained_on_when_new_ones_are_registe
     detector.check_usable_with(cfg)
     with pytest.raises(InputError, match="the scores gap_k_5, .* were not computed in training"):
         detector.check_usable_with(ScanConfig(**(detector.base_config() | {"scores": None})))
+
+
+@pytest.mark.timeout(600)
+def test_a_scan_begun_before_a_new_default_score_resumes_with_the_scores_it_computes(tiny_lm, ray_local, tmp_path,
+                                                                                     capsys):
+    """A folder of an earlier version, resumed by the same command once a new default score is
+    registered, goes on as the same run (its scores, its identity, no shard redone) and says which
+    scores a new folder would add; naming the new score makes it another run, refused."""
+    from scanner.cli import main
+    from scanner.runfolder import RunFolder
+
+    data = tmp_path / "texts.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny_lm["members"][:4]))
+    scan = ["scan", str(data), "--model", tiny_lm["model"], "--neighbors", "0", "--out", str(tmp_path / "r")]
+    assert main(scan) == 0
+    before = RunFolder(str(tmp_path / "r")).run
+    registry.register(TOP_HALF)
+    try:
+        capsys.readouterr()
+        assert main(scan) == 0
+        said = capsys.readouterr()
+        assert "begun by an earlier version" in said.out + said.err and "top_half_logprob" in said.out + said.err
+        folder = RunFolder(str(tmp_path / "r"))
+        assert folder.run["scoring_hash"] == before["scoring_hash"] and folder.run["run_id"] == before["run_id"]
+        assert folder.manifest["counts"]["scored_this_invocation"] == 0
+        assert "top_half_logprob" not in folder.features().columns
+        config = tmp_path / "all.yaml"
+        config.write_text(f"scores: [{', '.join(registry.names())}]\n")
+        assert main(scan + ["--config", str(config)]) == 2  # the new score named: another run, refused
+    finally:
+        registry.unregister(TOP_HALF.name)

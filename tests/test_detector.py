@@ -65,14 +65,23 @@ def test_detectors_learn_calibrate_and_round_trip_without_pickle(fake_run, tmp_p
 
 
 def test_threshold_calibration_hits_the_target_fpr_on_large_held_out_sets(tmp_path):
+    """A threshold set on some non-members flags the target share of others. One split's observed
+    FPR varies by ~0.014 (about 500 non-members on each side), so the test averages 20 random
+    splits of the held-out samples into calibration and test halves, under one fitted detector."""
     write_fake_run(tmp_path, n=6000, k=2, seed=3)
     df = RunFolder(tmp_path).features()
     parts = {k: df.filter(pl.Series(v)) for k, v in grouped_split(df, seed=0).items()}
     det = MLPDetector(kind="tabular", target_fpr=0.05, max_epochs=30).fit(parts["train"], parts["val"])
-    det.calibrate(parts["calib"])  # ~450 non-members
-    y = parts["test"]["label"].to_numpy()
-    observed = det.flag(parts["test"])[y == 0].mean()  # ~600 non-members never seen
-    assert abs(observed - 0.05) < 0.025, observed
+    held = pl.concat([parts["calib"], parts["test"]])
+    rng = np.random.default_rng(0)
+    observed = []
+    for _ in range(20):
+        half = pl.Series(rng.random(held.height) < 0.5)
+        det.calibrate(held.filter(half))
+        test = held.filter(~half)
+        observed.append(det.flag(test)[test["label"].to_numpy() == 0].mean())
+    assert abs(np.mean(observed) - 0.05) < 0.01, observed
+    assert max(abs(o - 0.05) for o in observed) < 0.05, observed
 
 
 @pytest.mark.slow

@@ -13,7 +13,8 @@ An MLP and the linear model are judged by out-of-fold AUC over train + validatio
 scored by a fit that never saw it); a single score needs no fit, so its AUC over the same samples
 is its estimate. The chosen form is then fitted on train (validation stops the MLP) and recorded
 in the detector's info with every form's estimate. With more data the learned forms win and are
-chosen; the FiMMIA detector keeps its published form.
+chosen; the FiMMIA detector keeps its published form. Cross-fitting (scanner.train) refits the
+chosen form on each fold and never chooses again.
 """
 
 from __future__ import annotations

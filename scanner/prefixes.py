@@ -26,11 +26,15 @@ def read_prefixes(cfg) -> dict:
         path = getattr(cfg, setting)
         if not path:
             continue
-        corpus = read_corpus([path], Columns(text=cfg.text_col, label=None))
+        column = f" (prefix files are read with the scan's text column, {cfg.text_col!r})" if cfg.text_col else ""
+        try:
+            corpus = read_corpus([path], Columns(text=cfg.text_col, label=None))
+        except InputError as e:
+            raise InputError(f"{setting}: {e}{column}") from None
         if corpus.quarantine.height:
             first = corpus.quarantine.row(0, named=True)
             raise InputError(f"{setting} {path}: {corpus.quarantine.height} row(s) unusable, e.g. row {first['row']}: "
-                             f"{first['reason']}")
+                             f"{first['reason']}{column}")
         out[need] = SEPARATOR.join(corpus.samples.sort("file", "row")["text"].to_list())
     return out
 

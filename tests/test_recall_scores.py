@@ -34,7 +34,9 @@ def test_a_prefix_keeps_its_end_as_the_window_allows():
     assert with_prefix([0, 1, 2, 3], [0, 7, 8], 3) == [0, 7, 8]  # the text fills the window: scored as alone
 
 
-def test_prefix_settings_and_identity():
+def test_prefix_settings_and_identity(tmp_path):
+    from scanner.prefixes import read_prefixes
+
     plain, recall = ScanConfig(model="m"), ScanConfig(model="m", recall_prefix="p.jsonl")
     assert "recall" not in (plain.score_identity() or {}) and "recall" in recall.score_identity()
     assert "con_recall" not in recall.score_identity()
@@ -43,6 +45,14 @@ def test_prefix_settings_and_identity():
         ScanConfig(model="m", conrecall_prefix="m.jsonl").validate()
     with pytest.raises(InputError, match="con_recall needs conrecall_prefix"):
         ScanConfig(model="m", recall_prefix="p.jsonl", scores=["con_recall"]).validate()
+    prefix = tmp_path / "p.jsonl"
+    prefix.write_text('{"text": "an unseen passage"}\n')
+    assert read_prefixes(ScanConfig(model="m", recall_prefix=str(prefix))) == {"prefix_logprobs": "an unseen passage"}
+    with pytest.raises(InputError, match=r"recall_prefix: no usable row in .*p.jsonl.*text column, 'input'\)$"):
+        read_prefixes(ScanConfig(model="m", recall_prefix=str(prefix), text_col="input"))
+    prefix.write_text('{"text": "an unseen passage"}\n{"text": ""}\n')
+    with pytest.raises(InputError, match=r"recall_prefix .*p.jsonl: 1 row\(s\) unusable, e.g. row 2: empty text$"):
+        read_prefixes(ScanConfig(model="m", recall_prefix=str(prefix)))
 
 
 def test_the_log_probs_after_a_prefix_are_a_forward_pass_over_prefix_and_text(pretrained):

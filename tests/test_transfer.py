@@ -10,6 +10,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from scanner.contamination import OperatingPoint
 from scanner.transfer import (SHIFT_TOLERANCE, Transfer, applies_to_tuned_copy, chosen_kind, compare,
@@ -181,6 +182,7 @@ def test_a_detector_whose_scores_moved_with_the_fine_tune_stops_the_sweep(tmp_pa
     texts = english_passages()
     tok = bpe_tokenizer(texts, 1024)
     model = tmp_path / "random"
+    torch.manual_seed(0)  # the weights: not whatever the tests before left in torch's generator
     GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=64, n_layer=1, n_head=2,
                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(model)
     tok.save_pretrained(model)

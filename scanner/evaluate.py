@@ -236,6 +236,7 @@ def evaluate(run_dir, detector_dir=None, seed: int = 0, n_boot: int = 1000, over
     dt = df.filter(pl.Series(test))
     y = dt["label"].to_numpy().astype(int)
     scores = {name: member_score(dt, name) for name in available_classic(dt)}
+    inputs = dt
     if detector_folder:  # the detectors take the scores they were trained on; the run may hold more
         pinned = set(detector_folder.scan_config["scores"])
         inputs = dt.drop([c for c in available_classic(dt) if c not in pinned])

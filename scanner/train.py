@@ -35,10 +35,11 @@ def cross_fitted_scores(df: pl.DataFrame, seed: int, folds: int, tabular_form: s
     The tabular detector keeps one form in every fold: `tabular_form`, the saved detector's (None:
     the form chosen over all samples). Choosing it again per fold would measure the choice's noise,
     not the detector; the price is that the form was chosen on samples among these (the saved
-    detector's train and validation parts), which favours it a little. A single-score form needs no fit to rank samples: its column is the score
-    itself, oriented, which ranks them as each fold's logistic map of it does; pooling the folds'
-    maps instead would mis-rank samples of different folds (each fold scales the score its own
-    way) and cost up to 0.007 AUC against the score (SmolLM2 at 1 exposure)."""
+    detector's train and validation parts), which favours it a little. A single-score form needs
+    no fit to rank samples: its column is the score itself, oriented, which ranks them as each
+    fold's logistic map of it does; pooling the folds' maps instead would mis-rank samples of
+    different folds (each fold scales the score its own way) and cost up to 0.007 AUC against the
+    score (SmolLM2 at 1 exposure)."""
     if tabular_form is None:
         tabular_form, _ = choose_form(df, seed)
     columns = {"fimmia": out_of_fold(df, lambda rest, stop: fit_detector("fimmia", rest, stop, seed), seed, folds,
